@@ -1,0 +1,128 @@
+"""The `Plan`: what the compiler hands the runtime. A plain, serialisable, hashed value.
+
+The runtime executes a Plan and never re-reads YAML or makes placement decisions: everything it
+needs (the resolved spec, backends, parallel sizes, which device holds which role) is here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas import Architecture, ExperimentSpec
+
+PLAN_VERSION = 1
+
+Role = Literal["trainer", "generator", "reference", "critic", "reward"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DevicePlan(_Frozen):
+    """One accelerator (or the CPU) and what runs on it."""
+
+    node: int = Field(description="Node index (0-based).")
+    index: int = Field(description="Device index on its node (0-based).")
+    rank: int = Field(description="Global device rank: node * gpus_per_node + index.")
+    roles: list[Role] = Field(description="Roles placed on this device.")
+    memory_gib: dict[str, float] = Field(default_factory=dict, description="Estimated peak memory by component (GiB).")
+    peak_gib: float = Field(0.0, description="Estimated peak memory on this device (GiB).")
+    capacity_gib: float = Field(0.0, description="Device memory (GiB).")
+
+
+class TrainerPlan(_Frozen):
+    """The chosen trainer layout."""
+
+    backend: Literal["megatron", "torch"]
+    tensor_parallel: int
+    pipeline_parallel: int
+    context_parallel: int = 1
+    data_parallel: int
+    sequence_parallel: bool = False
+    micro_batch_size: int = Field(description="Sequences per device per forward/backward.")
+    gradient_accumulation: int = Field(description="Micro-batches per optimizer step per data-parallel rank.")
+    recompute: Literal["none", "selective", "full"] = "full"
+    offload: bool = False
+    fp8: Literal["none", "delayed", "tensorwise", "blockwise"] = "none"
+    distributed_optimizer: bool = True
+    ranks: list[int] = Field(description="Global device ranks of the trainer.")
+
+
+class RolloutPlan(_Frozen):
+    """The chosen generator layout."""
+
+    backend: Literal["vllm", "hf"]
+    tensor_parallel: int
+    replicas: int
+    gpu_memory_utilization: float
+    sleep_level: int = 0
+    ranks: list[int] = Field(description="Global device ranks of the generator replicas (replica-major).")
+
+
+class Estimates(_Frozen):
+    """Cost-model estimates (not measurements)."""
+
+    step_time_s: float = Field(0.0, description="Estimated seconds per RL step (generation + log-probs + training).")
+    generation_time_s: float = 0.0
+    training_time_s: float = 0.0
+    tokens_per_step: int = Field(0, description="Prompt + response tokens processed per RL step (upper bound).")
+    params_b: float = Field(0.0, description="Model parameters (billions).")
+
+
+class Plan(_Frozen):
+    """A compiled experiment: resolved spec + placement + estimates, with a stable hash."""
+
+    version: int = PLAN_VERSION
+    spec: ExperimentSpec = Field(description="The fully resolved spec (after inheritance, overrides and defaults).")
+    sources: list[str] = Field(default_factory=list, description="YAML files the spec was built from (root first).")
+    architecture: Architecture = Field(description="The resolved model architecture.")
+    accelerator: Literal["gpu", "cpu"]
+    placement: Literal["colocated", "split"]
+    nodes: int
+    gpus_per_node: int
+    feasible: bool
+    reasons: list[str] = Field(default_factory=list, description="Why infeasible, and what would fit (empty when feasible).")
+    notes: list[str] = Field(default_factory=list, description="Why the placement is what it is.")
+    trainer: Optional[TrainerPlan] = None
+    rollout: Optional[RolloutPlan] = None
+    devices: list[DevicePlan] = Field(default_factory=list)
+    estimates: Estimates = Field(default_factory=Estimates)
+
+    @property
+    def world_size(self) -> int:
+        """Devices the plan uses (1 for the CPU default)."""
+        return len(self.devices)
+
+    @property
+    def peak_memory_gib(self) -> float:
+        """Largest per-device memory estimate (GiB)."""
+        return max((d.peak_gib for d in self.devices), default=0.0)
+
+    def canonical_json(self) -> str:
+        """Deterministic JSON of the plan content (sorted keys, no whitespace)."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def hash(self) -> str:
+        """Stable content hash (first 16 hex digits of SHA-256 of the canonical JSON)."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """Serialise with the hash and peak memory included."""
+        data = self.model_dump(mode="json")
+        data["hash"] = self.hash
+        data["peak_memory_gib"] = round(self.peak_memory_gib, 3)
+        return json.dumps(data, indent=indent, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Plan":
+        """Inverse of `to_json` (derived keys are dropped)."""
+        data = json.loads(text)
+        data.pop("hash", None)
+        data.pop("peak_memory_gib", None)
+        return cls.model_validate(data)

@@ -1,0 +1,22 @@
+"""`cluster:` the machines a run may use."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, PositiveFloat, PositiveInt
+
+from schemas.common import Section
+
+
+class ClusterSpec(Section):
+    """Hardware available to the run."""
+
+    accelerator: Literal["gpu", "cpu"] = Field("gpu", description="gpu, or cpu for the embedded CPU default (one process, no GPUs).")
+    nodes: PositiveInt = Field(1, description="Machines.")
+    gpus_per_node: int = Field(8, ge=0, description="GPUs per machine.")
+    gpu_memory_gib: PositiveFloat = Field(80.0, description="Memory per GPU (GiB).")
+    gpu_bf16_tflops: PositiveFloat = Field(989.0, description="Peak dense bf16 throughput per GPU (TFLOP/s), for step-time estimates.")
+    gpu_mem_bandwidth_gbs: PositiveFloat = Field(3350.0, description="GPU memory bandwidth (GB/s), for decode-time estimates.")
+    ray_address: Optional[str] = Field(None, description="Ray cluster address; none runs in-process (or a local Ray when the plan spans GPUs).")
+    cpu_threads: Optional[PositiveInt] = Field(None, description="CPU runs: torch threads (None = all cores).")

@@ -1,0 +1,42 @@
+"""`checkpoint:`, `tracking:` and `evaluation:` sections."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, PositiveInt
+
+from schemas.common import Section
+
+BENCHMARKS = ("gsm8k", "math500", "minerva_math", "olympiadbench", "aime24", "amc23")
+
+
+class CheckpointSpec(Section):
+    """When and where state is saved."""
+
+    every: PositiveInt = Field(5, description="Save every this many RL steps.")
+    keep_last: PositiveInt = Field(2, description="Checkpoints kept (older ones are deleted).")
+    export_hf: bool = Field(True, description="Export the final policy as a HF model folder.")
+
+
+class TrackingSpec(Section):
+    """Metrics tracking."""
+
+    backend: Literal["aim", "none"] = Field("aim", description="aim repo inside the run folder, or none (metrics.jsonl only).")
+    runs_dir: str = Field("runs", description="Folder holding run folders.")
+    experiment: str = Field("zero-rl", description="aim experiment name.")
+
+
+class EvaluationSpec(Section):
+    """Periodic evaluation on the six benchmarks."""
+
+    every: int = Field(5, ge=0, description="Evaluate every this many RL steps (0 = never).")
+    benchmarks: list[Literal["gsm8k", "math500", "minerva_math", "olympiadbench", "aime24", "amc23"]] = Field(
+        default_factory=lambda: list(BENCHMARKS), description="Benchmarks evaluated."
+    )
+    data_dir: str = Field("../shared/data/benchmarks", description="Folder of <benchmark>.jsonl files.")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature for RL checkpoints.")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus mass.")
+    max_response_length: PositiveInt = Field(16384, description="Longest evaluation response (tokens).")
+    batch_size: PositiveInt = Field(256, description="Prompts per evaluation batch (never the whole set at once).")
+    samples: PositiveInt = Field(1, description="Samples per prompt (avg@k / pass@k).")
