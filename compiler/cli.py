@@ -1,0 +1,153 @@
+"""`engine plan` and `engine schema`: the compiler's command-line front ends.
+
+    engine plan SPEC [--dry-run] [--json] [key=value ...]
+    engine schema [--markdown]
+
+`engine plan` exits 0 when the plan is feasible, 1 when it is not (the reasons say why and what
+would fit), 2 when the spec is invalid (every problem on stderr, no traceback). It never runs
+anything; ``--dry-run`` is accepted for clarity. ``python -m compiler.cli plan ...`` works too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Optional, Sequence
+
+from compiler.errors import SpecError
+
+EXIT_FEASIBLE, EXIT_INFEASIBLE, EXIT_INVALID = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so commands return exit codes."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(f"{self.prog}: error: {message}\n{self.format_usage()}")
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _plan_parser() -> _Parser:
+    p = _Parser(prog="engine plan", description="Compile a spec to a checked GPU placement plan (runs nothing).")
+    p.add_argument("spec", help="YAML spec file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="override spec values (OmegaConf dotlist)")
+    p.add_argument("--dry-run", action="store_true", help="accepted for clarity: plan never runs anything")
+    p.add_argument("--json", action="store_true", help="print a JSON summary (with the full plan and its hash)")
+    return p
+
+
+def _fallback_summary(plan: Any) -> dict:
+    """Summary used when compiler.render is not available."""
+    t, r = plan.trainer, plan.rollout
+    return {
+        "feasible": plan.feasible,
+        "nodes": plan.nodes, "gpus_per_node": plan.gpus_per_node, "world_size": plan.world_size,
+        "placement": plan.placement,
+        "trainer": t.model_dump(mode="json") if t else None,
+        "rollout": r.model_dump(mode="json") if r else None,
+        "peak_memory_gib": round(plan.peak_memory_gib, 3),
+        "step_time_s": plan.estimates.step_time_s,
+        "reasons": list(plan.reasons),
+    }
+
+
+def plan_json(plan: Any) -> dict:
+    """The ``engine plan --json`` document: render.plan_summary + ``hash`` + the full ``plan``."""
+    try:
+        from compiler.render import plan_summary
+        summary = dict(plan_summary(plan))
+    except ImportError:
+        summary = _fallback_summary(plan)
+    summary["hash"] = plan.hash
+    summary["plan"] = json.loads(plan.to_json())
+    return summary
+
+
+def _render_text(plan: Any) -> str:
+    try:
+        from compiler.render import render_plan
+    except ImportError:
+        return json.dumps(_fallback_summary(plan), indent=2)
+    return render_plan(plan)
+
+
+def plan_command(argv: Optional[Sequence[str]] = None) -> int:
+    """`engine plan SPEC [--dry-run] [--json] [key=value ...]` -> exit code (0/1/2)."""
+    try:
+        args = _plan_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    except _UsageError as exc:
+        print(str(exc), file=sys.stderr, end="")
+        return EXIT_INVALID
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    from compiler.api import load_and_validate
+    from compiler.lower import lower
+    from compiler.validate import spec_warnings
+
+    try:
+        loaded, spec, arch = load_and_validate(args.spec, args.overrides)
+        plan = lower(spec, arch, loaded.sources)
+    except SpecError as exc:
+        print(exc.render(), file=sys.stderr)
+        return EXIT_INVALID
+    for warning in spec_warnings(spec, loaded):
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(plan_json(plan), indent=2, sort_keys=True))
+    else:
+        print(_render_text(plan))
+    return EXIT_FEASIBLE if plan.feasible else EXIT_INFEASIBLE
+
+
+def spec_json_schema() -> dict:
+    """JSON Schema of a spec file: `ExperimentSpec` plus the loader's top-level ``extends`` key."""
+    from schemas import ExperimentSpec
+
+    schema = ExperimentSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "Zero-RL experiment spec"
+    props = {"extends": {
+        "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+        "description": "Parent spec file(s), relative to this file; this file's keys win.",
+        "title": "Extends",
+    }}
+    props.update(schema.get("properties", {}))
+    schema["properties"] = props
+    return schema
+
+
+def schema_command(argv: Optional[Sequence[str]] = None) -> int:
+    """`engine schema [--markdown]`: JSON Schema for editors, or the Markdown reference table."""
+    p = _Parser(prog="engine schema", description="Print the spec's JSON Schema (or a Markdown reference).")
+    p.add_argument("--markdown", action="store_true", help="print the field reference as Markdown tables")
+    try:
+        args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except _UsageError as exc:
+        print(str(exc), file=sys.stderr, end="")
+        return EXIT_INVALID
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if args.markdown:
+        from compiler.reference import schema_reference_markdown
+        print(schema_reference_markdown(), end="")
+    else:
+        print(json.dumps(spec_json_schema(), indent=2))
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m compiler.cli {plan,schema} ...``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"plan": plan_command, "schema": schema_command}
+    if not argv or argv[0] not in commands:
+        print("usage: python -m compiler.cli {plan,schema} ...", file=sys.stderr)
+        return EXIT_INVALID
+    return commands[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
