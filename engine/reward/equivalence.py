@@ -1,0 +1,300 @@
+"""Is a predicted answer equivalent to the gold answer?
+
+Two stages:
+
+* ``quick_verdict`` - string and literal-number rules only (no sympy). It settles most
+  typical answers and is safe and cheap, so the grader runs it in the parent process.
+* ``is_equivalent`` - ``quick_verdict``, then the structural/symbolic comparison through the safe
+  parser (``parser.parse_answer``) and sympy. It has no time bound of its own: the grader runs it
+  inside killable worker processes.
+
+Number rules (``normalize.rationals_equal``): exact rationals compare exactly; a gold written as a
+decimal accepts an exact prediction that rounds to it; a prediction written as a decimal matches a
+non-terminating or irrational gold within relative 1e-6; two exact irrational values within
+relative 1e-12 (30-digit evaluation). Expressions with free symbols compare by evaluation at
+fixed pseudo-random points (relative 1e-9).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
+from typing import List, Optional
+
+from .normalize import (MAX_SYMBOLIC_CHARS, Normalized, literal_number, multiple_choice_letter,
+                        normalize, numbers_equal_with_percent, rationals_equal)
+
+_MC_GOLD_RE = re.compile(r"\(?([A-E])\)?")
+_LHS_NAME_RE = re.compile(r"^[A-Za-z](?:_\{?\w{1,3}\}?)?=")
+
+
+def quick_verdict(pred: str, gold: str) -> Optional[bool]:
+    """True/False when string and literal-number rules decide, None when sympy is needed."""
+    if pred is None or gold is None:
+        return False
+    np_, ng = normalize(pred), normalize(gold)
+    if not np_.key or not ng.key:
+        return np_.key == ng.key and bool(np_.key)
+    if np_.key == ng.key:
+        return True
+    m = _MC_GOLD_RE.fullmatch(ng.key)
+    if m:
+        return multiple_choice_letter(np_) == m.group(1)
+    pkey = np_.key
+    if "=" not in ng.key:
+        pkey = _LHS_NAME_RE.sub("", pkey, count=1)
+        if pkey == ng.key:
+            return True
+    lg = literal_number(ng.key)
+    if lg is not None:
+        lp = literal_number(pkey)
+        if lp is not None:
+            return numbers_equal_with_percent(lp.value, lg.value, lp.decimals, lg.decimals,
+                                              np_.percent, ng.percent)
+    return None
+
+
+def is_equivalent(predicted: str, gold: str) -> bool:
+    """Whether ``predicted`` is a correct answer for ``gold``. In-process, no time bound."""
+    q = quick_verdict(predicted, gold)
+    if q is not None:
+        return q
+    return symbolic_equal(normalize(predicted), normalize(gold))
+
+
+# --------------------------------------------------------------------------------------------
+# Symbolic stage (imports sympy lazily so that the fast path never pays for it)
+
+_TEXT = "text"
+
+
+@lru_cache(maxsize=8192)
+def _parse(text: str):
+    """Parse tree of a normalised answer; a text node for words; None when unparseable."""
+    from .parser import NotMath, Node, ParseError, parse_answer
+    if len(text) > MAX_SYMBOLIC_CHARS:
+        return None
+    try:
+        return parse_answer(text)
+    except NotMath:
+        return Node(_TEXT, text=text.replace(" ", "").lower())
+    except (ParseError, ValueError, TypeError, ArithmeticError, AttributeError, RecursionError,
+            MemoryError, IndexError, KeyError):
+        return None
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    pred_percent: bool
+    gold_percent: bool
+
+
+def symbolic_equal(np_: Normalized, ng: Normalized) -> bool:
+    g = _parse(ng.text)
+    if g is None:
+        return False
+    p = _parse(np_.text)
+    if p is None:
+        return False
+    try:
+        return _compare(p, g, _Ctx(np_.percent, ng.percent))
+    except (ValueError, TypeError, ArithmeticError, AttributeError, RecursionError, IndexError,
+            KeyError):
+        return False
+
+
+def _is_name(node) -> bool:
+    if node.kind != "expr":
+        return False
+    e = node.expr
+    return bool(e.is_Symbol or (e.is_Mul and all(a.is_Symbol for a in e.args)))
+
+
+def _compare(p, g, ctx: _Ctx) -> bool:
+    if p.kind == _TEXT or g.kind == _TEXT:
+        return p.kind == g.kind == _TEXT and p.text == g.text
+    if p.kind == "expr" and g.kind == "expr":
+        return _expr_equal(p, g, ctx)
+    if p.kind == "rel" and g.kind == "rel":
+        return _rel_equal(p, g, ctx)
+    if p.kind == "rel" and p.open == "=" and _is_name(p.items[0]):
+        return _compare(p.items[1], g, ctx)
+    if g.kind == "rel" and g.open == "=" and _is_name(g.items[0]):
+        return _compare(p, g.items[1], ctx)
+    unordered = ("list", "set")
+    if p.kind in unordered and g.kind in unordered:
+        return _unordered_equal(p.items, g.items, ctx)
+    if p.kind == "brack" and g.kind == "brack":
+        return (p.open == g.open and p.close == g.close
+                and _ordered_equal(p.items, g.items, ctx))
+    # a tuple written without its parentheses
+    if p.kind == "list" and g.kind == "brack" and g.open == "(" and g.close == ")":
+        return _ordered_equal(p.items, g.items, ctx)
+    if p.kind == "union" and g.kind == "union":
+        return _unordered_equal(p.items, g.items, ctx)
+    if p.kind == "matrix" and g.kind == "matrix":
+        if len(p.rows) != len(g.rows) or len(p.rows[0]) != len(g.rows[0]):
+            return False
+        return all(_compare(a, b, ctx) for ra, rb in zip(p.rows, g.rows) for a, b in zip(ra, rb))
+    return False
+
+
+def _ordered_equal(ps: List, gs: List, ctx: _Ctx) -> bool:
+    return len(ps) == len(gs) and all(_compare(a, b, ctx) for a, b in zip(ps, gs))
+
+
+def _unordered_equal(ps: List, gs: List, ctx: _Ctx) -> bool:
+    if len(ps) != len(gs):
+        return False
+    left = list(gs)
+    for a in ps:
+        for k, b in enumerate(left):
+            if _compare(a, b, ctx):
+                del left[k]
+                break
+        else:
+            return False
+    return True
+
+
+_MIRROR = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "=": "=", "!=": "!="}
+
+
+def _rel_equal(p, g, ctx: _Ctx) -> bool:
+    pl, pr = p.items
+    gl, gr = g.items
+    if p.open == g.open and _compare(pl, gl, ctx) and _compare(pr, gr, ctx):
+        return True
+    if _MIRROR[p.open] == g.open and _compare(pl, gr, ctx) and _compare(pr, gl, ctx):
+        return True
+    if p.open == g.open == "=" and all(n.kind == "expr" for n in (pl, pr, gl, gr)):
+        # the same equation up to a constant factor: (pl - pr) = c (gl - gr), c != 0
+        import sympy
+        dp = sympy.Add(pl.expr, sympy.Mul(-1, pr.expr))
+        dg = sympy.Add(gl.expr, sympy.Mul(-1, gr.expr))
+        return _proportional(dp, dg)
+    return False
+
+
+# --------------------------------------------------------------------------------------------
+# Numbers and expressions
+
+_POINTS = ("0.7341", "1.3917", "2.1529", "-0.5813", "0.4267", "1.8832", "-1.2691", "2.6173",
+           "0.9358", "3.3071", "-2.4419", "1.1173")
+_PREC = 30
+
+
+def _to_mpc(v):
+    """A sympy numeric value -> mpmath mpc, or None when not a finite number."""
+    import mpmath
+    import sympy
+    if v.free_symbols or v.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo):
+        return None
+    re_, im_ = v.as_real_imag()
+    out = []
+    for part in (re_, im_):
+        part = sympy.N(part, _PREC)
+        if not part.is_Number or not part.is_finite:
+            return None
+        out.append(mpmath.mpf(sympy.Float(part, _PREC)._mpf_))
+    return mpmath.mpc(out[0], out[1])
+
+
+def _close(a, b, rel: float, abs_tol: float = 1e-25) -> bool:
+    import mpmath
+    with mpmath.workprec(110):
+        return abs(a - b) <= rel * max(abs(a), abs(b)) + abs_tol
+
+
+def _numeric(expr, subs=None):
+    import sympy
+    try:
+        v = expr.evalf(_PREC, subs=subs) if subs else sympy.N(expr, _PREC)
+        return _to_mpc(v)
+    except (ValueError, TypeError, ArithmeticError, AttributeError, RecursionError):
+        return None
+
+
+def _expr_equal(p, g, ctx: _Ctx) -> bool:
+    a, b = p.expr, g.expr
+    if a == b and not (ctx.pred_percent ^ ctx.gold_percent):
+        return True
+    if not a.free_symbols and not b.free_symbols:
+        pairs = [(a, b)]
+        if ctx.gold_percent and not ctx.pred_percent:
+            pairs.append((a, b / 100))
+        elif ctx.pred_percent and not ctx.gold_percent:
+            pairs.append((a / 100, b))
+        if a == b:
+            return True
+        return any(_const_equal(x, y, p.meta.decimals, g.meta.decimals) for x, y in pairs)
+    return _points_equal(a, b)
+
+
+def _const_equal(a, b, pdec: Optional[int], gdec: Optional[int]) -> bool:
+    if a.is_Rational and b.is_Rational:
+        return rationals_equal(Fraction(int(a.p), int(a.q)), Fraction(int(b.p), int(b.q)), pdec, gdec)
+    if a == b:
+        return True
+    if not (a.is_finite is not False and b.is_finite is not False):
+        return False
+    va, vb = _numeric(a), _numeric(b)
+    if va is None or vb is None:
+        return False
+    if gdec is not None and pdec is None:
+        return _close(va, vb, 0.0, 0.5 * 10.0 ** (-gdec) * (1 + 1e-9))
+    if pdec is not None or gdec is not None:
+        return _close(va, vb, 1e-6)
+    return _close(va, vb, 1e-12)
+
+
+def _subs_points(symbols):
+    import sympy
+    syms = sorted(symbols, key=lambda s: s.name)
+    for k in range(len(_POINTS)):
+        yield {s: sympy.Float(_POINTS[(k * 5 + j * 7) % len(_POINTS)], _PREC) for j, s in enumerate(syms)}
+
+
+def _points_equal(a, b) -> bool:
+    symbols = a.free_symbols | b.free_symbols
+    if len(symbols) > 12:
+        return False
+    valid = 0
+    for subs in _subs_points(symbols):
+        va, vb = _numeric(a, subs), _numeric(b, subs)
+        if va is None or vb is None:
+            continue
+        if not _close(va, vb, 1e-9, 1e-20):
+            return False
+        valid += 1
+        if valid >= 5:
+            return True
+    if valid >= 2:
+        return True
+    import sympy
+    return sympy.simplify(a - b) == 0
+
+
+def _proportional(dp, dg) -> bool:
+    symbols = dp.free_symbols | dg.free_symbols
+    if not symbols or len(symbols) > 12:
+        return False
+    ratio = None
+    valid = 0
+    for subs in _subs_points(symbols):
+        vp, vg = _numeric(dp, subs), _numeric(dg, subs)
+        if vp is None or vg is None or abs(vg) < 1e-12:
+            continue
+        r = vp / vg
+        if abs(r) < 1e-12:
+            return False
+        if ratio is None:
+            ratio = r
+        elif not _close(r, ratio, 1e-9, 1e-20):
+            return False
+        valid += 1
+        if valid >= 5:
+            return True
+    return valid >= 3

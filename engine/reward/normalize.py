@@ -1,0 +1,254 @@
+"""String normalisation of answers: strip LaTeX noise, units and formatting.
+
+Pure string work (no sympy), so it is safe and cheap in the parent process.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
+from typing import Optional
+
+#: Answers longer than this are compared as strings only (never parsed).
+MAX_SYMBOLIC_CHARS = 1_000
+
+_UNITS = (
+    "cm", "mm", "km", "m", "meter", "meters", "metre", "metres", "centimeter", "centimeters",
+    "kilometer", "kilometers", "millimeter", "millimeters", "inch", "inches", "in", "foot", "feet",
+    "ft", "yard", "yards", "yd", "mile", "miles", "mi", "unit", "units", "sq", "square", "cubic",
+    "degree", "degrees", "deg", "radian", "radians", "rad", "second", "seconds", "sec", "s",
+    "minute", "minutes", "min", "hour", "hours", "hr", "hrs", "h", "day", "days", "week", "weeks",
+    "month", "months", "year", "years", "dollar", "dollars", "cent", "cents", "euro", "euros",
+    "pound", "pounds", "lb", "lbs", "ounce", "ounces", "oz", "gram", "grams", "g", "kg", "kilogram",
+    "kilograms", "liter", "liters", "litre", "litres", "l", "ml", "gallon", "gallons", "mph",
+    "kph", "percent", "people", "students", "times", "ways", "points", "pages", "marbles", "apples",
+    "boxes", "books", "eggs", "cookies", "coins", "tickets", "mg", "j", "kj", "n", "w", "kw", "v",
+    "a", "k", "pa", "kpa", "hz", "ev", "mev", "kev", "j/s", "m/s", "km/h", "cm^2", "m^2",
+)
+_UNIT_ALT = "|".join(sorted((re.escape(u) for u in _UNITS), key=len, reverse=True))
+_TEXT_CMD_RE = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|mathrm|mathbf|mathit|mbox|"
+                          r"operatorname|mathsf|mathtt|bf|rm)\s*\{")
+# "\text{ cm}^2" style unit suffix after something non-empty
+_TEXT_UNIT_RE = re.compile(r"(?<=\S)\s*\\(?:text|mbox|mathrm)\s*\{\s*(?:" + _UNIT_ALT +
+                           r")\.?\s*\}(?:\s*\^\s*\{?\s*[23]\s*\}?)?\s*$", re.IGNORECASE)
+_BARE_UNITS = tuple(u for u in _UNITS if len(u) >= 2 and u not in ("sec", "in", "ln", "pa", "ev"))
+_BARE_UNIT_ALT = "|".join(sorted((re.escape(u) for u in _BARE_UNITS), key=len, reverse=True))
+# bare unit words after a number and a space: "12 inches", "5 cm^2"
+_BARE_UNIT_RE = re.compile(r"(?<=[\d}])\s+(?:" + _BARE_UNIT_ALT +
+                           r")\.?(?:\s*\^\s*\{?\s*[23]\s*\}?)?\s*$", re.IGNORECASE)
+_SPACING_RE = re.compile(r"(?<!\\)\\(?:[!,;:> ]|quad|qquad|displaystyle|textstyle|limits|nolimits|"
+                         r"big|Big|bigg|Bigg)(?![A-Za-z])")
+_LEFT_RIGHT_RE = re.compile(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|biggl|biggr)(?![A-Za-z])\s*\.?")
+_DEGREE_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|°|\\degree")
+_THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_MC_RE = re.compile(r"^\(?([A-E])\)?(?:$|[\s.:)])")
+
+
+def _replace_braced_command(s: str, regex: re.Pattern) -> str:
+    """Replace ``\\cmd{content}`` by ``content`` (brace-matched) for every match of ``regex``."""
+    out = []
+    i = 0
+    for _ in range(200):
+        m = regex.search(s, i)
+        if not m:
+            break
+        depth = 1
+        j = m.end()
+        while j < len(s) and depth:
+            c = s[j]
+            if c == "\\":
+                j += 2
+                continue
+            if c == "{":
+                depth += 1
+            elif c == "}":
+                depth -= 1
+            j += 1
+        if depth:  # unbalanced: drop the command word only
+            out.append(s[i:m.start()])
+            i = m.end()
+            continue
+        out.append(s[i:m.start()])
+        out.append(s[m.end():j - 1])
+        i = j
+    out.append(s[i:])
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class Normalized:
+    text: str        # cleaned answer (spaces kept where they separate tokens)
+    key: str         # text without spaces: the string used for exact comparison
+    percent: bool    # a percent sign was removed
+
+
+def _strip_math_delims(s: str) -> str:
+    s = s.strip()
+    for a, b in (("\\(", "\\)"), ("\\[", "\\]"), ("$$", "$$")):
+        if s.startswith(a) and s.endswith(b) and len(s) >= len(a) + len(b):
+            s = s[len(a):len(s) - len(b)].strip()
+    return s.replace("$", "")
+
+
+@lru_cache(maxsize=65_536)
+def normalize(answer: str) -> Normalized:
+    """Normalise an answer string (see module doc). Cached: gold answers repeat."""
+    s = answer if len(answer) <= 4 * MAX_SYMBOLIC_CHARS else answer[:4 * MAX_SYMBOLIC_CHARS]
+    s = s.replace("\n", " ").replace("\t", " ").replace("\r", " ")
+    s = s.replace("\\$", "").replace("\\%", "%")
+    s = _strip_math_delims(s)
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
+    s = s.replace("\\varnothing", "\\emptyset").replace("\\leqslant", "\\le").replace("\\geqslant", "\\ge")
+    s = s.replace("\\leq", "\\le").replace("\\geq", "\\ge").replace("\\neq", "\\ne")
+    s = s.replace("≤", "\\le").replace("≥", "\\ge").replace("−", "-").replace("π", "\\pi")
+    s = s.replace("∞", "\\infty").replace("×", "\\times").replace("·", "\\cdot").replace("√", "\\sqrt")
+    s = _LEFT_RIGHT_RE.sub("", s)
+    s = _SPACING_RE.sub(" ", s)
+    s = s.replace("~", " ")
+    s = _DEGREE_RE.sub("", s)
+    percent = "%" in s
+    if percent:
+        s = s.replace("%", "")
+    s = re.sub(r"\\text\s*\{\s*and\s*\}|\band\b", ",", s)
+    s = s.strip()
+    # units: "\text{ cm}^2", then any \text{...} becomes its content, then bare unit words
+    for _ in range(3):
+        t = _TEXT_UNIT_RE.sub("", s).strip()
+        if t == s:
+            break
+        s = t
+    s = _replace_braced_command(s, _TEXT_CMD_RE)
+    if re.search(r"\d", s):
+        for _ in range(2):
+            t = _BARE_UNIT_RE.sub("", s).strip()
+            if not t or t == s:
+                break
+            s = t
+    # "x \in [0, 1]" -> "[0, 1]"
+    s = re.sub(r"^[A-Za-z]\s*\\in\s*", "", s)
+    # thousands separators
+    s = s.replace("{,}", "")
+    if _THOUSANDS_RE.fullmatch(s.replace(" ", "")):
+        s = s.replace(" ", "").replace(",", "")
+    # \frac12 -> \frac{1}{2}, \frac1x, \sqrt2 -> \sqrt{2}
+    s = re.sub(r"\\frac\s*(\w)\s*(\w)", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"\\frac\s*(\{[^{}]*\})\s*(\w)", r"\\frac\1{\2}", s)
+    s = re.sub(r"\\frac\s*(\w)\s*(\{)", r"\\frac{\1}\2", s)
+    s = re.sub(r"\\sqrt\s*(\w)", r"\\sqrt{\1}", s)
+    s = re.sub(r"\s+", " ", s).strip()
+    s = s.rstrip(".").strip()
+    while s.startswith("{") and s.endswith("}") and _braces_wrap(s):
+        s = s[1:-1].strip()
+    return Normalized(text=s, key=s.replace(" ", ""), percent=percent)
+
+
+def _braces_wrap(s: str) -> bool:
+    """True when the first '{' of s is closed by its last character."""
+    depth = 0
+    for i, c in enumerate(s):
+        if c == "{" and (i == 0 or s[i - 1] != "\\"):
+            depth += 1
+        elif c == "}" and (i == 0 or s[i - 1] != "\\"):
+            depth -= 1
+            if depth == 0:
+                return i == len(s) - 1
+    return False
+
+
+def multiple_choice_letter(norm: Normalized) -> Optional[str]:
+    """'C' for answers like ``C``, ``(C)``, ``\\textbf{(C)}``, ``(C) 12``; else None."""
+    m = _MC_RE.match(norm.text)
+    return m.group(1) if m else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Literal numbers without sympy: the fast path.
+
+_LIT_NUM_RE = re.compile(r"([+-]?)(\d+(?:\.\d*)?|\.\d+)(?:[eE]([+-]?\d{1,3}))?")
+_LIT_FRAC_RE = re.compile(r"([+-]?)\\frac\{([+-]?\d{1,50})\}\{([+-]?\d{1,50})\}")
+_LIT_SLASH_RE = re.compile(r"([+-]?)(\d{1,50})/(\d{1,50})")
+_SCI_TIMES_RE = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))(?:\\times|\\cdot|\*)10\^\{?([+-]?\d{1,3})\}?")
+
+
+@dataclass(frozen=True)
+class LiteralNumber:
+    value: Fraction
+    decimals: Optional[int]   # digits after the decimal point when written as a decimal
+
+
+def literal_number(key: str) -> Optional[LiteralNumber]:
+    """Parse a plain numeric literal (int, decimal, fraction, a*10^k) from a normalised key."""
+    if len(key) > 120:
+        return None
+    m = _LIT_NUM_RE.fullmatch(key)
+    if m:
+        sign, body, exp = m.groups()
+        if len(body) > 100:
+            return None
+        v = Fraction(body)
+        decimals = None
+        if "." in body:
+            decimals = len(body.split(".", 1)[1])
+        if exp is not None:
+            e = int(exp)
+            v *= Fraction(10) ** e
+            decimals = max(0, (decimals or 0) - e) if (decimals is not None or e < 0) else None
+        return LiteralNumber(-v if sign == "-" else v, decimals)
+    m = _SCI_TIMES_RE.fullmatch(key)
+    if m:
+        mant, exp = m.groups()
+        base = literal_number(mant)
+        if base is None:
+            return None
+        e = int(exp)
+        dec = None
+        if base.decimals is not None or e < 0:
+            dec = max(0, (base.decimals or 0) - e)
+        return LiteralNumber(base.value * Fraction(10) ** e, dec)
+    for rx in (_LIT_FRAC_RE, _LIT_SLASH_RE):
+        m = rx.fullmatch(key)
+        if m:
+            sign, a, b = m.groups()
+            if int(b) == 0:
+                return None
+            v = Fraction(int(a), int(b))
+            return LiteralNumber(-v if sign == "-" else v, None)
+    return None
+
+
+def _terminating(v: Fraction) -> bool:
+    d = v.denominator
+    for p in (2, 5):
+        while d % p == 0:
+            d //= p
+    return d == 1
+
+
+def rationals_equal(pred: Fraction, gold: Fraction, pred_decimals: Optional[int],
+                    gold_decimals: Optional[int]) -> bool:
+    """Equality of two exact rationals under the decimal-writing rules.
+
+    * gold written as a decimal, prediction exact: the prediction rounded to the gold's decimals.
+    * prediction written as a decimal, gold a non-terminating rational (1/3): relative 1e-6.
+    * otherwise exact equality.
+    """
+    if pred == gold:
+        return True
+    if gold_decimals is not None and pred_decimals is None:
+        return abs(pred - gold) * 2 * 10 ** gold_decimals <= 1
+    if pred_decimals is not None and gold_decimals is None and not _terminating(gold):
+        return abs(pred - gold) <= Fraction(1, 10 ** 6) * abs(gold)
+    return False
+
+
+def numbers_equal_with_percent(pred: Fraction, gold: Fraction, pdec: Optional[int], gdec: Optional[int],
+                               pred_percent: bool, gold_percent: bool) -> bool:
+    if rationals_equal(pred, gold, pdec, gdec):
+        return True
+    if gold_percent and not pred_percent:
+        return rationals_equal(pred, gold / 100, pdec, None if gdec is None else gdec + 2)
+    if pred_percent and not gold_percent:
+        return rationals_equal(pred / 100, gold, None if pdec is None else pdec + 2, gdec)
+    return False
