@@ -66,9 +66,9 @@ class LoadedSpec:
             parts.pop()
         return (self.sources[0] if self.sources else None, None)
 
-    def problem(self, path: str, message: str, hint: str = "") -> Problem:
-        """A Problem on ``path`` located by `locate`."""
-        return Problem(path, message, hint).located(*self.locate(path))
+    def problem(self, path: str, message: str, hint: str = "", *, at: Optional[str] = None) -> Problem:
+        """A Problem on ``path`` located by `locate` (of ``at`` when given: the key that caused it)."""
+        return Problem(path, message, hint).located(*self.locate(at or path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,7 +135,8 @@ def _parse(text: str, name: str) -> tuple[DictConfig, dict[str, tuple[str, int]]
     except OmegaConfBaseException as exc:
         raise SpecError([Problem("<yaml>", f"cannot read spec: {exc}", "", name, None)]) from None
     if not isinstance(cfg, DictConfig):
-        raise SpecError([Problem("<yaml>", "a spec must be a YAML mapping (key: value lines)", "", name, 1)])
+        first = next((i for i, line in enumerate(text.splitlines(), 1) if line.strip() and not line.lstrip().startswith("#")), 1)
+        raise SpecError([Problem("<yaml>", "a spec must be a YAML mapping (key: value lines)", "", name, first)])
     return cfg, lines
 
 

@@ -161,7 +161,8 @@ def _one_problem(path: str, parts: list[Union[str, int]], errs: list[dict], load
     if kind == "missing":
         desc = owner.model_fields[str(parts[-1])].description if owner and parts and str(parts[-1]) in owner.model_fields else None
         hint = f"add {path}: <{describe_type(annotation)}>" + (f" ({desc})" if desc else "")
-        return loaded.problem(path, "required field is missing", hint)
+        problem = loaded.problem(path, "required field is missing", hint)
+        return problem if problem.line else problem.located(problem.file, 1)
     value = first.get("input")
     literal = [e for e in errs if e["type"] == "literal_error"]
     if literal and len(literal) == len(errs):
@@ -256,7 +257,7 @@ def _check_data(spec: ExperimentSpec, loaded: LoadedSpec, check_files: bool) -> 
     if d.prompt_template == "custom":
         if not d.custom_template:
             problems.append(loaded.problem("data.custom_template", "prompt_template: custom needs custom_template",
-                                           "custom_template: \"Question: {input}\\nAnswer:\""))
+                                           "custom_template: \"Question: {input}\\nAnswer:\"", at="data.prompt_template"))
         elif "{input}" not in d.custom_template:
             problems.append(loaded.problem("data.custom_template", "custom_template has no '{input}' placeholder",
                                            "put {input} where the question goes"))
