@@ -11,8 +11,8 @@ Two stages:
 Number rules (``normalize.rationals_equal``): exact rationals compare exactly; a gold written as a
 decimal accepts an exact prediction that rounds to it; a prediction written as a decimal matches a
 non-terminating or irrational gold within relative 1e-6; two exact irrational values within
-relative 1e-12 (30-digit evaluation). Expressions with free symbols compare by evaluation at
-fixed pseudo-random points (relative 1e-9).
+relative 1e-40 (50-digit evaluation). Expressions with free symbols compare by evaluation at
+fixed pseudo-random points (relative 1e-40, or 1e-6 with decimals).
 """
 
 from __future__ import annotations
@@ -183,7 +183,9 @@ def _rel_equal(p, g, ctx: _Ctx) -> bool:
 
 _POINTS = ("0.7341", "1.3917", "2.1529", "-0.5813", "0.4267", "1.8832", "-1.2691", "2.6173",
            "0.9358", "3.3071", "-2.4419", "1.1173")
-_PREC = 30
+_PREC = 50
+_EXACT_REL = 1e-40    # both sides exact: agree to 40 digits (50-digit evaluation)
+_DECIMAL_REL = 1e-6  # a side written as a decimal
 
 
 def _to_mpc(v):
@@ -194,17 +196,18 @@ def _to_mpc(v):
         return None
     re_, im_ = v.as_real_imag()
     out = []
-    for part in (re_, im_):
-        part = sympy.N(part, _PREC)
-        if not part.is_Number or not part.is_finite:
-            return None
-        out.append(mpmath.mpf(sympy.Float(part, _PREC)._mpf_))
-    return mpmath.mpc(out[0], out[1])
+    with mpmath.workprec(200):
+        for part in (re_, im_):
+            part = sympy.N(part, _PREC)
+            if not part.is_Number or not part.is_finite:
+                return None
+            out.append(mpmath.mpf(sympy.Float(part, _PREC)._mpf_))
+        return mpmath.mpc(out[0], out[1])
 
 
 def _close(a, b, rel: float, abs_tol: float = 1e-25) -> bool:
     import mpmath
-    with mpmath.workprec(110):
+    with mpmath.workprec(200):
         return abs(a - b) <= rel * max(abs(a), abs(b)) + abs_tol
 
 
@@ -230,7 +233,14 @@ def _expr_equal(p, g, ctx: _Ctx) -> bool:
         if a == b:
             return True
         return any(_const_equal(x, y, p.meta.decimals, g.meta.decimals) for x, y in pairs)
-    return _points_equal(a, b)
+    import sympy
+    diff = sympy.Add(a, sympy.Mul(-1, b))
+    if diff == 0:
+        return True
+    if not diff.free_symbols and diff.is_Rational:   # x + 1/10^20 vs x
+        return False
+    decimals = p.meta.decimals is not None or g.meta.decimals is not None
+    return _points_equal(a, b, _DECIMAL_REL if decimals else _EXACT_REL)
 
 
 def _const_equal(a, b, pdec: Optional[int], gdec: Optional[int]) -> bool:
@@ -246,8 +256,8 @@ def _const_equal(a, b, pdec: Optional[int], gdec: Optional[int]) -> bool:
     if gdec is not None and pdec is None:
         return _close(va, vb, 0.0, 0.5 * 10.0 ** (-gdec) * (1 + 1e-9))
     if pdec is not None or gdec is not None:
-        return _close(va, vb, 1e-6)
-    return _close(va, vb, 1e-12)
+        return _close(va, vb, _DECIMAL_REL)
+    return _close(va, vb, _EXACT_REL, 1e-45)
 
 
 def _subs_points(symbols):
@@ -257,7 +267,7 @@ def _subs_points(symbols):
         yield {s: sympy.Float(_POINTS[(k * 5 + j * 7) % len(_POINTS)], _PREC) for j, s in enumerate(syms)}
 
 
-def _points_equal(a, b) -> bool:
+def _points_equal(a, b, rel: float) -> bool:
     symbols = a.free_symbols | b.free_symbols
     if len(symbols) > 12:
         return False
@@ -266,7 +276,7 @@ def _points_equal(a, b) -> bool:
         va, vb = _numeric(a, subs), _numeric(b, subs)
         if va is None or vb is None:
             continue
-        if not _close(va, vb, 1e-9, 1e-20):
+        if not _close(va, vb, rel, 1e-45):
             return False
         valid += 1
         if valid >= 5:
@@ -285,14 +295,14 @@ def _proportional(dp, dg) -> bool:
     valid = 0
     for subs in _subs_points(symbols):
         vp, vg = _numeric(dp, subs), _numeric(dg, subs)
-        if vp is None or vg is None or abs(vg) < 1e-12:
+        if vp is None or vg is None or abs(vg) < 1e-30:
             continue
         r = vp / vg
-        if abs(r) < 1e-12:
+        if abs(r) < 1e-30:
             return False
         if ratio is None:
             ratio = r
-        elif not _close(r, ratio, 1e-9, 1e-20):
+        elif not _close(r, ratio, 1e-30, 1e-45):
             return False
         valid += 1
         if valid >= 5:

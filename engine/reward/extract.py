@@ -16,7 +16,7 @@ MAX_RESPONSE_CHARS = 32_768
 MAX_ANSWER_CHARS = 2_000
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
-_PHRASE_RE = re.compile(r"(?:final\s+answer|the\s+answer)\s*(?:is|:)\s*", re.IGNORECASE)
+_PHRASE_RE = re.compile(r"(?:final\s+answer|the\s+answer)\s*(?:is\s*:?|:)\s*", re.IGNORECASE)
 _NUMBER_RE = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 
 
@@ -129,7 +129,9 @@ def extract_answer_info(response: str, end_tokens: Sequence[str] = (),
     boxed = last_boxed(text)
     if boxed is not None:
         ans = _unbox(boxed).strip()
-        return (ans[:MAX_ANSWER_CHARS] if ans else None), True
+        if ans:
+            return ans[:MAX_ANSWER_CHARS], True
+        return None, False  # an empty box is no answer
     phrase = _after_phrase(text)
     if phrase is not None:
         return phrase[:MAX_ANSWER_CHARS], False

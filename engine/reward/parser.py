@@ -238,16 +238,6 @@ def _answer(toks: List[Tok], depth: int) -> Node:
         if items == [[]]:
             return Node("set", items=[])
         return Node("set", items=[_answer(p, depth + 1) for p in _cap(items)])
-    # relations: x = 3, y \le 2
-    rel_parts = _split_top(toks, _is_rel)
-    if len(rel_parts) > 1:
-        ops = [t for t in _top_level(toks) if _is_rel(t)]
-        if len(rel_parts) == 2:
-            return Node("rel", open=_rel_op(ops[0]),
-                        items=[_answer(rel_parts[0], depth + 1), _answer(rel_parts[1], depth + 1)])
-        # chains like a = b = 3: keep the last two sides
-        return Node("rel", open=_rel_op(ops[-1]),
-                    items=[_answer(rel_parts[-2], depth + 1), _answer(rel_parts[-1], depth + 1)])
     # tuple / interval: (a, b), [a, b), ...
     if toks[0].text in ("(", "[") and toks[-1].text in (")", "]") and _wrapped(toks):
         inner = toks[1:-1]
@@ -259,6 +249,16 @@ def _answer(toks: List[Tok], depth: int) -> Node:
     items = _split_top(toks, lambda t: t.kind == "OP" and t.text == ",")
     if len(items) > 1:
         return Node("list", items=[_answer(p, depth + 1) for p in _cap(items)])
+    # relations: x = 3, y \le 2
+    rel_parts = _split_top(toks, _is_rel)
+    if len(rel_parts) > 1:
+        ops = [t for t in _top_level(toks) if _is_rel(t)]
+        if len(rel_parts) == 2:
+            return Node("rel", open=_rel_op(ops[0]),
+                        items=[_answer(rel_parts[0], depth + 1), _answer(rel_parts[1], depth + 1)])
+        # chains like a = b = 3: keep the last two sides
+        return Node("rel", open=_rel_op(ops[-1]),
+                    items=[_answer(rel_parts[-2], depth + 1), _answer(rel_parts[-1], depth + 1)])
     # a \pm b -> list of two
     pm = _split_top(toks, lambda t: t.kind == "CMD" and t.text in ("pm", "mp"))
     if len(pm) == 2 and pm[1]:
