@@ -78,18 +78,19 @@ def _render_text(plan: Any) -> str:
 def plan_command(argv: Optional[Sequence[str]] = None) -> int:
     """`engine plan SPEC [--dry-run] [--json] [key=value ...]` -> exit code (0/1/2)."""
     try:
-        args = _plan_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+        args = _plan_parser().parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
     except _UsageError as exc:
         print(str(exc), file=sys.stderr, end="")
         return EXIT_INVALID
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     from compiler.api import load_and_validate
-    from compiler.lower import lower
     from compiler.validate import spec_warnings
 
     try:
         loaded, spec, arch = load_and_validate(args.spec, args.overrides)
+        from compiler.lower import lower  # after validation: invalid specs are reported without it
+
         plan = lower(spec, arch, loaded.sources)
     except SpecError as exc:
         print(exc.render(), file=sys.stderr)

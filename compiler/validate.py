@@ -294,8 +294,8 @@ def spec_warnings(spec: ExperimentSpec, loaded: Optional[LoadedSpec] = None) -> 
     out = []
     for key, value in (("data.train", spec.data.train), ("data.val", spec.data.val)):
         if value and _is_local_file(value) and not Path(value).exists():
-            out.append(at(key, f"data file not found: {value} (fine for planning; `engine run` needs it)",
-                          f"override {key}=<path>"))
+            out.append(at(key, f"{value} does not exist yet (plan does not need it; engine run does: "
+                          f"override {key}=<file>)"))
     if spec.data.custom_template is not None and spec.data.prompt_template != "custom":
         out.append(at("data.custom_template", f"custom_template is ignored: prompt_template is {spec.data.prompt_template!r}",
                       "set data.prompt_template: custom, or remove custom_template"))
