@@ -33,6 +33,9 @@ class DevicePlan(_Frozen):
     memory_gib: dict[str, float] = Field(default_factory=dict, description="Estimated peak memory by component (GiB).")
     peak_gib: float = Field(0.0, description="Estimated peak memory on this device (GiB).")
     capacity_gib: float = Field(0.0, description="Device memory (GiB).")
+    stage: Optional[int] = Field(None, description="Trainer pipeline stage held by this device (None: no trainer).")
+    peak_phase: str = Field("", description="RL-step phase at which the peak occurs (generation, log_probs, train).")
+    phases_gib: dict[str, float] = Field(default_factory=dict, description="Estimated total memory per phase (GiB).")
 
 
 class TrainerPlan(_Frozen):
@@ -50,6 +53,7 @@ class TrainerPlan(_Frozen):
     offload: bool = False
     fp8: Literal["none", "delayed", "tensorwise", "blockwise"] = "none"
     distributed_optimizer: bool = True
+    log_prob_micro_batch_size: int = Field(1, description="Sequences per device per old/reference log-prob forward.")
     ranks: list[int] = Field(description="Global device ranks of the trainer.")
 
 
@@ -61,6 +65,10 @@ class RolloutPlan(_Frozen):
     replicas: int
     gpu_memory_utilization: float
     sleep_level: int = 0
+    max_model_len: int = Field(0, description="Prompt + response tokens a sequence may reach.")
+    max_num_seqs: int = Field(0, description="Sequences a replica decodes at once (engine limit).")
+    kv_cache_tokens: int = Field(0, description="Estimated KV-cache capacity of one replica (tokens).")
+    concurrency: int = Field(0, description="Max-length sequences a replica can hold at once (KV and max_num_seqs).")
     ranks: list[int] = Field(description="Global device ranks of the generator replicas (replica-major).")
 
 
@@ -70,6 +78,8 @@ class Estimates(_Frozen):
     step_time_s: float = Field(0.0, description="Estimated seconds per RL step (generation + log-probs + training).")
     generation_time_s: float = 0.0
     training_time_s: float = 0.0
+    log_prob_time_s: float = Field(0.0, description="Old-policy and reference log-prob forwards (s).")
+    sync_time_s: float = Field(0.0, description="Weight transfer trainer -> generator (s).")
     tokens_per_step: int = Field(0, description="Prompt + response tokens processed per RL step (upper bound).")
     params_b: float = Field(0.0, description="Model parameters (billions).")
 

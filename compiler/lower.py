@@ -1,0 +1,179 @@
+"""Lowering: a validated `ExperimentSpec` + `Architecture` -> `Plan` (placement, memory, estimates).
+
+`lower` never raises for an infeasible or illegal spec: the Plan says ``feasible: false`` with
+reasons (the closest layout's overflow, rule violations) and suggestions of what would fit.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from schemas import Architecture, ExperimentSpec
+
+from compiler import memory as M
+from compiler.placement import Candidate, Inputs, SearchResult, choice_notes, search
+from compiler.plan import DevicePlan, Estimates, Plan, RolloutPlan, TrainerPlan
+from compiler.rules import check_spec
+
+
+def _r(x: float, nd: int = 3) -> float:
+    return round(float(x), nd)
+
+
+def _gib(x: float) -> float:
+    return _r(x / M.GIB)
+
+
+def _tokens_per_step(spec: ExperimentSpec) -> int:
+    return spec.data.train_batch_size * spec.rollout.n * (spec.data.max_prompt_length + spec.data.max_response_length)
+
+
+def lower(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str] = ()) -> Plan:
+    """Run the placement search and build the Plan (feasible or not, with reasons)."""
+    problems = check_spec(spec, arch)
+    if spec.cluster.accelerator == "cpu":
+        return _cpu_plan(spec, arch, sources, problems)
+    base = dict(spec=spec, sources=list(sources), architecture=arch, accelerator="gpu", placement=spec.placement,
+                nodes=spec.cluster.nodes, gpus_per_node=spec.cluster.gpus_per_node)
+    params_b = _r(M.total_params(arch) / 1e9, 4)
+    if problems:
+        reasons = [f"{p.path}: {p.message}" + (f" (hint: {p.hint})" if p.hint else "") for p in problems]
+        return Plan(**base, feasible=False, reasons=reasons,
+                    estimates=Estimates(tokens_per_step=_tokens_per_step(spec), params_b=params_b))
+    inp = Inputs.from_spec(spec, arch)
+    res = search(inp)
+    cand = res.best or res.closest
+    notes = _notes(spec, inp, res)
+    if cand is None:
+        return Plan(**base, feasible=False, reasons=res.reasons or ["no legal layout"], notes=notes,
+                    estimates=Estimates(tokens_per_step=_tokens_per_step(spec), params_b=params_b))
+    return Plan(**base, feasible=res.feasible, reasons=[] if res.feasible else res.reasons, notes=notes,
+                trainer=_trainer_plan(spec, inp, cand), rollout=_rollout_plan(spec, inp, cand),
+                devices=_devices(inp, cand), estimates=_estimates(spec, cand, params_b))
+
+
+def _trainer_plan(spec: ExperimentSpec, inp: Inputs, c: Candidate) -> TrainerPlan:
+    tr = spec.trainer
+    return TrainerPlan(
+        backend=tr.backend, tensor_parallel=c.tp, pipeline_parallel=c.pp, context_parallel=c.cp, data_parallel=c.dp,
+        sequence_parallel=inp.sequence_parallel and c.tp > 1, micro_batch_size=inp.micro_batch,
+        gradient_accumulation=c.microbatches, recompute=inp.recompute, offload=tr.offload, fp8=tr.fp8,
+        distributed_optimizer=tr.distributed_optimizer, log_prob_micro_batch_size=inp.lp_micro_batch,
+        ranks=list(c.trainer_ranks))
+
+
+def _rollout_plan(spec: ExperimentSpec, inp: Inputs, c: Candidate) -> RolloutPlan:
+    ro = spec.rollout
+    return RolloutPlan(
+        backend=ro.backend, tensor_parallel=c.rtp, replicas=c.replicas, gpu_memory_utilization=ro.gpu_memory_utilization,
+        sleep_level=ro.sleep_level if spec.placement == "colocated" else 0, max_model_len=inp.seq,
+        max_num_seqs=ro.max_num_seqs, kv_cache_tokens=c.vllm.kv_tokens if c.vllm else 0,
+        concurrency=c.concurrency, ranks=list(c.gen_ranks))
+
+
+def _devices(inp: Inputs, c: Candidate) -> list[DevicePlan]:
+    by_rank = {r: g for g in c.gpus for r in g.ranks}
+    out = []
+    cap = _gib(inp.capacity)
+    for rank in range(inp.world):
+        node, index = divmod(rank, inp.gpus_per_node)
+        g = by_rank.get(rank)
+        if g is None:
+            out.append(DevicePlan(node=node, index=index, rank=rank, roles=[], capacity_gib=cap, peak_phase="idle"))
+            continue
+        ph = g.peak_phase
+        mem = {k: _gib(v) for k, v in sorted(g.phases[ph].items()) if v > 0}
+        out.append(DevicePlan(node=node, index=index, rank=rank, roles=list(g.roles), memory_gib=mem,
+                              peak_gib=_gib(g.peak), capacity_gib=cap, stage=g.stage, peak_phase=ph,
+                              phases_gib={p: _gib(g.phase_total(p)) for p in g.phases}))
+    return out
+
+
+def _estimates(spec: ExperimentSpec, c: Candidate, params_b: float) -> Estimates:
+    t = c.times
+    return Estimates(step_time_s=_r(c.step_time, 1), generation_time_s=_r(t.get("generation", 0), 1),
+                     training_time_s=_r(t.get("train", 0) + t.get("offload", 0), 1),
+                     log_prob_time_s=_r(t.get("log_probs", 0), 1), sync_time_s=_r(t.get("sync", 0), 2),
+                     tokens_per_step=_tokens_per_step(spec), params_b=params_b)
+
+
+def _notes(spec: ExperimentSpec, inp: Inputs, res: SearchResult) -> list[str]:
+    notes = choice_notes(res)
+    c: Optional[Candidate] = res.best or res.closest
+    if c is None:
+        return notes
+    if spec.trainer.sequence_parallel and c.tp == 1 and spec.trainer.backend == "megatron":
+        notes.append("sequence_parallel has no effect at TP1 (off in the plan)")
+    if inp.reference:
+        notes.append("reference policy (bf16) shares the trainer's GPUs and layout"
+                     + ("; offloaded to CPU outside its log-prob pass" if inp.offload else ""))
+    if inp.critic:
+        notes.append("critic (gae) shares the trainer's GPUs and layout")
+    if c.vllm is not None:
+        v = c.vllm
+        notes.append(f"vLLM TP{c.rtp}: reservation {_gib(v.reservation):.1f} GiB per GPU = weights {_gib(v.weights):.1f} + "
+                     f"activations {_gib(v.activations):.1f} + graphs/other {_gib(v.cuda_graphs + v.non_torch):.1f} + KV "
+                     f"{_gib(max(0, v.kv_cache)):.1f} GiB; KV holds {v.kv_tokens} tokens per replica = "
+                     f"{v.kv_tokens // max(1, inp.seq)} sequences of {inp.seq} (max_num_seqs {inp.max_num_seqs}, "
+                     f"concurrency {c.concurrency})")
+        if c.concurrency < inp.max_num_seqs:
+            notes.append(f"KV capacity limits each replica to {c.concurrency} concurrent max-length sequences "
+                         f"(< max_num_seqs {inp.max_num_seqs})")
+        if spec.placement == "colocated":
+            notes.append(f"vLLM sleep level {inp.sleep_level} during training: "
+                         + ("whole reservation stays on the GPU" if inp.sleep_level == 0 else
+                            "weights offloaded to CPU and KV cache freed" if inp.sleep_level == 1 else
+                            "weights and KV cache discarded") + "; CUDA graphs stay")
+    if inp.offload:
+        notes.append("trainer offload: optimizer states and fp32 masters on CPU; grads leave the GPU between updates")
+    notes.append("reward: CPU verification processes (no GPU memory)")
+    notes.append("step time is an upper bound: every response at max length "
+                 f"({inp.response} tokens), MFU {0.40:.2f} at TP1/PP1, decode at 70% of HBM bandwidth")
+    return notes
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU
+# ---------------------------------------------------------------------------------------------
+
+def _cpu_plan(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str], problems) -> Plan:
+    """One 'cpu' device holding every role; memory estimated in fp32 against host RAM (not checked)."""
+    P = M.total_params(arch)
+    seq = spec.data.max_prompt_length + spec.data.max_response_length
+    ref = 4.0 * P if spec.algorithm.kl_coef > 0 else 0.0
+    state = {"params": 4.0 * P, "grads": 4.0 * P, "optimizer": 8.0 * P, "reference": ref}
+    recompute = "full" if spec.model.gradient_checkpointing else "none"
+    mb = spec.trainer.micro_batch_size
+    acts = 2.0 * M.stage_activation_bytes(arch, seq, mb, 1, 1, 0, 1, recompute, False)
+    logits = 2.0 * M.logits_bytes(arch, seq, mb, 1, grad=True, entropy=spec.algorithm.entropy_coef > 0)
+    gen_seqs = (spec.rollout.micro_batch_size or spec.data.train_batch_size) * spec.rollout.n
+    gen = M.hf_generation_bytes(arch, gen_seqs, seq, dtype_bytes=4)
+    phases = {"generation": {**state, "kv_cache": gen}, "train": {**state, "activations": acts, "logits": logits}}
+    totals = {k: sum(v.values()) for k, v in phases.items()}
+    peak_phase = max(totals, key=totals.get)
+    roles = ["trainer", "generator"] + (["reference"] if ref else []) + (["critic"] if spec.algorithm.advantage == "gae" else []) + ["reward"]
+    dev = DevicePlan(node=0, index=0, rank=0, roles=roles,
+                     memory_gib={k: _gib(v) for k, v in sorted(phases[peak_phase].items()) if v > 0},
+                     peak_gib=_gib(totals[peak_phase]), capacity_gib=0.0, peak_phase=peak_phase,
+                     phases_gib={k: _gib(v) for k, v in totals.items()})
+    tr = spec.trainer
+    feasible = not problems
+    notes = [f"CPU run: one process holds every role; about {_gib(totals[peak_phase]):.2f} GiB of host RAM "
+             f"(fp32 params, grads, Adam, reference, {peak_phase} buffers); host RAM is not part of the spec, so it is not checked",
+             "TP = PP = DP = 1; generation with transformers (hf), training with plain PyTorch"]
+    return Plan(
+        spec=spec, sources=list(sources), architecture=arch, accelerator="cpu", placement=spec.placement, nodes=1,
+        gpus_per_node=0, feasible=feasible,
+        reasons=[] if feasible else [f"{p.path}: {p.message}" + (f" (hint: {p.hint})" if p.hint else "") for p in problems],
+        notes=notes,
+        trainer=TrainerPlan(backend=tr.backend, tensor_parallel=1, pipeline_parallel=1, context_parallel=1, data_parallel=1,
+                            sequence_parallel=False, micro_batch_size=mb,
+                            gradient_accumulation=max(1, spec.algorithm.ppo_mini_batch_size * spec.rollout.n // mb),
+                            recompute=recompute, offload=False, fp8="none", distributed_optimizer=False,
+                            log_prob_micro_batch_size=tr.log_prob_micro_batch_size, ranks=[0]),
+        rollout=RolloutPlan(backend=spec.rollout.backend, tensor_parallel=1, replicas=1, gpu_memory_utilization=spec.rollout.gpu_memory_utilization,
+                            sleep_level=0, max_model_len=seq, max_num_seqs=gen_seqs, kv_cache_tokens=0,
+                            concurrency=gen_seqs, ranks=[0]),
+        devices=[dev],
+        estimates=Estimates(tokens_per_step=_tokens_per_step(spec), params_b=_r(P / 1e9, 4)),
+    )

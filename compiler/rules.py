@@ -1,0 +1,233 @@
+"""Placement-independent legality of the parallel sizes and precision a spec fixes.
+
+`check_spec` looks only at values the user wrote as integers (``auto`` is the placement search's
+business) and returns every problem at once, each with the field to change, the numbers, and a
+legal value. The small helpers (`legal_trainer_tp`, `legal_rollout_tp`, `legal_pp`, `fp8_ok`) are
+shared with the placement search so both agree on what is legal.
+"""
+
+from __future__ import annotations
+
+from schemas import Architecture, ExperimentSpec
+
+from compiler.errors import Problem
+from compiler.memory import kv_heads_per_rank
+
+#: FP8 recipes whose scaling is per tensor (GEMM dims: last % 16, leading % 8).
+PER_TENSOR_FP8 = ("delayed", "tensorwise")
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _kv_ok(kv: int, tp: int) -> bool:
+    """Megatron-core >= 0.16 / vLLM: KV heads split evenly, or TP a multiple of them (replicated)."""
+    return kv % tp == 0 or tp % kv == 0
+
+
+def legal_trainer_tp(arch: Architecture) -> list[int]:
+    """Megatron tensor-parallel sizes for ``arch``: heads % t == 0, ffn % t == 0 and (KV heads % t
+    == 0 or t % KV heads == 0, each rank then holding one replicated KV head; megatron-core >= 0.16)."""
+    return [t for t in _divisors(arch.num_heads)
+            if arch.ffn_hidden_size % t == 0 and _kv_ok(arch.num_kv_heads, t)]
+
+
+def legal_rollout_tp(arch: Architecture, max_gpus: int) -> list[int]:
+    """vLLM tensor-parallel sizes up to ``max_gpus``: heads % t == 0, ffn % t == 0, and KV heads %
+    t == 0 below the KV head count, t % KV heads == 0 at or above it."""
+    return [t for t in _divisors(arch.num_heads)
+            if t <= max_gpus and arch.ffn_hidden_size % t == 0 and _kv_ok(arch.num_kv_heads, t)]
+
+
+def legal_pp(arch: Architecture) -> list[int]:
+    """Pipeline sizes that split the layers evenly (divisors of num_layers)."""
+    return _divisors(arch.num_layers)
+
+
+def fp8_gemms(arch: Architecture, tp: int) -> dict[str, tuple[int, int]]:
+    """Weight shapes (rows = output features, cols = input features) of one TP rank's GEMMs."""
+    h, d, f = arch.hidden_size, arch.kv_channels, arch.ffn_hidden_size
+    q = arch.num_heads * d // tp
+    qkv = q + 2 * kv_heads_per_rank(arch, tp) * d
+    return {"qkv": (qkv, h), "proj": (h, q), "fc1": (2 * f // tp, h), "fc2": (h, f // tp)}
+
+
+def fp8_ok(arch: Architecture, recipe: str, tp: int) -> str | None:
+    """None when Transformer Engine can run ``recipe`` on every GEMM at tensor parallel ``tp``, else why.
+
+    Per-tensor recipes (delayed, tensorwise) need the weight's last (input) dim % 16 and leading
+    (output) dim % 8; blockwise (1x128 / 128x128 scaling) needs both % 128. Token dims are padded
+    by the runtime and not checked here.
+    """
+    if recipe in ("none", None):
+        return None
+    bad = []
+    for name, (rows, cols) in fp8_gemms(arch, tp).items():
+        if recipe == "blockwise":
+            ok = rows % 128 == 0 and cols % 128 == 0
+            need = "% 128"
+        else:
+            ok = cols % 16 == 0 and rows % 8 == 0
+            need = "last % 16, leading % 8"
+        if not ok:
+            bad.append(f"{name} {rows}x{cols}")
+    if not bad:
+        return None
+    need = "both dims % 128" if recipe == "blockwise" else "last dim % 16 and leading dim % 8"
+    return f"fp8 '{recipe}' needs {need}; at TP{tp} the sharded GEMMs {', '.join(bad)} do not"
+
+
+def fp8_legal_tp(arch: Architecture, recipe: str) -> list[int]:
+    """Legal trainer TP sizes at which ``recipe`` also passes the FP8 dimension rules."""
+    return [t for t in legal_trainer_tp(arch) if fp8_ok(arch, recipe, t) is None]
+
+
+def _fixed(v) -> int | None:
+    return v if isinstance(v, int) else None
+
+
+def world_size(spec: ExperimentSpec) -> int:
+    """Devices of the cluster: nodes x gpus_per_node (1 for a CPU run)."""
+    if spec.cluster.accelerator == "cpu":
+        return 1
+    return spec.cluster.nodes * spec.cluster.gpus_per_node
+
+
+def check_spec(spec: ExperimentSpec, arch: Architecture) -> list[Problem]:
+    """Every problem with the values the spec fixes (placement-independent), in field order."""
+    out: list[Problem] = []
+    tr, ro, cl = spec.trainer, spec.rollout, spec.cluster
+    cpu = cl.accelerator == "cpu"
+    gpn = cl.gpus_per_node
+    world = world_size(spec)
+    tp, pp, cp = _fixed(tr.tensor_parallel), _fixed(tr.pipeline_parallel), tr.context_parallel
+    rtp = _fixed(ro.tensor_parallel)
+    seq = spec.data.max_prompt_length + spec.data.max_response_length
+    legal_tp = legal_trainer_tp(arch)
+
+    # --- accelerator / backend -----------------------------------------------------------------
+    if cpu and tr.backend == "megatron":
+        out.append(Problem("trainer.backend", "backend 'megatron' needs GPUs but cluster.accelerator is 'cpu'",
+                           "use trainer.backend: torch for CPU runs"))
+    if cpu and ro.backend == "vllm":
+        out.append(Problem("rollout.backend", "backend 'vllm' needs GPUs but cluster.accelerator is 'cpu'",
+                           "use rollout.backend: hf for CPU runs"))
+    if not cpu and gpn < 1:
+        out.append(Problem("cluster.gpus_per_node", "cluster.accelerator is 'gpu' but gpus_per_node is 0",
+                           "set gpus_per_node >= 1, or accelerator: cpu"))
+
+    # --- trainer tensor / pipeline / context parallel ------------------------------------------
+    if tp is not None:
+        if tr.backend == "torch" and tp != 1:
+            out.append(Problem("trainer.tensor_parallel", f"backend 'torch' has no tensor parallelism (got {tp})",
+                               "use tensor_parallel: 1 (or auto), or trainer.backend: megatron"))
+        elif tp not in legal_tp:
+            why = []
+            if arch.num_heads % tp:
+                why.append(f"{arch.num_heads} heads % {tp} = {arch.num_heads % tp}")
+            if arch.ffn_hidden_size % tp:
+                why.append(f"ffn {arch.ffn_hidden_size} % {tp} = {arch.ffn_hidden_size % tp}")
+            if not _kv_ok(arch.num_kv_heads, tp):
+                why.append(f"{arch.num_kv_heads} KV heads neither divisible by {tp} nor dividing it")
+            out.append(Problem("trainer.tensor_parallel", f"tensor_parallel {tp} does not split the model: " + "; ".join(why),
+                               f"legal values for this model: {legal_tp}"))
+        if not cpu and gpn >= 1 and tp > gpn:
+            out.append(Problem("trainer.tensor_parallel", f"tensor_parallel {tp} exceeds the {gpn} GPUs of a node (TP must stay inside a node)",
+                               f"use one of {[t for t in legal_tp if t <= gpn]}"))
+    if pp is not None:
+        if tr.backend == "torch" and pp != 1:
+            out.append(Problem("trainer.pipeline_parallel", f"backend 'torch' has no pipeline parallelism (got {pp})",
+                               "use pipeline_parallel: 1 (or auto)"))
+        elif arch.num_layers % pp:
+            out.append(Problem("trainer.pipeline_parallel", f"pipeline_parallel {pp} does not divide the {arch.num_layers} layers",
+                               f"legal values: {legal_pp(arch)}"))
+    if cp > 1:
+        if tr.backend == "torch":
+            out.append(Problem("trainer.context_parallel", f"backend 'torch' has no context parallelism (got {cp})",
+                               "use context_parallel: 1"))
+        if seq % (2 * cp):
+            out.append(Problem("trainer.context_parallel",
+                               f"max prompt + response = {seq} tokens is not divisible by 2 x context_parallel = {2 * cp}",
+                               f"pick context_parallel with {seq} % (2*cp) == 0, e.g. "
+                               f"{[c for c in (1, 2, 4, 8) if seq % (2 * c) == 0]}"))
+
+    # --- world size ------------------------------------------------------------------------------
+    model_par = (tp or 1) * (pp or 1) * cp
+    if not cpu and world >= 1:
+        if spec.placement == "colocated":
+            if world % model_par:
+                out.append(Problem("trainer.tensor_parallel" if tp else "trainer.pipeline_parallel",
+                                   f"{world} GPUs are not divisible by TP x PP x CP = {tp or 1} x {pp or 1} x {cp} = {model_par}",
+                                   f"choose sizes whose product divides {world}"))
+        else:
+            need = model_par + (rtp or 1)
+            if need > world:
+                out.append(Problem("placement", f"split placement needs TP x PP x CP = {model_par} trainer GPUs plus at least "
+                                   f"{rtp or 1} generator GPUs = {need} > {world} GPUs",
+                                   "use placement: colocated, smaller parallel sizes, or more nodes"))
+
+    # --- rollout tensor parallel -------------------------------------------------------------------
+    if rtp is not None:
+        if ro.backend == "hf" and rtp != 1:
+            out.append(Problem("rollout.tensor_parallel", f"backend 'hf' has no tensor parallelism (got {rtp})",
+                               "use rollout.tensor_parallel: 1 (or auto), or rollout.backend: vllm"))
+        else:
+            legal_r = legal_rollout_tp(arch, 1 << 30)
+            if rtp not in legal_r:
+                why = []
+                if arch.num_heads % rtp:
+                    why.append(f"{arch.num_heads} heads % {rtp} = {arch.num_heads % rtp}")
+                if arch.ffn_hidden_size % rtp:
+                    why.append(f"ffn {arch.ffn_hidden_size} % {rtp} = {arch.ffn_hidden_size % rtp}")
+                if not _kv_ok(arch.num_kv_heads, rtp):
+                    rel = ">=" if rtp >= arch.num_kv_heads else "<"
+                    why.append(f"TP {rtp} {rel} {arch.num_kv_heads} KV heads needs "
+                               + (f"{rtp} % {arch.num_kv_heads} == 0" if rtp >= arch.num_kv_heads
+                                  else f"{arch.num_kv_heads} % {rtp} == 0"))
+                out.append(Problem("rollout.tensor_parallel", f"vLLM tensor_parallel {rtp} does not split the model: " + "; ".join(why),
+                                   f"legal values for this model: {legal_rollout_tp(arch, max(world, 1))}"))
+            if not cpu and rtp > world:
+                out.append(Problem("rollout.tensor_parallel", f"vLLM tensor_parallel {rtp} exceeds the {world} GPUs of the cluster",
+                                   f"legal values here: {legal_rollout_tp(arch, world)}"))
+            elif not cpu and gpn >= 1 and rtp > gpn:
+                out.append(Problem("rollout.tensor_parallel", f"vLLM tensor_parallel {rtp} exceeds the {gpn} GPUs of a node",
+                                   f"use one of {legal_rollout_tp(arch, gpn)}"))
+
+    # --- batch sizes ------------------------------------------------------------------------------
+    bs, mini, n = spec.data.train_batch_size, spec.algorithm.ppo_mini_batch_size, ro.n
+    if bs % mini:
+        out.append(Problem("algorithm.ppo_mini_batch_size",
+                           f"train_batch_size {bs} is not divisible by ppo_mini_batch_size {mini}",
+                           f"use a divisor of {bs}, e.g. {max(d for d in _divisors(bs) if d <= mini)}"))
+    dp = None
+    if cpu:
+        dp = 1
+    elif tr.backend == "torch" and spec.placement == "colocated":
+        dp = world
+    elif tp is not None and pp is not None and spec.placement == "colocated" and world % model_par == 0:
+        dp = world // model_par
+    if dp:
+        seqs, mb = mini * n, tr.micro_batch_size
+        if seqs % (dp * mb):
+            out.append(Problem("trainer.micro_batch_size",
+                               f"a mini-batch of {mini} x {n} = {seqs} sequences does not split over DP {dp} x micro_batch {mb} = {dp * mb}",
+                               f"micro_batch_size dividing {seqs // dp if seqs % dp == 0 else seqs}/DP, e.g. 1"
+                               if seqs % dp == 0 else f"change ppo_mini_batch_size or rollout.n so {seqs} divides by DP {dp}"))
+
+    # --- precision ----------------------------------------------------------------------------------
+    if tr.fp8 != "none":
+        if tr.backend == "torch":
+            out.append(Problem("trainer.fp8", "fp8 needs Transformer Engine (trainer.backend: megatron); backend is 'torch'",
+                               "set fp8: none, or trainer.backend: megatron"))
+        elif tp is not None and tp in legal_tp:
+            why = fp8_ok(arch, tr.fp8, tp)
+            if why:
+                ok_tp = fp8_legal_tp(arch, tr.fp8)
+                out.append(Problem("trainer.fp8", why,
+                                   f"TP values where '{tr.fp8}' works for this model: {ok_tp}; or use fp8: delayed/tensorwise"
+                                   if ok_tp else "no TP size works for this recipe; use fp8: delayed or tensorwise"))
+        elif tp is None and not fp8_legal_tp(arch, tr.fp8):
+            out.append(Problem("trainer.fp8", f"fp8 '{tr.fp8}' fails the GEMM dimension rules at every legal TP of this model",
+                               "use fp8: delayed or tensorwise, or none"))
+    return out
