@@ -15,14 +15,14 @@ Source = Union[str, Path]
 
 def resolve_spec(source: Source, overrides: Sequence[str] = (), *, check_files: bool = False) -> ExperimentSpec:
     """The fully resolved, validated spec (inheritance, interpolation, overrides and defaults applied)."""
-    spec, _ = validate(load_spec(source, overrides), check_files=check_files)
+    spec, _ = validate(load_spec(source, overrides, defer=True), check_files=check_files)
     return spec
 
 
 def load_and_validate(source: Source, overrides: Sequence[str] = (), *, check_files: bool = False
                       ) -> tuple[LoadedSpec, ExperimentSpec, Architecture]:
     """Load and validate; returns the loaded spec (for locations), the typed spec and the architecture."""
-    loaded = load_spec(source, overrides)
+    loaded = load_spec(source, overrides, defer=True)
     spec, arch = validate(loaded, check_files=check_files)
     return loaded, spec, arch
 

@@ -51,6 +51,8 @@ class LoadedSpec:
     sources: list[str]
     overrides: list[str] = field(default_factory=list)
     locations: dict[str, tuple[str, int]] = field(default_factory=dict, repr=False)
+    #: Problems found while loading that did not stop it (unknown overrides, with ``defer=True``).
+    problems: list[Problem] = field(default_factory=list)
 
     def locate(self, path: str) -> Location:
         """(file, line) that set dotted ``path``; falls back to the nearest parent key that is known.
@@ -255,8 +257,9 @@ def _flatten_annotation(annotation: Any) -> list[Any]:
     return [annotation]
 
 
-def _apply_overrides(cfg: DictConfig, lines: dict[str, tuple[str, int]], overrides: Sequence[str]) -> DictConfig:
-    problems: list[Problem] = []
+def _apply_overrides(cfg: DictConfig, lines: dict[str, tuple[str, int]], overrides: Sequence[str],
+                     problems: list[Problem]) -> DictConfig:
+    """Apply each override; bad ones are appended to ``problems`` and skipped."""
     for item in overrides:
         where = f"<override {item}>"
         if "=" not in item:
@@ -290,8 +293,6 @@ def _apply_overrides(cfg: DictConfig, lines: dict[str, tuple[str, int]], overrid
         for stale in [k for k in lines if k.startswith(prefix)]:
             del lines[stale]
         lines[key] = (where, None)  # type: ignore[assignment]
-    if problems:
-        raise SpecError(problems)
     return cfg
 
 
@@ -336,12 +337,14 @@ def _interpolation_problems(cfg: Any, located: LoadedSpec, prefix: str = "") -> 
 # Public API
 
 
-def load_spec(source: Union[str, Path], overrides: Sequence[str] = ()) -> LoadedSpec:
+def load_spec(source: Union[str, Path], overrides: Sequence[str] = (), *, defer: bool = False) -> LoadedSpec:
     """Load a spec file with its parents, apply ``key=value`` overrides and resolve interpolations.
 
     ``source`` is a path to a YAML file; a string containing a newline is read as YAML text itself
     (named ``<string>``, with ``extends:`` relative to the working directory).
     Raises `SpecError` (every problem found, each with file and line) when the spec cannot be read.
+    ``defer=True``: bad overrides are skipped and kept in ``LoadedSpec.problems`` instead, so that
+    `compiler.validate.validate` reports them together with every other problem.
     """
     if isinstance(source, str) and "\n" in source:
         cfg, lines, sources = _build(source, "<string>", Path.cwd(), ())
@@ -350,6 +353,11 @@ def load_spec(source: Union[str, Path], overrides: Sequence[str] = ()) -> Loaded
     overrides = [str(o) for o in overrides]
     loaded = LoadedSpec(data={}, sources=sources, overrides=overrides, locations=lines)
     if overrides:
-        cfg = _apply_overrides(cfg, lines, overrides)
-    loaded.data = _resolve(cfg, loaded)
+        cfg = _apply_overrides(cfg, lines, overrides, loaded.problems)
+    if loaded.problems and not defer:
+        raise SpecError(loaded.problems)
+    try:
+        loaded.data = _resolve(cfg, loaded)
+    except SpecError as exc:
+        raise SpecError([*loaded.problems, *exc.problems]) from None
     return loaded

@@ -313,8 +313,9 @@ def validate(loaded: LoadedSpec, *, check_files: bool = False) -> tuple[Experime
     try:
         spec = ExperimentSpec.model_validate(loaded.data)
     except ValidationError as exc:
-        raise SpecError(_schema_problems(exc.errors(), loaded)) from None
+        raise SpecError([*loaded.problems, *_schema_problems(exc.errors(), loaded)]) from None
     arch, problems = _check_model(spec, loaded)
+    problems = [*loaded.problems, *problems]
     problems += _check_data(spec, loaded, check_files)
     problems += _check_stops(spec, loaded)
     if arch is not None:

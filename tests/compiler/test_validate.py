@@ -165,3 +165,14 @@ def test_warnings_for_group_of_one():
 def test_semantic_checks_wait_for_the_schema():
     got = problems_of(SPEC_7B, ["trainer.lr=0", "model.name=unknown-model"])
     assert set(got) == {"trainer.lr"}  # model resolution runs only once the schema passes
+
+
+def test_unknown_override_reported_with_other_problems():
+    from compiler.api import load_and_validate
+
+    with pytest.raises(SpecError) as info:
+        load_and_validate(SPEC_7B, ["data.max_response_lenght=4", "reward.format=strickt"])
+    assert {p.path for p in info.value.problems} == {"data.max_response_lenght", "reward.format"}
+    with pytest.raises(SpecError) as info:
+        load_and_validate(SPEC_7B, ["trainer.lrr=1", "model.name=qwen2.5-math-7b"])
+    assert {p.path for p in info.value.problems} == {"trainer.lrr", "data.max_response_length", "evaluation.max_response_length"}
