@@ -149,9 +149,10 @@ def _parse(text: str, name: str) -> tuple[DictConfig, dict[str, tuple[str, int]]
 def _display(path: Path) -> str:
     """A short path for messages: relative to the working directory when below it."""
     try:
-        return os.path.relpath(path)
+        rel = os.path.relpath(path)
     except ValueError:  # other drive (Windows)
         return str(path)
+    return str(path.absolute()) if rel.startswith("..") else rel
 
 
 def _read_chain(path: Path, stack: tuple[Path, ...], via: Optional[Location]
@@ -171,8 +172,9 @@ def _read_chain(path: Path, stack: tuple[Path, ...], via: Optional[Location]
                                  *where)])
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError([Problem("<file>", f"cannot read {name}: {exc}", "", name, None)]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError([Problem("<file>", f"cannot read {name}: {exc}", "spec files are UTF-8 text",
+                                 *(via or (name, None)))]) from None
     return _build(text, name, path.parent, (*stack, real))
 
 
