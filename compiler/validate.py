@@ -143,7 +143,8 @@ def _schema_problems(errors: list[dict], loaded: LoadedSpec) -> list[Problem]:
     problems = []
     for key, errs in grouped.items():
         problems.append(_one_problem(key, paths[key], errs, loaded))
-    return problems
+    order = {name: i for i, name in enumerate(loaded.sources)}
+    return sorted(problems, key=lambda p: (order.get(p.file or "", len(order)), p.line or 0))
 
 
 def _one_problem(path: str, parts: list[Union[str, int]], errs: list[dict], loaded: LoadedSpec) -> Problem:
