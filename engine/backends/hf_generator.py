@@ -1,0 +1,166 @@
+"""`hf` generator: batched sampling with a KV cache on a transformers causal LM (CPU, one GPU).
+
+A lean decode loop instead of `model.generate`: prompts are left-padded into one batch, the prompt
+is run once to fill the cache, then one token per step is sampled for every live sequence. Each
+sequence stops on its own (end token, stop string, or the length budget); the loop ends when all
+have stopped. Sampling uses a seeded `torch.Generator`, so a given seed reproduces the responses.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from engine.backends.base import Generation, SamplingParams
+
+
+def sample_next(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> torch.Tensor:
+    """Draw one token per row of ``logits`` [B, V] (float) with temperature / top-k / top-p."""
+    if params.temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / params.temperature
+    if params.top_k is not None and params.top_k > 0 and params.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, params.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if params.top_p < 1.0:
+        sorted_p, idx = torch.sort(probs, dim=-1, descending=True)
+        # keep the smallest prefix whose mass reaches top_p (the first token is always kept)
+        drop = (sorted_p.cumsum(-1) - sorted_p) >= params.top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, idx, sorted_p)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+def end_token_ids(tokenizer: Any, generation_config: Any = None) -> tuple[int, ...]:
+    """End-of-response token ids taken from the tokenizer (and the model's generation config).
+
+    The tokenizer's eos token, the generation config's eos ids, and whichever of the common chat /
+    document end markers exist *as tokens in this vocabulary*. Nothing is inferred from a model name.
+    """
+    ids: list[int] = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    if generation_config is not None and getattr(generation_config, "eos_token_id", None) is not None:
+        eos = generation_config.eos_token_id
+        ids.extend(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
+    vocab = tokenizer.get_vocab()
+    for marker in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "</s>", "<|end|>"):
+        if marker in vocab and marker in set(tokenizer.all_special_tokens):
+            ids.append(int(vocab[marker]))
+    return tuple(dict.fromkeys(ids))
+
+
+class HFGenerator:
+    """Generator backed by a transformers causal LM.
+
+    model: the policy module (may be the trainer's own module when colocated in one process, then
+    `load_weights` is not needed). micro_batch_size: prompts decoded at once (None = all).
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, micro_batch_size: int | None = None,
+                 device: str | torch.device = "cpu") -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.micro_batch_size = micro_batch_size
+        self.device = torch.device(device)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        # transformers >= 5.2x names the KV cache argument `cache`; older releases `past_key_values`.
+        self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    # -- weight sync -------------------------------------------------------------------------
+    def load_weights(self, weights: Iterable[tuple[str, Any]] | Mapping[str, Any]) -> None:
+        """Copy weights (HF names) into the local module; a no-op for a shared module."""
+        items = weights.items() if isinstance(weights, Mapping) else weights
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, value in items:
+                p = params.get(name)
+                if p is not None and p.data_ptr() != value.data_ptr():
+                    p.copy_(value.to(p.device, p.dtype))
+
+    def sleep(self) -> None:
+        """Nothing to release for the hf backend."""
+
+    def wake(self) -> None:
+        """Nothing to re-acquire for the hf backend."""
+
+    # -- sampling ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[list[int]], n: int, params: SamplingParams, seed: int) -> Generation:
+        """Sample ``n`` responses per prompt (prompt-major order); reproducible for ``seed``."""
+        t0 = time.perf_counter()
+        expanded = [p for p in prompt_ids for _ in range(n)]
+        gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        chunk = (self.micro_batch_size or len(prompt_ids)) * n
+        out_ids: list[list[int]] = []
+        reasons: list[str] = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for s in range(0, len(expanded), chunk):
+                ids, why = self._generate_chunk(expanded[s:s + chunk], params, gen)
+                out_ids.extend(ids)
+                reasons.extend(why)
+        finally:
+            self.model.train(was_training)
+        texts = self.tokenizer.batch_decode(out_ids, skip_special_tokens=True)
+        n_tok = sum(len(r) for r in out_ids)
+        dt = time.perf_counter() - t0
+        return Generation(out_ids, reasons, texts, {"gen_time_s": dt, "gen_tokens": float(n_tok)})
+
+    def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams,
+                        gen: torch.Generator) -> tuple[list[list[int]], list[str]]:
+        b = len(prompts)
+        plen = max(len(p) for p in prompts)
+        input_ids = torch.full((b, plen), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((b, plen), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            input_ids[i, plen - len(p):] = torch.tensor(p, dtype=torch.long)
+            attn[i, plen - len(p):] = 1
+        input_ids, attn = input_ids.to(self.device), attn.to(self.device)
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        end_ids = torch.tensor(sorted(set(params.end_token_ids)) or [-1], device=self.device)
+        stops = tuple(params.stop)
+        stop_window = max((len(s) for s in stops), default=0) + 4  # tokens of tail to decode (>= chars)
+
+        out = torch.full((b, params.max_new_tokens), self.pad_id, dtype=torch.long, device=self.device)
+        lengths = torch.zeros(b, dtype=torch.long, device=self.device)
+        done = torch.zeros(b, dtype=torch.bool, device=self.device)
+        stopped = torch.zeros(b, dtype=torch.bool, device=self.device)
+
+        res = self.model(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=True,
+                         logits_to_keep=1)
+        cache = getattr(res, self._cache_kw)
+        logits = res.logits[:, -1, :]
+        next_pos = pos[:, -1:] + 1
+        for t in range(params.max_new_tokens):
+            tok = sample_next(logits, params, gen)
+            tok = torch.where(done, torch.full_like(tok, self.pad_id), tok.to(self.device))
+            out[:, t] = tok
+            lengths += (~done).long()
+            hit_end = torch.isin(tok, end_ids) & ~done
+            if stops:
+                for i in (~done & ~hit_end).nonzero().flatten().tolist():
+                    lo = max(0, t + 1 - stop_window)
+                    tail = self.tokenizer.decode(out[i, lo:t + 1].tolist(), skip_special_tokens=False)
+                    if any(s in tail for s in stops):
+                        hit_end[i] = True
+            stopped |= hit_end
+            done |= hit_end
+            if bool(done.all()) or t + 1 == params.max_new_tokens:
+                break
+            attn = torch.cat([attn, torch.ones((b, 1), dtype=attn.dtype, device=self.device)], dim=1)
+            res = self.model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos,
+                             use_cache=True, **{self._cache_kw: cache})
+            cache = getattr(res, self._cache_kw)
+            logits = res.logits[:, -1, :]
+            next_pos = next_pos + 1
+        lens = lengths.tolist()
+        rows = out.tolist()
+        ids = [rows[i][:lens[i]] for i in range(b)]
+        reasons = ["stop" if s else "length" for s in stopped.tolist()]
+        return ids, reasons

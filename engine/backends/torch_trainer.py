@@ -1,0 +1,230 @@
+"""`torch` trainer: plain PyTorch policy optimisation (CPU and one GPU).
+
+One RL update splits the rollout batch into mini-batches (one AdamW step each) and every mini-batch
+into micro-batches whose gradients are accumulated; losses are normalised by the mini-batch total so
+the accumulated gradient equals the gradient of the whole mini-batch's loss. On GPU the forward pass
+runs under bf16 autocast over fp32 master weights.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from engine.algorithm.losses import (aggregate, entropy_from_logits, kl_per_token, masked_mean,
+                                     ppo_clip_per_token, value_loss_per_token)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW settings: lr (per step), warm-up (optimizer steps), grad clip (global L2 norm)."""
+
+    lr: float = 5e-7
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Policy-loss settings (see engine.algorithm.losses)."""
+
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    loss_agg: str = "token_mean"
+    kl_coef: float = 1e-4
+    kl_estimator: str = "k3"
+    kl_clamp: float = 10.0
+    entropy_coef: float = 1e-3
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """Sizes in sequences: mini_batch (per optimizer step), micro_batch (per forward/backward)."""
+
+    mini_batch: int
+    micro_batch: int
+    log_prob_micro_batch: int
+    epochs: int = 1
+
+
+def response_logits(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Logits that predict each response token, [B, T, V] (float32).
+
+    ``input_ids`` is [B, P + T] (left-padded prompt, right-padded response); the logits at positions
+    P-1 .. P+T-2 predict response tokens 0 .. T-1. Only the last T+1 positions reach the LM head.
+    """
+    t = batch["responses"].shape[1]
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                position_ids=batch["position_ids"], use_cache=False, logits_to_keep=t + 1)
+    return out.logits[:, :-1, :].float()
+
+
+def token_log_probs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(token) in nats from logits [B, T, V] and tokens [B, T] -> [B, T]."""
+    return torch.log_softmax(logits, dim=-1).gather(-1, tokens[..., None]).squeeze(-1)
+
+
+def split_rows(batch: Mapping[str, Any], size: int) -> list[dict[str, Any]]:
+    """Consecutive row chunks of at most ``size`` rows of every tensor in ``batch``."""
+    n = batch["responses"].shape[0]
+    return [{k: v[i:i + size] for k, v in batch.items() if isinstance(v, torch.Tensor)} for i in range(0, n, size)]
+
+
+class TorchTrainer:
+    """Policy (and optional critic) optimisation with plain PyTorch."""
+
+    def __init__(self, model: torch.nn.Module, optim: OptimConfig, loss: LossConfig, sizes: BatchConfig,
+                 device: str | torch.device = "cpu", bf16: bool = False, critic: torch.nn.Module | None = None,
+                 critic_lr: float = 1e-5) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.loss_cfg, self.sizes, self.optim_cfg = loss, sizes, optim
+        self.bf16 = bf16 and self.device.type == "cuda"
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=optim.lr, betas=tuple(optim.betas),
+                                     weight_decay=optim.weight_decay)
+        warm = optim.warmup_steps
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        self.critic = critic.to(self.device) if critic is not None else None
+        self.critic_opt = (torch.optim.AdamW(self.critic.parameters(), lr=critic_lr, betas=tuple(optim.betas),
+                                             weight_decay=optim.weight_decay) if self.critic is not None else None)
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else nullcontext()
+
+    def _to(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+    # -- log-probs and values ------------------------------------------------------------------
+    @torch.no_grad()
+    def compute_log_probs(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Per-token log-probs (nats) of the responses under the current policy, [B, T], on CPU."""
+        self.model.eval()
+        parts = []
+        for mb in split_rows(self._to(batch), self.sizes.log_prob_micro_batch):
+            with self._autocast():
+                parts.append(token_log_probs(response_logits(self.model, mb), mb["responses"]).cpu())
+        return torch.cat(parts)
+
+    @torch.no_grad()
+    def compute_values(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Critic value before each response token, [B, T] (reward units), on CPU."""
+        assert self.critic is not None, "compute_values needs a critic (algorithm.advantage = gae)"
+        self.critic.eval()
+        parts = []
+        for mb in split_rows(self._to(batch), self.sizes.log_prob_micro_batch):
+            with self._autocast():
+                parts.append(self._values(mb).cpu())
+        return torch.cat(parts)
+
+    def _values(self, mb: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        t = mb["responses"].shape[1]
+        out = self.critic(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"],
+                          position_ids=mb["position_ids"])
+        return out.logits[:, -t - 1:-1, 0].float()
+
+    # -- update ------------------------------------------------------------------------------------
+    def update(self, batch: Mapping[str, Any]) -> dict[str, float]:
+        """PPO-clip update over ``batch`` (needs responses, response_mask, advantages, old_log_probs,
+        and ref_log_probs when kl_coef > 0). Returns mean metrics over the micro-batches."""
+        cfg = self.loss_cfg
+        batch = self._to(batch)
+        self.model.train()
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+
+        def add(name: str, value: float) -> None:
+            sums[name] = sums.get(name, 0.0) + float(value)
+            counts[name] = counts.get(name, 0) + 1
+
+        for _ in range(self.sizes.epochs):
+            for mini in split_rows(batch, self.sizes.mini_batch):
+                mask = mini["response_mask"]
+                norm = float(mask.sum().clamp(min=1)) if cfg.loss_agg == "token_mean" else float(mask.shape[0])
+                self.opt.zero_grad(set_to_none=True)
+                for mb in split_rows(mini, self.sizes.micro_batch):
+                    m = mb["response_mask"]
+                    with self._autocast():
+                        logits = response_logits(self.model, mb)
+                    logp = token_log_probs(logits, mb["responses"])
+                    pg, clipped = ppo_clip_per_token(logp, mb["old_log_probs"], mb["advantages"],
+                                                     cfg.clip_low, cfg.clip_high)
+                    per_tok = pg
+                    if cfg.entropy_coef > 0:
+                        ent = entropy_from_logits(logits)
+                        per_tok = per_tok - cfg.entropy_coef * ent
+                    else:
+                        with torch.no_grad():
+                            ent = entropy_from_logits(logits)
+                    if cfg.kl_coef > 0:
+                        kl = kl_per_token(logp, mb["ref_log_probs"], cfg.kl_estimator, cfg.kl_clamp)
+                        per_tok = per_tok + cfg.kl_coef * kl
+                        add("actor/kl", masked_mean(kl.detach(), m))
+                    loss = aggregate(per_tok, m, cfg.loss_agg, norm)
+                    loss.backward()
+                    with torch.no_grad():
+                        add("actor/pg_loss", masked_mean(pg, m))
+                        add("actor/entropy", masked_mean(ent, m))
+                        add("actor/pg_clipfrac", masked_mean(clipped, m))
+                        add("actor/ppo_kl", masked_mean(mb["old_log_probs"] - logp, m))
+                gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_cfg.grad_clip)
+                if math.isfinite(float(gn)):
+                    self.opt.step()
+                else:
+                    add("actor/skipped_steps", 1.0)
+                self.sched.step()
+                add("actor/grad_norm", gn)
+                if self.critic is not None:
+                    for k, v in self._critic_step(mini).items():
+                        add(k, v)
+        out = {k: sums[k] / counts[k] for k in sums}
+        out["actor/lr"] = self.sched.get_last_lr()[0]
+        return out
+
+    def _critic_step(self, mini: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        self.critic.train()
+        self.critic_opt.zero_grad(set_to_none=True)
+        norm = float(mini["response_mask"].sum().clamp(min=1))
+        total = 0.0
+        for mb in split_rows(mini, self.sizes.micro_batch):
+            with self._autocast():
+                v = self._values(mb)
+            vl = value_loss_per_token(v, mb["old_values"], mb["returns"])
+            loss = aggregate(vl, mb["response_mask"], "token_mean", norm)
+            loss.backward()
+            total += float(loss)
+        gn = torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.optim_cfg.grad_clip)
+        self.critic_opt.step()
+        return {"critic/value_loss": total, "critic/grad_norm": float(gn)}
+
+    # -- weights and state ---------------------------------------------------------------------------
+    def weights(self) -> Iterable[tuple[str, torch.Tensor]]:
+        """Current policy parameters (HF names)."""
+        return [(n, p.detach()) for n, p in self.model.named_parameters()]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Model, optimizer and scheduler state (and the critic's, if any)."""
+        state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                 "scheduler": self.sched.state_dict()}
+        if self.critic is not None:
+            state["critic"] = self.critic.state_dict()
+            state["critic_optimizer"] = self.critic_opt.state_dict()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Inverse of `state_dict`."""
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        if self.critic is not None and "critic" in state:
+            self.critic.load_state_dict(state["critic"])
+            self.critic_opt.load_state_dict(state["critic_optimizer"])
+
+    def export_hf(self, path: str) -> None:
+        """Save the policy as a HF model folder (safetensors)."""
+        self.model.save_pretrained(path)

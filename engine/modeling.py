@@ -1,0 +1,70 @@
+"""Building and loading transformers models from a resolved spec (no downloads, local folders only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def hf_config(arch: Any, tokenizer: Any = None):
+    """A transformers config for a `schemas.Architecture` (qwen2, llama or mistral family)."""
+    from transformers import AutoConfig
+
+    kw: dict[str, Any] = dict(
+        hidden_size=arch.hidden_size, num_hidden_layers=arch.num_layers, num_attention_heads=arch.num_heads,
+        num_key_value_heads=arch.num_kv_heads, intermediate_size=arch.ffn_hidden_size,
+        vocab_size=arch.vocab_size, tie_word_embeddings=arch.tied_embeddings,
+        max_position_embeddings=arch.max_position_embeddings, rope_theta=arch.rope_theta,
+        head_dim=arch.kv_channels,
+    )
+    if arch.family == "mistral" and arch.sliding_window:
+        kw["sliding_window"] = arch.sliding_window
+    if arch.family == "llama":
+        kw["attention_bias"] = arch.qkv_bias
+    if tokenizer is not None:
+        kw.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=tokenizer.pad_token_id)
+    return AutoConfig.for_model(arch.family, **kw)
+
+
+def random_model(arch: Any, tokenizer: Any, seed: int) -> torch.nn.Module:
+    """A randomly initialised causal LM of the given architecture (float32, deterministic in ``seed``)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(hf_config(arch, tokenizer), dtype=torch.float32)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def load_model(path: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Load a HF causal LM from a local folder (never from a hub)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True).to(device)
+
+
+def load_tokenizer(path: str):
+    """Load a tokenizer from a local folder; the pad token falls back to the eos token.
+
+    A folder saved from a plain `tokenizers` object (the quickstart tokenizer) is loaded as exactly
+    that: `AutoTokenizer` would swap in the model family's own tokenizer class (e.g. Qwen2's
+    byte-level BPE) and lose its pre-tokenizer.
+    """
+    import json
+    import os
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    cls = AutoTokenizer
+    cfg_file = os.path.join(path, "tokenizer_config.json")
+    if os.path.exists(cfg_file):
+        with open(cfg_file) as f:
+            if json.load(f).get("tokenizer_class") in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+                cls = PreTrainedTokenizerFast
+    tok = cls.from_pretrained(path, local_files_only=True)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok

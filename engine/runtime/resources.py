@@ -1,0 +1,76 @@
+"""Checking, before anything is loaded, that the machine (or Ray cluster) has what the plan needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+
+class ResourceError(RuntimeError):
+    """The plan needs hardware that is not there. The message says what was needed and found."""
+
+
+@dataclass(frozen=True)
+class Found:
+    """Accelerators visible to this run: count and the smallest device's memory (GiB)."""
+
+    gpus: int
+    min_gpu_memory_gib: float
+    where: str
+
+
+def local_hardware() -> Found:
+    """GPUs visible to torch in this process."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return Found(0, 0.0, "this machine")
+    n = torch.cuda.device_count()
+    mem = min(torch.cuda.get_device_properties(i).total_memory for i in range(n)) / 2**30
+    return Found(n, mem, "this machine")
+
+
+def ray_hardware(address: str) -> Found:
+    """GPUs of the Ray cluster at ``address`` (memory per GPU is not reported by Ray: taken as met)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, ignore_reinit_error=True)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    return Found(gpus, float("inf"), f"the Ray cluster at {address}")
+
+
+def needs(plan: Any) -> tuple[int, float]:
+    """(GPUs, GiB per GPU) the plan needs; (0, 0) for a CPU plan."""
+    if plan.accelerator != "gpu":
+        return 0, 0.0
+    gpus = len(plan.devices) or plan.nodes * plan.gpus_per_node
+    return gpus, max((d.peak_gib for d in plan.devices), default=0.0)
+
+
+def check_resources(plan: Any, found: Optional[Found] = None) -> Found:
+    """Raise `ResourceError` unless the hardware covers the plan (count and per-GPU memory)."""
+    spec = plan.spec
+    if not plan.feasible:
+        raise ResourceError("the plan is not feasible as compiled:\n  - " + "\n  - ".join(plan.reasons)
+                            + "\n(see `engine plan` for the placement and memory estimate)")
+    want_gpus, want_gib = needs(plan)
+    if want_gpus == 0:
+        return found or Found(0, 0.0, "this machine")
+    if found is None:
+        found = ray_hardware(spec.cluster.ray_address) if spec.cluster.ray_address else local_hardware()
+    short_count = found.gpus < want_gpus
+    short_mem = found.gpus > 0 and found.min_gpu_memory_gib + 1e-6 < want_gib
+    if short_count or short_mem:
+        have = (f"{found.gpus} GPU(s)" + (f" of {found.min_gpu_memory_gib:.0f} GiB" if found.gpus and
+                                            found.min_gpu_memory_gib != float("inf") else "")
+                if found.gpus else "no GPU")
+        raise ResourceError(
+            f"plan '{spec.name}' needs {want_gpus} GPU(s) ({plan.nodes} node(s) x {plan.gpus_per_node}) with "
+            f"about {want_gib:.1f} GiB each (capacity {spec.cluster.gpu_memory_gib:g} GiB); found {have} on "
+            f"{found.where}. Nothing was loaded.\n"
+            "To run it on a cluster: start Ray on the GPU nodes (`ray start --head` on one, `ray start "
+            "--address=HEAD:6379` on the others), then run from the head node:\n"
+            f"  engine run {(plan.sources or ['SPEC.yaml'])[0]} cluster.ray_address=auto\n"
+            "or try the CPU quickstart: engine run specs/quickstart.yaml")
+    return found

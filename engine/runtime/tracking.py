@@ -1,0 +1,129 @@
+"""Metrics: an aim run (repo inside the run folder), ``metrics.jsonl``, and the live progress bar."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+
+class MetricsLog:
+    """Appends one JSON object per step to ``metrics.jsonl``.
+
+    On resume the file is first cut back to the steps at or before the checkpoint, so the log holds
+    each step exactly once.
+    """
+
+    def __init__(self, path: str | Path, resume_step: int = 0) -> None:
+        self.path = Path(path)
+        if self.path.exists():
+            keep = []
+            with self.path.open() as f:
+                for line in f:
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # a line cut by a crash
+                    if rec.get("step", 0) <= resume_step:
+                        keep.append(line if line.endswith("\n") else line + "\n")
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(keep))
+            os.replace(tmp, self.path)
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        """Append ``metrics`` for ``step`` (flushed and fsynced)."""
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **metrics}, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read(self) -> list[dict]:
+        """All records."""
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+class AimTracker:
+    """An aim run stored in ``RUN/.aim`` (``aim up --repo RUN`` shows it); resumes the same run hash."""
+
+    def __init__(self, run_dir: str | Path, experiment: str, params: dict[str, Any],
+                 run_hash: Optional[str] = None) -> None:
+        from aim import Repo, Run
+
+        repo_path = str(run_dir)
+        if not (Path(repo_path) / ".aim").exists():
+            Repo.from_path(repo_path, init=True)
+        self.run = Run(run_hash=run_hash, repo=repo_path, experiment=experiment,
+                       system_tracking_interval=None, capture_terminal_logs=False)
+        for k, v in params.items():
+            self.run[k] = v
+
+    @property
+    def hash(self) -> str:
+        """The aim run hash (stored in the run folder so a resume continues the same run)."""
+        return self.run.hash
+
+    def track(self, step: int, metrics: dict[str, float]) -> None:
+        """Track every finite number under its name (``a/b`` names become context-free keys)."""
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)) and math.isfinite(float(v)):
+                self.run.track(float(v), name=k.replace("/", "."), step=step)
+
+    def close(self) -> None:
+        """Flush and close the run."""
+        self.run.close()
+
+
+def fmt_duration(seconds: float) -> str:
+    """``75`` -> ``1:15``; ``3725`` -> ``1:02:05``."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
+class Progress:
+    """One live line per step: reward, accuracy, response length, step time and ETA.
+
+    On a terminal the line is redrawn in place as a bar; otherwise (logs, tests) one line per step
+    is printed.
+    """
+
+    def __init__(self, total_steps: int, start_step: int = 0, stream=None) -> None:
+        self.total = total_steps
+        self.start = start_step
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.t0 = time.perf_counter()
+
+    def update(self, step: int, m: dict[str, float]) -> None:
+        """Show step ``step`` (1-based) with its metrics."""
+        done = step - self.start
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / max(done, 1) * (self.total - step)
+        text = (f"step {step}/{self.total} | reward {m.get('reward/mean', float('nan')):.3f} "
+                f"| acc {m.get('reward/accuracy', float('nan')):.3f} "
+                f"| len {m.get('response_length/mean', float('nan')):.1f} "
+                f"| {m.get('time/step_s', float('nan')):.2f}s/step | ETA {fmt_duration(eta)}")
+        if self.tty:
+            width = 24
+            fill = int(width * step / max(self.total, 1))
+            bar = "#" * fill + "-" * (width - fill)
+            self.stream.write(f"\r[{bar}] {text}\x1b[K")
+            if step >= self.total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def message(self, text: str) -> None:
+        """Print a line without breaking the bar."""
+        self.stream.write(("\r\x1b[K" if self.tty else "") + text + "\n")
+        self.stream.flush()
