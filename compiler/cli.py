@@ -105,7 +105,11 @@ def plan_command(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def spec_json_schema() -> dict:
-    """JSON Schema of a spec file: `ExperimentSpec` plus the loader's top-level ``extends`` key."""
+    """JSON Schema of one spec file, for editors.
+
+    `ExperimentSpec`'s schema plus the loader's top-level ``extends`` key; leaf fields also accept
+    ``${...}`` interpolations and ``???``; nothing is required, since a file may inherit it.
+    """
     from schemas import ExperimentSpec
 
     schema = ExperimentSpec.model_json_schema()
@@ -118,7 +122,29 @@ def spec_json_schema() -> dict:
     }}
     props.update(schema.get("properties", {}))
     schema["properties"] = props
+    for model in [schema, *schema.get("$defs", {}).values()]:
+        # a file may be partial (it extends another): completeness is checked by `engine plan`
+        model.pop("required", None)
+        for name, prop in model.get("properties", {}).items():
+            if name != "extends":
+                model["properties"][name] = _allow_interpolation(prop)
     return schema
+
+
+#: A loader-level value an editor should accept in any leaf field: ``${...}`` or ``???``.
+_INTERPOLATION = {"type": "string", "pattern": r"^(\$\{.+\}|\?\?\?)$",
+                  "description": "OmegaConf interpolation or mandatory value (resolved by the loader)."}
+
+
+def _allow_interpolation(prop: dict) -> dict:
+    """Let a leaf field also hold ``${...}``/``???`` (sections, which hold mappings, stay as they are)."""
+    members = prop.get("anyOf", [prop])
+    if any("$ref" in m for m in members) or prop.get("type") == "string":
+        return prop
+    outer = {k: v for k, v in prop.items() if k in ("default", "description", "title")}
+    inner = {k: v for k, v in prop.items() if k not in outer}
+    inner_members = inner["anyOf"] if list(inner) == ["anyOf"] else [inner]
+    return {**outer, "anyOf": [*inner_members, _INTERPOLATION]}
 
 
 def schema_command(argv: Optional[Sequence[str]] = None) -> int:
