@@ -51,8 +51,11 @@ _WRAPPERS = (
 
 def _response(answer: str, k: int) -> str:
     w = _WRAPPERS[k % len(_WRAPPERS)]
-    if "The answer is {a}." in w and ("." in answer or "\n" in answer):
-        w = _WRAPPERS[0]
+    if "The answer is {a}." in w:
+        if "." in answer or "\n" in answer:
+            w = _WRAPPERS[0]
+        elif re.search(r"[\\^{}_]", answer):  # LaTeX in prose goes in math mode
+            answer = f"${answer}$"
     return w.format(a=answer)
 
 
@@ -107,9 +110,10 @@ def _math_cases(golds: List[str], source: str) -> Iterator[dict]:
         # positives
         yield _case(gold, gold, True, typ, source, k)
         noisy = gold.replace("\\frac", "\\dfrac")
-        noisy = re.sub(r"(?<!\\left)\((?=[^()]*\)$)", r"\\left(", noisy, count=1)
-        if noisy.startswith("\\left(") and noisy.endswith(")"):
-            noisy = noisy[:-1] + "\\right)"
+        if "\\left" not in gold:
+            noisy = re.sub(r"(?<!\\left)\((?=[^()]*\)$)", r"\\left(", noisy, count=1)
+            if noisy.startswith("\\left(") and noisy.endswith(")"):
+                noisy = noisy[:-1] + "\\right)"
         if noisy != gold:
             yield _case(noisy, gold, True, typ, source + ":latex-noise", k + 1)
         if typ == "integer":
