@@ -66,7 +66,7 @@ def _rollout_plan(spec: ExperimentSpec, inp: Inputs, c: Candidate) -> RolloutPla
     ro = spec.rollout
     return RolloutPlan(
         backend=ro.backend, tensor_parallel=c.rtp, replicas=c.replicas, gpu_memory_utilization=ro.gpu_memory_utilization,
-        sleep_level=ro.sleep_level if spec.placement == "colocated" else 0, max_model_len=inp.seq,
+        sleep_level=ro.sleep_level if (spec.placement == "colocated" and ro.backend == "vllm") else 0, max_model_len=inp.seq,
         max_num_seqs=ro.max_num_seqs, kv_cache_tokens=c.vllm.kv_tokens if c.vllm else 0,
         concurrency=c.concurrency, ranks=list(c.gen_ranks))
 

@@ -15,7 +15,6 @@ estimates: each one documents what it counts and what it leaves out.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from schemas import Architecture
@@ -68,7 +67,7 @@ def layer_params(arch: Architecture, tp: int = 1) -> int:
     two RMSNorm weights of h (replicated on every rank). g_r = kv_heads_per_rank.
     """
     h, d = arch.hidden_size, arch.kv_channels
-    q_cols = arch.num_heads // tp * d if arch.num_heads % tp == 0 else arch.num_heads * d / tp
+    q_cols = arch.num_heads * d / tp
     qkv_out = q_cols + 2 * kv_heads_per_rank(arch, tp) * d
     attn = h * qkv_out + (qkv_out if arch.qkv_bias else 0) + q_cols * h
     mlp = 3 * h * arch.ffn_hidden_size / tp
@@ -350,8 +349,3 @@ def max_concurrency(kv_tokens: int, seq_len: int, max_num_seqs: int) -> int:
 def attention_flops_per_seq(arch: Architecture, seq: int) -> float:
     """Causal attention matmul FLOPs of one forward over one sequence: 2 x 2 x L x s^2 x (a d) / 2."""
     return 2.0 * arch.num_layers * seq * seq * arch.num_heads * arch.kv_channels
-
-
-def math_ceil_div(a: int, b: int) -> int:
-    """ceil(a / b) for positive ints."""
-    return -(-a // b) if b else math.inf  # type: ignore[return-value]

@@ -644,7 +644,8 @@ def choice_notes(res: SearchResult) -> list[str]:
              f"of {_g(inp.capacity)} GiB ({len(res.candidates)} layouts evaluated)"]
     for label, attr, fixed in (("trainer TP", "tp", inp.tp), ("trainer PP", "pp", inp.pp), ("generator TP", "rtp", inp.rtp)):
         if fixed is not None:
-            notes.append(f"{label} {fixed} fixed by the spec")
+            backend_fixed = (attr in ("tp", "pp") and inp.backend == "torch") or (attr == "rtp" and inp.gen_backend == "hf")
+            notes.append(f"{label} {fixed} " + ("(the backend has no model parallelism)" if backend_fixed else "fixed by the spec"))
             continue
         by: dict[int, list[Candidate]] = {}
         for c in res.candidates:

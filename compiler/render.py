@@ -23,8 +23,8 @@ def _roles(d: DevicePlan) -> str:
     return "[" + ",".join(d.roles) + "]" if d.roles else "[idle]"
 
 
-def _device_line(d: DevicePlan, label: str) -> str:
-    stage = f" stage {d.stage}" if d.stage is not None and d.stage >= 0 else ""
+def _device_line(d: DevicePlan, label: str, show_stage: bool = True) -> str:
+    stage = f" stage {d.stage}" if show_stage and d.stage is not None else ""
     phase = f" ({d.peak_phase})" if d.peak_phase and d.peak_phase != "idle" else ""
     cap = f"{d.capacity_gib:g}" if d.capacity_gib else "host RAM"
     return f"  {label} {_roles(d)}{stage} {memory_bar(d.peak_gib, d.capacity_gib)} {d.peak_gib:.1f}/{cap} GiB{phase}"
@@ -41,11 +41,12 @@ def _grid(plan: Plan) -> list[str]:
             lines.append(_device_line(d, "cpu"))
         return lines
     collapse = len(plan.devices) > MAX_ROWS
+    stages = plan.trainer is not None and plan.trainer.pipeline_parallel > 1
     for node in sorted({d.node for d in plan.devices}):
         devs = [d for d in plan.devices if d.node == node]
         lines.append(f"node {node}:")
         if not collapse:
-            lines += [_device_line(d, f"GPU {d.index}") for d in devs]
+            lines += [_device_line(d, f"GPU {d.index}", stages) for d in devs]
             continue
         i = 0
         while i < len(devs):  # runs of consecutive identical GPUs
@@ -53,7 +54,7 @@ def _grid(plan: Plan) -> list[str]:
             while j + 1 < len(devs) and _signature(devs[j + 1]) == _signature(devs[i]):
                 j += 1
             label = f"GPU {devs[i].index}" if i == j else f"GPU {devs[i].index}-{devs[j].index} (x{j - i + 1})"
-            lines.append(_device_line(devs[i], label))
+            lines.append(_device_line(devs[i], label, stages))
             i = j + 1
     return lines
 
