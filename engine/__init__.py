@@ -1,0 +1,1 @@
+"""Zero-RL engine: runtime, backends, reward and CLI. Kept import-light (no torch at import)."""
