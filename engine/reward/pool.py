@@ -1,28 +1,35 @@
 """A pool of killable verification processes with a hard per-item deadline.
 
 Each worker is a separate process holding one item at a time. The parent waits on the workers'
-pipes with the earliest deadline as its timeout; a worker that has not answered by its item's
-deadline (stuck in Python or in C code inside sympy/gmpy alike) is killed with SIGKILL and
-replaced, and its item is reported as a timeout. A worker that dies (memory limit, crash) is
-replaced and its item reported as an error. Workers come from a ``forkserver`` (Linux) that has
-preloaded the parser and sympy but not the parent's ``__main__``, so the parent may hold torch and
-threads, and a replacement starts in milliseconds; elsewhere ``spawn`` is used.
+sockets with the earliest deadline as its timeout; a worker that has not answered by its item's
+deadline (stuck in Python or in C code inside sympy alike) is killed with SIGKILL and replaced,
+and its item is reported as a timeout. A worker that dies (memory limit, crash) is replaced and
+its item reported as an error.
+
+Workers are fresh interpreters (``python -c`` with the parent's ``sys.path``), not forks and not
+``multiprocessing`` children: they inherit nothing from the parent (no torch, CUDA context or
+threads) and do not re-import the parent's ``__main__`` (a training script), which ``spawn`` and
+``forkserver`` children would do.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import json
 import os
+import socket
+import subprocess
+import sys
 import time
 from collections import deque
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
 from typing import Deque, List, Optional, Sequence, Tuple
 
 #: Address-space limit of a worker process (MiB); an allocation beyond it is a MemoryError there.
 WORKER_MEMORY_MB = int(os.environ.get("ENGINE_REWARD_WORKER_MEMORY_MB", "3072"))
 #: Seconds a new worker may take to start before it counts as failed.
 STARTUP_TIMEOUT_S = 120.0
-_PRELOAD = ["engine.reward.equivalence", "engine.reward.parser", "sympy", "mpmath"]
+_BOOT = ("import sys, json; sys.path[:0] = json.loads(sys.argv[1]); "
+         "from engine.reward.pool import _worker_entry; _worker_entry()")
 
 Verdict = Tuple[str, bool]   # (status, correct): status in {"ok", "timeout", "error"}
 
@@ -54,6 +61,11 @@ def worker_main(conn, memory_mb: int, verify_fn: str = DEFAULT_VERIFY_FN) -> Non
     """Worker loop: receive ``(task_id, pred, gold)``, answer ``(task_id, status, correct)``."""
     _limit_memory(memory_mb)
     is_equivalent = _resolve(verify_fn)
+    try:  # import sympy and warm its evaluation paths before the first deadline starts
+        from engine.reward.equivalence import is_equivalent as _warm
+        _warm("x^2+\\sqrt{2}", "\\sqrt{2}+x^2")
+    except Exception:  # noqa: BLE001
+        pass
     conn.send(("ready", None, None))
     while True:
         try:
@@ -76,28 +88,29 @@ def worker_main(conn, memory_mb: int, verify_fn: str = DEFAULT_VERIFY_FN) -> Non
             return
 
 
-def _context():
-    methods = mp.get_all_start_methods()
-    if "forkserver" in methods:
-        ctx = mp.get_context("forkserver")
-        try:
-            ctx.set_forkserver_preload(_PRELOAD)
-        except Exception:  # noqa: BLE001
-            pass
-        return ctx
-    return mp.get_context("spawn")
+def _worker_entry() -> None:
+    """``python -c _BOOT PATHS FD MEMORY_MB VERIFY_FN``: run ``worker_main`` on socket FD."""
+    fd, memory_mb, verify_fn = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    worker_main(Connection(fd), memory_mb, verify_fn)
 
 
 class _Worker:
     __slots__ = ("proc", "conn", "ready", "task", "deadline", "started")
 
-    def __init__(self, ctx, memory_mb: int, verify_fn: str):
-        parent, child = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=worker_main, args=(child, memory_mb, verify_fn), daemon=True,
-                                name="reward-verifier")
-        self.proc.start()
-        child.close()
-        self.conn = parent
+    def __init__(self, memory_mb: int, verify_fn: str):
+        parent_sock, child_sock = socket.socketpair()
+        try:
+            fd = child_sock.fileno()
+            paths = [p for p in sys.path if isinstance(p, str)]
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _BOOT, json.dumps(paths), str(fd), str(memory_mb), verify_fn],
+                pass_fds=(fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, close_fds=True)
+        except BaseException:
+            parent_sock.close()
+            raise
+        finally:
+            child_sock.close()
+        self.conn = Connection(parent_sock.detach())
         self.ready = False
         self.task: Optional[int] = None
         self.deadline = 0.0
@@ -108,7 +121,10 @@ class _Worker:
             self.proc.kill()
         except Exception:  # noqa: BLE001
             pass
-        self.proc.join(timeout=5)
+        try:
+            self.proc.wait(timeout=5)
+        except Exception:  # noqa: BLE001
+            pass
         try:
             self.conn.close()
         except Exception:  # noqa: BLE001
@@ -127,7 +143,6 @@ class VerifierPool:
         self.timeout_s = float(timeout_s)
         self.memory_mb = memory_mb
         self.verify_fn = verify_fn
-        self._ctx = _context()
         self._workers: List[_Worker] = []
         self.killed = 0
         self.crashed = 0
@@ -135,7 +150,7 @@ class VerifierPool:
 
     def _spawn(self) -> Optional[_Worker]:
         try:
-            w = _Worker(self._ctx, self.memory_mb, self.verify_fn)
+            w = _Worker(self.memory_mb, self.verify_fn)
         except Exception:  # noqa: BLE001 - cannot start a process: caller degrades
             return None
         self._workers.append(w)
@@ -242,12 +257,9 @@ class VerifierPool:
                 pass
         deadline = time.monotonic() + 2.0
         for w in self._workers:
-            w.proc.join(timeout=max(0.0, deadline - time.monotonic()))
-            if w.proc.is_alive():
-                w.kill()
-            else:
-                try:
-                    w.conn.close()
-                except Exception:  # noqa: BLE001
-                    pass
+            try:
+                w.proc.wait(timeout=max(0.01, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            w.kill()
         self._workers.clear()

@@ -136,3 +136,22 @@ def test_import_is_light():
     code = "import sys, engine.reward; print('torch' in sys.modules, 'sympy' in sys.modules)"
     p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert p.stdout.split() == ["False", "False"], p.stderr
+
+
+def test_workers_do_not_rerun_the_parent_main(tmp_path):
+    # a training script without a __main__ guard: spawn/forkserver children would re-run it
+    log = tmp_path / "runs.txt"
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import sys\n"
+        f"open({str(log)!r}, 'a').write('ran\\n')\n"
+        "from engine.reward import Grader, RewardConfig\n"
+        "with Grader(RewardConfig(workers=2, timeout_s=30)) as g:\n"
+        "    r = g.grade_batch([r'\\boxed{x^2+2x+1}', r'\\boxed{\\sqrt{8}}'], ['(x+1)^2', r'2\\sqrt{2}'])\n"
+        "    assert [x.correct for x in r] == [True, True], r\n"
+        "    assert g.stats()['symbolic'] == 2\n"
+    )
+    p = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    assert p.returncode == 0, p.stderr
+    assert log.read_text() == "ran\n"
