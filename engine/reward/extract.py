@@ -17,6 +17,7 @@ MAX_ANSWER_CHARS = 2_000
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _PHRASE_RE = re.compile(r"(?:final\s+answer|the\s+answer)\s*(?:is\s*:?|:)\s*", re.IGNORECASE)
+_MATH_SPAN_RE = re.compile(r"\$\$?((?:\\.|[^$\\])*)\$")
 _NUMBER_RE = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 
 
@@ -106,7 +107,10 @@ def _after_phrase(text: str) -> Optional[str]:
         last = m
     if last is None:
         return None
-    rest = text[last.end():]
+    rest = text[last.end():].lstrip()
+    m = _MATH_SPAN_RE.match(rest)
+    if m:  # "the answer is $5$, since ..." -> the math span
+        rest = m.group(1)
     # up to the end of the line; then up to a sentence end (". " or a final ".")
     rest = rest.split("\n", 1)[0]
     m = re.search(r"\.(?=\s|$)", rest)

@@ -23,6 +23,8 @@ def test_phrase_and_number_fallbacks():
     assert extract_answer_info("The answer is 42.") == ("42", False)
     assert extract_answer("So the final answer is: $\\frac{3}{4}$.") == r"\frac{3}{4}"
     assert extract_answer("The answer is 3.5.") == "3.5"
+    assert extract_answer("the answer is $5$, since 2+3=5.") == "5"
+    assert extract_answer("The answer is $$\\frac{1}{2}$$ here") == "\\frac{1}{2}"
     assert extract_answer("we get 8 apples, then 12 more makes 20.") == "20"
     assert extract_answer("She pays $1,250 in total") == "1250"
     assert extract_answer("no digits here") is None
