@@ -23,7 +23,9 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6,
     centred = r - r.mean(dim=1, keepdim=True)
     if scale_by_std:
         std = r.std(dim=1, keepdim=True, unbiased=True) if group_size > 1 else torch.zeros_like(r[:, :1])
-        centred = centred / (std + eps)
+        denom = std + eps
+        # an all-equal group has centred == 0; keep it 0 even when eps == 0 (no 0/0)
+        centred = torch.where(denom > 0, centred / denom.clamp(min=torch.finfo(r.dtype).tiny), torch.zeros_like(centred))
     return centred.reshape(-1)
 
 

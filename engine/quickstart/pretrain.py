@@ -32,9 +32,9 @@ class CorpusMix:
     rest are off by a small amount (the base model's careless habit).
     """
 
-    facts: float = 0.4
-    worked: float = 0.15
-    hasty_right: float = 0.2
+    facts: float = 0.3
+    worked: float = 0.25
+    hasty_right: float = 0.1
 
 
 def worked_steps(problem: Problem) -> str:

@@ -75,8 +75,15 @@ class AimTracker:
                 self.run.track(float(v), name=k.replace("/", "."), step=step)
 
     def close(self) -> None:
-        """Flush and close the run."""
+        """Flush and close the run, then index it so `aim` queries (and `Repo.get_run`) see it at once."""
+        run_hash, repo = self.run.hash, self.run.repo
         self.run.close()
+        try:
+            from aim.sdk.index_manager import RepoIndexManager
+
+            RepoIndexManager.get_index_manager(repo).index(run_hash)
+        except Exception:  # indexing is an optimisation; `aim up` indexes finished runs itself
+            pass
 
 
 def fmt_duration(seconds: float) -> str:

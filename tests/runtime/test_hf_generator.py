@@ -1,0 +1,84 @@
+"""The hf generator on a real tiny Qwen2: KV-cache decode, left padding, stops, seeds."""
+
+import torch
+
+from engine.backends.base import SamplingParams
+from engine.backends.hf_generator import HFGenerator, end_token_ids, sample_next
+
+
+def _prompts(tok, texts):
+    return [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def _greedy_no_cache(model, ids, steps):
+    ids = list(ids)
+    out = []
+    for _ in range(steps):
+        with torch.no_grad():
+            nxt = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+        out.append(nxt)
+        ids.append(nxt)
+    return out
+
+
+def test_greedy_cached_decode_matches_full_recompute_with_left_padding(tiny_model, tokenizer):
+    gen = HFGenerator(tiny_model, tokenizer)
+    prompts = _prompts(tokenizer, ["Compute 3+4.", "Question:\nCompute 12+5.\nAnswer:\n"])  # different lengths
+    params = SamplingParams(max_new_tokens=6, temperature=0.0, end_token_ids=())
+    out = gen.generate(prompts, 1, params, seed=0)
+    for p, r in zip(prompts, out.response_ids):
+        assert r == _greedy_no_cache(tiny_model, p, 6)
+    assert out.finish_reasons == ["length", "length"]
+
+
+def test_same_seed_same_samples_and_prompt_major_order(tiny_model, tokenizer):
+    gen = HFGenerator(tiny_model, tokenizer)
+    prompts = _prompts(tokenizer, ["Compute 1+1.", "Compute 2*3."])
+    params = SamplingParams(max_new_tokens=8, temperature=1.0)
+    a = gen.generate(prompts, 3, params, seed=7)
+    b = gen.generate(prompts, 3, params, seed=7)
+    c = gen.generate(prompts, 3, params, seed=8)
+    assert a.response_ids == b.response_ids
+    assert a.response_ids != c.response_ids
+    assert len(a.response_ids) == 6
+
+
+def test_end_token_stops_each_sequence_on_its_own(tiny_model, tokenizer):
+    gen = HFGenerator(tiny_model, tokenizer)
+    prompts = _prompts(tokenizer, ["Compute 1+1.", "Compute 5+5."])
+    free = gen.generate(prompts, 4, SamplingParams(max_new_tokens=10, temperature=1.0), seed=1)
+    # make the 3rd token of the first sample an end token: that sample (only) stops there
+    end = free.response_ids[0][2]
+    out = gen.generate(prompts, 4, SamplingParams(max_new_tokens=10, temperature=1.0, end_token_ids=(end,)), seed=1)
+    assert out.response_ids[0] == free.response_ids[0][:free.response_ids[0].index(end) + 1]
+    assert out.finish_reasons[0] == "stop"
+    for ids, why in zip(out.response_ids, out.finish_reasons):
+        assert (why == "stop") == (end in ids)
+        if end in ids:
+            assert ids.index(end) == len(ids) - 1
+
+
+def test_stop_string(tiny_model, tokenizer):
+    gen = HFGenerator(tiny_model, tokenizer)
+    prompts = _prompts(tokenizer, ["Compute 1+1."])
+    free = gen.generate(prompts, 1, SamplingParams(max_new_tokens=10, temperature=1.0), seed=3)
+    stop = tokenizer.decode(free.response_ids[0][3:5])
+    out = gen.generate(prompts, 1, SamplingParams(max_new_tokens=10, temperature=1.0, stop=(stop,)), seed=3)
+    assert out.finish_reasons == ["stop"]
+    assert stop in out.texts[0] and len(out.response_ids[0]) <= 5
+
+
+def test_end_tokens_come_from_the_tokenizer(tokenizer):
+    ids = end_token_ids(tokenizer)
+    assert tokenizer.eos_token_id in ids
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") in ids
+    assert tokenizer.pad_token_id not in ids
+
+
+def test_top_p_and_top_k_keep_the_best_token():
+    logits = torch.tensor([[0.0, 5.0, 1.0, 2.0]])
+    g = torch.Generator().manual_seed(0)
+    for params in (SamplingParams(4, top_p=0.01), SamplingParams(4, top_k=1)):
+        draws = {int(sample_next(logits, params, g)) for _ in range(20)}
+        assert draws == {1}
+    assert int(sample_next(logits, SamplingParams(4, temperature=0.0), g)) == 1
