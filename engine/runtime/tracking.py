@@ -58,7 +58,8 @@ class AimTracker:
         repo_path = str(run_dir)
         if not (Path(repo_path) / ".aim").exists():
             Repo.from_path(repo_path, init=True)
-        self.run = Run(run_hash=run_hash, repo=repo_path, experiment=experiment,
+        # force_resume: a run killed mid-step (SIGKILL) leaves its lock behind
+        self.run = Run(run_hash=run_hash, repo=repo_path, experiment=experiment, force_resume=run_hash is not None,
                        system_tracking_interval=None, capture_terminal_logs=False)
         for k, v in params.items():
             self.run[k] = v
