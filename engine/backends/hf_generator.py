@@ -93,16 +93,15 @@ class HFGenerator:
     def generate(self, prompt_ids: list[list[int]], n: int, params: SamplingParams, seed: int) -> Generation:
         """Sample ``n`` responses per prompt (prompt-major order); reproducible for ``seed``."""
         t0 = time.perf_counter()
-        expanded = [p for p in prompt_ids for _ in range(n)]
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
-        chunk = (self.micro_batch_size or len(prompt_ids)) * n
+        chunk = self.micro_batch_size or len(prompt_ids)
         out_ids: list[list[int]] = []
         reasons: list[str] = []
         was_training = self.model.training
         self.model.eval()
         try:
-            for s in range(0, len(expanded), chunk):
-                ids, why = self._generate_chunk(expanded[s:s + chunk], params, gen)
+            for s in range(0, len(prompt_ids), chunk):
+                ids, why = self._generate_chunk(prompt_ids[s:s + chunk], n, params, gen)
                 out_ids.extend(ids)
                 reasons.extend(why)
         finally:
@@ -112,17 +111,18 @@ class HFGenerator:
         dt = time.perf_counter() - t0
         return Generation(out_ids, reasons, texts, {"gen_time_s": dt, "gen_tokens": float(n_tok)})
 
-    def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams,
+    def _generate_chunk(self, prompts: list[list[int]], n: int, params: SamplingParams,
                         gen: torch.Generator) -> tuple[list[list[int]], list[str]]:
-        b = len(prompts)
+        """Decode ``n`` samples of each prompt; the prompt is run once and its KV cache repeated n times."""
         plen = max(len(p) for p in prompts)
-        input_ids = torch.full((b, plen), self.pad_id, dtype=torch.long)
-        attn = torch.zeros((b, plen), dtype=torch.long)
+        input_ids = torch.full((len(prompts), plen), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((len(prompts), plen), dtype=torch.long)
         for i, p in enumerate(prompts):
             input_ids[i, plen - len(p):] = torch.tensor(p, dtype=torch.long)
             attn[i, plen - len(p):] = 1
         input_ids, attn = input_ids.to(self.device), attn.to(self.device)
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        b = len(prompts) * n
         end_ids = torch.tensor(sorted(set(params.end_token_ids)) or [-1], device=self.device)
         stops = tuple(params.stop)
         stop_window = max((len(s) for s in stops), default=0) + 4  # tokens of tail to decode (>= chars)
@@ -135,8 +135,11 @@ class HFGenerator:
         res = self.model(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=True,
                          logits_to_keep=1)
         cache = getattr(res, self._cache_kw)
-        logits = res.logits[:, -1, :]
-        next_pos = pos[:, -1:] + 1
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+        logits = res.logits[:, -1, :].repeat_interleave(n, dim=0)
+        attn = attn.repeat_interleave(n, dim=0)
+        next_pos = pos[:, -1:].repeat_interleave(n, dim=0) + 1
         for t in range(params.max_new_tokens):
             tok = sample_next(logits, params, gen)
             tok = torch.where(done, torch.full_like(tok, self.pad_id), tok.to(self.device))

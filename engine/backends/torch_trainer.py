@@ -56,13 +56,44 @@ class BatchConfig:
 def response_logits(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Logits that predict each response token, [B, T, V] (float32).
 
-    ``input_ids`` is [B, P + T] (left-padded prompt, right-padded response); the logits at positions
-    P-1 .. P+T-2 predict response tokens 0 .. T-1. Only the last T+1 positions reach the LM head.
+    Flat layout: ``input_ids`` is [B, P + T] (left-padded prompt, right-padded response); the logits
+    at positions P-1 .. P+T-2 predict response tokens 0 .. T-1, and only the last T+1 positions reach
+    the LM head. Grouped layout (``prompt_ids`` [G, P] present, B = G * n): the n responses of a
+    prompt share one forward pass over the prompt, whose KV cache (with its autograd graph) is
+    repeated n times; the responses then run on top of it. Same maths, far fewer prompt tokens.
     """
     t = batch["responses"].shape[1]
+    if "prompt_ids" in batch and not getattr(model, "is_gradient_checkpointing", False):
+        return _grouped_response_logits(model, batch)
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 position_ids=batch["position_ids"], use_cache=False, logits_to_keep=t + 1)
     return out.logits[:, :-1, :].float()
+
+
+def _cache_kw(model: torch.nn.Module) -> str:
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _grouped_response_logits(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
+    responses, rmask = batch["responses"], batch["response_mask"]
+    g, b, t = prompt_ids.shape[0], responses.shape[0], responses.shape[1]
+    n = b // g
+    kw = _cache_kw(model)
+    ppos = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=ppos, use_cache=True, logits_to_keep=1)
+    first = out.logits[:, -1:, :].float().repeat_interleave(n, dim=0)  # predicts response token 0
+    if t == 1:
+        return first
+    cache = getattr(out, kw)
+    cache.batch_repeat_interleave(n)
+    attn = torch.cat([prompt_mask.repeat_interleave(n, dim=0), rmask[:, :-1].to(prompt_mask.dtype)], dim=1)
+    start = prompt_mask.sum(-1).repeat_interleave(n)[:, None]
+    pos = start + torch.arange(t - 1, device=start.device)[None, :]
+    rest = model(input_ids=responses[:, :-1], attention_mask=attn, position_ids=pos, use_cache=True, **{kw: cache})
+    return torch.cat([first, rest.logits.float()], dim=1)
 
 
 def token_log_probs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -70,10 +101,27 @@ def token_log_probs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits, dim=-1).gather(-1, tokens[..., None]).squeeze(-1)
 
 
+GROUP_KEYS = ("prompt_ids", "prompt_mask")
+
+
 def split_rows(batch: Mapping[str, Any], size: int) -> list[dict[str, Any]]:
-    """Consecutive row chunks of at most ``size`` rows of every tensor in ``batch``."""
-    n = batch["responses"].shape[0]
-    return [{k: v[i:i + size] for k, v in batch.items() if isinstance(v, torch.Tensor)} for i in range(0, n, size)]
+    """Consecutive chunks of at most ``size`` sequences of every tensor in ``batch``.
+
+    Per-prompt tensors (`GROUP_KEYS`, one row per group of n sequences) are cut along with their
+    sequences when ``size`` is a multiple of n; otherwise they are dropped and the chunk falls back to
+    the flat layout.
+    """
+    rows = batch["responses"].shape[0]
+    groups = batch["prompt_ids"].shape[0] if "prompt_ids" in batch else 0
+    n = rows // groups if groups and rows % groups == 0 else 0
+    keep_groups = bool(n) and size % n == 0
+    out = []
+    for i in range(0, rows, size):
+        chunk = {k: v[i:i + size] for k, v in batch.items() if isinstance(v, torch.Tensor) and k not in GROUP_KEYS}
+        if keep_groups:
+            chunk.update({k: batch[k][i // n:(i + size) // n] for k in GROUP_KEYS})
+        out.append(chunk)
+    return out
 
 
 class TorchTrainer:
@@ -130,8 +178,11 @@ class TorchTrainer:
 
     # -- update ------------------------------------------------------------------------------------
     def update(self, batch: Mapping[str, Any]) -> dict[str, float]:
-        """PPO-clip update over ``batch`` (needs responses, response_mask, advantages, old_log_probs,
-        and ref_log_probs when kl_coef > 0). Returns mean metrics over the micro-batches."""
+        """PPO-clip update over ``batch`` (needs responses, response_mask, advantages, and
+        ref_log_probs when kl_coef > 0). Returns mean metrics over the micro-batches.
+
+        Without ``old_log_probs`` the update is taken as on-policy (one mini-batch, one epoch): the
+        old log-probs are the current ones, detached (ratio 1), which saves a forward pass."""
         cfg = self.loss_cfg
         batch = self._to(batch)
         self.model.train()
@@ -152,8 +203,8 @@ class TorchTrainer:
                     with self._autocast():
                         logits = response_logits(self.model, mb)
                     logp = token_log_probs(logits, mb["responses"])
-                    pg, clipped = ppo_clip_per_token(logp, mb["old_log_probs"], mb["advantages"],
-                                                     cfg.clip_low, cfg.clip_high)
+                    old = mb["old_log_probs"] if "old_log_probs" in mb else logp.detach()
+                    pg, clipped = ppo_clip_per_token(logp, old, mb["advantages"], cfg.clip_low, cfg.clip_high)
                     per_tok = pg
                     if cfg.entropy_coef > 0:
                         ent = entropy_from_logits(logits)
@@ -171,7 +222,7 @@ class TorchTrainer:
                         add("actor/pg_loss", masked_mean(pg, m))
                         add("actor/entropy", masked_mean(ent, m))
                         add("actor/pg_clipfrac", masked_mean(clipped, m))
-                        add("actor/ppo_kl", masked_mean(mb["old_log_probs"] - logp, m))
+                        add("actor/ppo_kl", masked_mean(old - logp, m))
                 gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_cfg.grad_clip)
                 if math.isfinite(float(gn)):
                     self.opt.step()

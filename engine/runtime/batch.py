@@ -33,3 +33,23 @@ def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> d
         "responses": ids[:, p:].clone(),
         "response_mask": attn[:, p:].float(),
     }
+
+
+def pack_groups(prompts: list[list[int]], responses: list[list[int]], group_size: int,
+                pad_id: int) -> dict[str, torch.Tensor]:
+    """`pack` for ``group_size`` responses per prompt (prompt-major), plus the per-prompt layout.
+
+    Adds ``prompt_ids`` / ``prompt_mask`` [G, P] (left-padded, one row per prompt) so the trainer
+    can run each prompt once for its whole group (see `response_logits`).
+    """
+    if len(responses) != len(prompts) * group_size:
+        raise ValueError(f"{len(responses)} responses for {len(prompts)} prompts x {group_size}")
+    out = pack([p for p in prompts for _ in range(group_size)], responses, pad_id)
+    p = max(len(x) for x in prompts)
+    ids = torch.full((len(prompts), p), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), p), dtype=torch.long)
+    for i, pr in enumerate(prompts):
+        ids[i, p - len(pr):] = torch.tensor(pr, dtype=torch.long)
+        mask[i, p - len(pr):] = 1
+    out["prompt_ids"], out["prompt_mask"] = ids, mask
+    return out

@@ -33,7 +33,7 @@ from engine.algorithm.advantages import broadcast_to_tokens, gae, group_advantag
 from engine.backends.base import SamplingParams
 from engine.data import prompts as P
 from engine.runtime import checkpoint as C
-from engine.runtime.batch import pack
+from engine.runtime.batch import pack_groups
 from engine.runtime.group import LocalHandle, init_ray, spawn, uses_ray
 from engine.runtime.resources import check_resources
 from engine.runtime.tracking import AimTracker, MetricsLog, Progress
@@ -283,6 +283,8 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
         last = min(total, stop_after) if stop_after else total
         history: list[dict[str, float]] = [r for r in metrics_log.read()]
         eval_sampling = _sampling(spec, tokenizer, end_ids, evaluation=True)
+        # one optimizer step per rollout batch: the pre-update policy is the policy being updated
+        on_policy = a.ppo_mini_batch_size >= bsz and a.ppo_epochs == 1
         for step in range(start + 1, last + 1):
             t0 = time.perf_counter()
             idx = P.batch_indices(step - 1, bsz, len(train_set), spec.seed, spec.data.shuffle)
@@ -297,9 +299,10 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
             rewards = torch.tensor(graded["reward"], dtype=torch.float32)
             t_reward = time.perf_counter()
 
-            batch = pack([p for p in prompts for _ in range(n)], gen.response_ids, tokenizer.pad_token_id)
+            batch = pack_groups(prompts, gen.response_ids, n, tokenizer.pad_token_id)
             mask = batch["response_mask"]
-            batch["old_log_probs"] = workers.actor.call("compute_log_probs", batch)
+            if not on_policy:  # on-policy: the trainer uses its own detached log-probs (ratio 1)
+                batch["old_log_probs"] = workers.actor.call("compute_log_probs", batch)
             if workers.reference is not None:
                 batch["ref_log_probs"] = workers.reference.call("compute_log_probs", batch)
             if a.advantage == "gae":

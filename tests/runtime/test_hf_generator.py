@@ -82,3 +82,12 @@ def test_top_p_and_top_k_keep_the_best_token():
         draws = {int(sample_next(logits, params, g)) for _ in range(20)}
         assert draws == {1}
     assert int(sample_next(logits, SamplingParams(4, temperature=0.0), g)) == 1
+
+
+def test_shared_prompt_cache_gives_the_same_greedy_samples(tiny_model, tokenizer):
+    gen = HFGenerator(tiny_model, tokenizer)
+    prompts = _prompts(tokenizer, ["Compute 3+4.", "Question:\nCompute 12+5.\nAnswer:\n"])
+    params = SamplingParams(max_new_tokens=5, temperature=0.0)
+    one = gen.generate(prompts, 1, params, seed=0).response_ids
+    three = gen.generate(prompts, 3, params, seed=0).response_ids
+    assert three == [one[0]] * 3 + [one[1]] * 3

@@ -76,3 +76,25 @@ def test_state_dict_round_trip(tiny_model, tokenizer):
     other.update(batch)
     for p, q in zip(tr.model.parameters(), other.model.parameters()):
         assert torch.equal(p, q)
+
+
+def test_grouped_prompt_pass_equals_flat_pass_in_value_and_gradient(tiny_model, tokenizer):
+    from engine.backends.torch_trainer import response_logits, split_rows
+    from engine.runtime.batch import pack_groups
+
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in ["Compute 1+2.", "Q"]]
+    responses = [[5, 6, 7], [8], [9, 10, 11, 12], [13, 14], [15], [16, 17]]
+    grouped = pack_groups(prompts, responses, 3, tokenizer.pad_token_id)
+    flat = {k: v for k, v in grouped.items() if not k.startswith("prompt_")}
+    m = grouped["response_mask"].bool()
+    grads = []
+    for batch in (flat, grouped):
+        tiny_model.zero_grad()
+        logits = response_logits(tiny_model, batch)
+        (logits.log_softmax(-1)[m].sum()).backward()
+        grads.append((logits.detach(), torch.cat([p.grad.flatten() for p in tiny_model.parameters()])))
+    assert torch.allclose(grads[0][0][m], grads[1][0][m], atol=1e-5)
+    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-5, rtol=1e-4)
+    # chunks that are whole groups keep the per-prompt tensors, others fall back to flat
+    assert [c["prompt_ids"].shape[0] for c in split_rows(grouped, 3)] == [1, 1]
+    assert all("prompt_ids" not in c for c in split_rows(grouped, 2))
