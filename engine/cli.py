@@ -63,11 +63,19 @@ def run_command(argv: Sequence[str]) -> int:
         from compiler import compile_spec
         from compiler.errors import SpecError
 
+        from engine.runtime.resources import ResourceError, check_resources
+
         try:
+            plan = compile_spec(str(target), list(args.overrides))
+            # hardware first: a plan that cannot run here says so before anything else is checked
+            check_resources(plan)
             plan = compile_spec(str(target), list(args.overrides), check_files=True)
         except SpecError as e:
             print(str(e), file=sys.stderr)
             return 2
+        except ResourceError as e:
+            print(f"engine run: {e}", file=sys.stderr)
+            return 1
         except FileNotFoundError as e:
             print(f"engine run: {e}", file=sys.stderr)
             return 2

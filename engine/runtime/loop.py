@@ -345,9 +345,8 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
                                   {"plan_hash": plan.hash, "data_position": step * bsz, "epoch": m["data/epoch"]},
                                   keep_last=spec.checkpoint.keep_last)
 
-        finished = last == total and (start < total or C.list_checkpoints(ckpt_root))
         final_dir = None
-        if finished and spec.checkpoint.export_hf:
+        if last == total and spec.checkpoint.export_hf:
             final_dir = run_dir / "final"
             tmp = run_dir / f".final.tmp-{os.getpid()}"
             workers.actor.call("export_hf", str(tmp))

@@ -65,10 +65,34 @@ def test_invalid_spec_exits_2_without_traceback(tmp_path):
 
 
 def test_plan_needing_gpus_stops_before_loading_anything(tmp_path):
-    code = ("import sys, engine.cli as c; rc = c.main(['run', 'specs/mistral-24b.yaml', 'data.train=synthetic', "
-            "'data.val=null']); print('TORCH_LOADED' if 'transformers' in sys.modules else 'CLEAN'); sys.exit(rc)")
+    code = ("import sys, engine.cli as c; rc = c.main(['run', 'specs/mistral-24b.yaml']); "
+            "print('MODEL_LIB_LOADED' if 'transformers' in sys.modules else 'CLEAN'); sys.exit(rc)")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 1, p.stderr
     assert "needs" in p.stderr and "GPU" in p.stderr and "found" in p.stderr
     assert "ray_address" in p.stderr
-    assert "CLEAN" in p.stdout  # no model library was imported
+    assert "128 GPU(s)" in p.stderr and "no GPU" in p.stderr
+    assert "CLEAN" in p.stdout  # no model library was imported, let alone a model
+
+
+@pytest.mark.parametrize("overrides", [
+    ["algorithm.advantage=gae"],                      # PPO with a critic and GAE
+    ["algorithm.advantage=dr_grpo", "algorithm.loss_agg=seq_mean_token_sum", "algorithm.kl_estimator=k1"],
+    ["data.max_pass_rate=0.9", "algorithm.ppo_mini_batch_size=4"],  # pass-rate selection, on-policy path
+])
+def test_algorithm_variants_run(tmp_path, overrides):
+    from compiler import compile_spec
+    from engine.runtime.loop import train
+
+    plan = compile_spec(str(write_spec(tmp_path, steps=1)), overrides)
+    summary = train(plan, tmp_path / "run")
+    assert summary["complete"]
+    rec = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    if "algorithm.advantage=gae" in overrides:
+        assert "critic/value_loss" in rec
+    if any(o.startswith("data.max_pass_rate") for o in overrides):
+        rates = json.loads((tmp_path / "run" / "pass_rates.json").read_text())["rates"]
+        assert len(rates) == 64
+        kept = sum(r <= 0.9 for r in rates)
+        assert summary["data_train"]["pass_rate_selected"] == kept
+        assert summary["data_train"]["pass_rate_dropped"] == 64 - kept
