@@ -1,10 +1,11 @@
 """A short built-in pretraining that turns a random tiny model into a weak "base model".
 
-The corpus imitates what a real base model saw: worked answers ("23+45=68. The answer is
-\\boxed{68}.") and, far more often, hasty ones that jump straight to a (usually slightly wrong) boxed
-number. After pretraining the model can compute the sums but rarely chooses to, so sampled at
-temperature 1 it is right only a fraction of the time; zero RL then has something latent to elicit,
-and the response length grows as the worked style wins, as on real models.
+The corpus imitates what a real base model saw: lists of arithmetic facts ("7+8=15"), worked
+answers ("3+4=7. \\boxed{7}"; two-digit sums go units then tens) and, more often, hasty answers that
+jump straight to a (usually slightly wrong) boxed number. After pretraining the model can do the
+sums when it writes them out but mostly does not, so sampled at temperature 1 it is right about a
+third of the time; zero RL then has something latent to elicit, and the response length grows as
+the worked style wins, as on real models.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.data.prompts import apply_template
 from engine.data.synthetic import Problem, sample_problem
 
 #: Version of the corpus recipe; part of the cache key of a pretrained base model.
@@ -87,7 +89,7 @@ def corpus_documents(n: int, levels: list[int], template: str, eos: str, seed: i
             docs.append(fact_document(rng, levels) + eos)
             continue
         p = sample_problem(rng, rng.choice(levels))
-        docs.append(template.replace("{input}", p.question) + response_text(p, rng, mix) + eos)
+        docs.append(apply_template(p.question, template) + response_text(p, rng, mix) + eos)
     return docs
 
 

@@ -22,7 +22,6 @@ import json
 import os
 import random
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Optional
 
