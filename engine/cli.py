@@ -41,7 +41,7 @@ def _run_parser() -> argparse.ArgumentParser:
 
 def run_command(argv: Sequence[str]) -> int:
     """`engine run`; returns the exit code."""
-    args = _run_parser().parse_args(list(argv))
+    args = _run_parser().parse_intermixed_args(list(argv))
     target = Path(args.target)
     if args.resume:
         if args.overrides:

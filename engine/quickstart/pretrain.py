@@ -2,10 +2,10 @@
 
 The corpus imitates what a real base model saw: lists of arithmetic facts ("7+8=15"), worked
 answers ("3+4=7. \\boxed{7}"; two-digit sums go units then tens) and, more often, hasty answers that
-jump straight to a (usually slightly wrong) boxed number. After pretraining the model can do the
-sums when it writes them out but mostly does not, so sampled at temperature 1 it is right about a
-third of the time; zero RL then has something latent to elicit, and the response length grows as
-the worked style wins, as on real models.
+jump straight to a boxed number that is off by a little. After pretraining the model can do the
+sums when it writes them out but mostly does not, so sampled at temperature 1 it is right about 30%
+of the time (0.31 on the quickstart's first RL step); zero RL then has something latent to elicit,
+and the response length grows as the worked style wins, as on real models.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from engine.data.prompts import apply_template
 from engine.data.synthetic import Problem, sample_problem
 
 #: Version of the corpus recipe; part of the cache key of a pretrained base model.
-CORPUS_VERSION = 2
+CORPUS_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class CorpusMix:
 
     facts: float = 0.3
     worked: float = 0.25
-    hasty_right: float = 0.1
+    hasty_right: float = 0.0
 
 
 def worked_steps(problem: Problem) -> str:
