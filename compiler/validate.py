@@ -262,12 +262,6 @@ def _check_data(spec: ExperimentSpec, loaded: LoadedSpec, check_files: bool) -> 
         elif "{input}" not in d.custom_template:
             problems.append(loaded.problem("data.custom_template", "custom_template has no '{input}' placeholder",
                                            "put {input} where the question goes"))
-        else:
-            try:
-                d.custom_template.format(input="x")
-            except (KeyError, IndexError, ValueError) as exc:
-                problems.append(loaded.problem("data.custom_template", f"custom_template does not format: {exc!r}",
-                                               "write literal braces doubled, e.g. \\boxed{{}}"))
     if d.min_pass_rate is not None and d.max_pass_rate is not None and d.min_pass_rate > d.max_pass_rate:
         problems.append(loaded.problem("data.min_pass_rate", f"min_pass_rate {d.min_pass_rate} > max_pass_rate {d.max_pass_rate}",
                                        "min_pass_rate <= max_pass_rate"))

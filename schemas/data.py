@@ -16,6 +16,17 @@ COMPLEX_TEMPLATE = (
 )
 
 
+def render_prompt(template: str, question: str) -> str:
+    """Put ``question`` into ``template``: the one templating rule of compiler and runtime.
+
+    ``{input}`` is replaced by the question; ``{{`` and ``}}`` are format-style escapes for literal
+    braces (as in COMPLEX_TEMPLATE); any other single brace is kept as written, so a custom template
+    may say ``\\boxed{}`` directly. The question itself is never interpreted.
+    """
+    parts = template.split("{input}")
+    return question.join(p.replace("{{", "{").replace("}}", "}") for p in parts)
+
+
 class SyntheticData(Section):
     """Built-in arithmetic problems (no download), used when `train` is 'synthetic'."""
 

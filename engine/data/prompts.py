@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from schemas.data import COMPLEX_TEMPLATE, SIMPLE_TEMPLATE
+from schemas.data import COMPLEX_TEMPLATE, SIMPLE_TEMPLATE, render_prompt
 
 def template_text(kind: str, custom: Optional[str] = None) -> Optional[str]:
     """The template string for ``data.prompt_template`` (None for "none": the prompt is used as is)."""
@@ -34,17 +34,8 @@ def template_text(kind: str, custom: Optional[str] = None) -> Optional[str]:
 
 
 def apply_template(question: str, template: Optional[str]) -> str:
-    """Put ``question`` into ``template``.
-
-    ``{input}`` is replaced by the question; ``{{`` and ``}}`` are format-style escapes for literal
-    braces (as in the recipe's complex template); any other single brace is kept as written, so a
-    custom template may say ``\\boxed{}`` directly. The question itself is never interpreted.
-    """
-    if template is None:
-        return question
-    parts = template.split("{input}")
-    parts = [p.replace("{{", "{").replace("}}", "}") for p in parts]
-    return question.join(parts)
+    """Put ``question`` into ``template`` (``schemas.render_prompt``); no template: the question as is."""
+    return question if template is None else render_prompt(template, question)
 
 
 def read_rows(path: str | Path) -> list[dict]:

@@ -176,3 +176,11 @@ def test_unknown_override_reported_with_other_problems():
     with pytest.raises(SpecError) as info:
         load_and_validate(SPEC_7B, ["trainer.lrr=1", "model.name=qwen2.5-math-7b"])
     assert {p.path for p in info.value.problems} == {"trainer.lrr", "data.max_response_length", "evaluation.max_response_length"}
+
+
+def test_custom_template_keeps_literal_braces_as_the_runtime_renders_them():
+    from schemas import render_prompt
+
+    template = r"Q: {input} Put the answer in \boxed{}. Sets use {{}}."
+    spec, _ = validate(load_spec(SPEC_7B, ["data.prompt_template=custom", f"data.custom_template='{template}'"]))
+    assert render_prompt(spec.data.custom_template, "1+1?") == r"Q: 1+1? Put the answer in \boxed{}. Sets use {}."
