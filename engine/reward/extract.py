@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Optional, Sequence, Tuple
 
+from engine.reward.normalize import match_braces
+
 #: Only the last this-many characters of a response are searched for an answer.
 MAX_RESPONSE_CHARS = 32_768
 #: An extracted answer longer than this is cut (it is then almost surely not a real answer).
@@ -41,26 +43,6 @@ def cut_at_end_tokens(text: str, end_tokens: Sequence[str]) -> str:
     return text[:cut]
 
 
-def _match_braces(text: str, open_idx: int) -> int:
-    """Index of the ``}`` closing the ``{`` at ``open_idx``, or -1. ``\\{`` and ``\\}`` are literal."""
-    depth = 0
-    i = open_idx
-    n = len(text)
-    while i < n:
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
-    return -1
-
-
 def last_boxed(text: str) -> Optional[str]:
     """Content of the last complete ``\\boxed{...}`` / ``\\fbox{...}``, or None.
 
@@ -73,7 +55,7 @@ def last_boxed(text: str) -> Optional[str]:
         while j < len(text) and text[j] in " \t":
             j += 1
         if j < len(text) and text[j] == "{":
-            end = _match_braces(text, j)
+            end = match_braces(text, j)
             if end < 0:
                 continue
             return text[j + 1:end]
@@ -94,7 +76,7 @@ def _unbox(answer: str) -> str:
         j = m.end()
         while j < len(s) and s[j] == " ":
             j += 1
-        if j < len(s) and s[j] == "{" and _match_braces(s, j) == len(s) - 1:
+        if j < len(s) and s[j] == "{" and match_braces(s, j) == len(s) - 1:
             answer = s[j + 1:-1]
         else:
             break

@@ -46,33 +46,42 @@ _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _MC_RE = re.compile(r"^\(?([A-E])\)?(?:$|[\s.:)])")
 
 
+def match_braces(text: str, open_idx: int) -> int:
+    """Index of the ``}`` closing the ``{`` at ``open_idx``, or -1. ``\\{`` and ``\\}`` are literal."""
+    depth = 0
+    i = open_idx
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return -1
+
+
 def _replace_braced_command(s: str, regex: re.Pattern) -> str:
-    """Replace ``\\cmd{content}`` by ``content`` (brace-matched) for every match of ``regex``."""
+    """Replace ``\\cmd{content}`` by ``content`` (brace-matched) for every match of ``regex``
+    (whose match ends with the opening brace)."""
     out = []
     i = 0
     for _ in range(200):
         m = regex.search(s, i)
         if not m:
             break
-        depth = 1
-        j = m.end()
-        while j < len(s) and depth:
-            c = s[j]
-            if c == "\\":
-                j += 2
-                continue
-            if c == "{":
-                depth += 1
-            elif c == "}":
-                depth -= 1
-            j += 1
-        if depth:  # unbalanced: drop the command word only
-            out.append(s[i:m.start()])
+        close = match_braces(s, m.end() - 1)
+        out.append(s[i:m.start()])
+        if close < 0:  # unbalanced: drop the command word only
             i = m.end()
             continue
-        out.append(s[i:m.start()])
-        out.append(s[m.end():j - 1])
-        i = j
+        out.append(s[m.end():close])
+        i = close + 1
     out.append(s[i:])
     return "".join(out)
 
