@@ -94,6 +94,16 @@ def world_size(spec: ExperimentSpec) -> int:
     return spec.cluster.nodes * spec.cluster.gpus_per_node
 
 
+def _width_split_reasons(arch: Architecture, tp: int) -> list[str]:
+    """Why ``tp`` cannot split the heads or the FFN width evenly (empty when it can)."""
+    why = []
+    if arch.num_heads % tp:
+        why.append(f"{arch.num_heads} heads % {tp} = {arch.num_heads % tp}")
+    if arch.ffn_hidden_size % tp:
+        why.append(f"ffn {arch.ffn_hidden_size} % {tp} = {arch.ffn_hidden_size % tp}")
+    return why
+
+
 def check_spec(spec: ExperimentSpec, arch: Architecture) -> list[Problem]:
     """Every problem with the values the spec fixes (placement-independent), in field order."""
     out: list[Problem] = []
@@ -123,11 +133,7 @@ def check_spec(spec: ExperimentSpec, arch: Architecture) -> list[Problem]:
             out.append(Problem("trainer.tensor_parallel", f"backend 'torch' has no tensor parallelism (got {tp})",
                                "use tensor_parallel: 1 (or auto), or trainer.backend: megatron"))
         elif tp not in legal_tp:
-            why = []
-            if arch.num_heads % tp:
-                why.append(f"{arch.num_heads} heads % {tp} = {arch.num_heads % tp}")
-            if arch.ffn_hidden_size % tp:
-                why.append(f"ffn {arch.ffn_hidden_size} % {tp} = {arch.ffn_hidden_size % tp}")
+            why = _width_split_reasons(arch, tp)
             if not _kv_ok(arch.num_kv_heads, tp):
                 why.append(f"{arch.num_kv_heads} KV heads neither divisible by {tp} nor dividing it")
             out.append(Problem("trainer.tensor_parallel", f"tensor_parallel {tp} does not split the model: " + "; ".join(why),
@@ -175,11 +181,7 @@ def check_spec(spec: ExperimentSpec, arch: Architecture) -> list[Problem]:
         else:
             legal_r = legal_rollout_tp(arch, 1 << 30)
             if rtp not in legal_r:
-                why = []
-                if arch.num_heads % rtp:
-                    why.append(f"{arch.num_heads} heads % {rtp} = {arch.num_heads % rtp}")
-                if arch.ffn_hidden_size % rtp:
-                    why.append(f"ffn {arch.ffn_hidden_size} % {rtp} = {arch.ffn_hidden_size % rtp}")
+                why = _width_split_reasons(arch, rtp)
                 if not _kv_ok(arch.num_kv_heads, rtp):
                     rel = ">=" if rtp >= arch.num_kv_heads else "<"
                     why.append(f"TP {rtp} {rel} {arch.num_kv_heads} KV heads needs "
