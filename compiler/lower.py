@@ -35,7 +35,7 @@ def lower(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str] = ())
         return _cpu_plan(spec, arch, sources, problems)
     base = dict(spec=spec, sources=list(sources), architecture=arch, accelerator="gpu", placement=spec.placement,
                 nodes=spec.cluster.nodes, gpus_per_node=spec.cluster.gpus_per_node)
-    params_b = _r(M.total_params(arch) / 1e9, 4)
+    params_b = _r(M.total_params(arch) / 1e9, 6)
     if problems:
         reasons = [f"{p.path}: {p.message}" + (f" (hint: {p.hint})" if p.hint else "") for p in problems]
         return Plan(**base, feasible=False, reasons=reasons,
@@ -175,5 +175,5 @@ def _cpu_plan(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str], 
                             sleep_level=0, max_model_len=seq, max_num_seqs=gen_seqs, kv_cache_tokens=0,
                             concurrency=gen_seqs, ranks=[0]),
         devices=[dev],
-        estimates=Estimates(tokens_per_step=_tokens_per_step(spec), params_b=_r(P / 1e9, 4)),
+        estimates=Estimates(tokens_per_step=_tokens_per_step(spec), params_b=_r(P / 1e9, 6)),
     )

@@ -26,8 +26,8 @@ def _roles(d: DevicePlan) -> str:
 def _device_line(d: DevicePlan, label: str, show_stage: bool = True) -> str:
     stage = f" stage {d.stage}" if show_stage and d.stage is not None else ""
     phase = f" ({d.peak_phase})" if d.peak_phase and d.peak_phase != "idle" else ""
-    cap = f"{d.capacity_gib:g}" if d.capacity_gib else "host RAM"
-    return f"  {label} {_roles(d)}{stage} {memory_bar(d.peak_gib, d.capacity_gib)} {d.peak_gib:.1f}/{cap} GiB{phase}"
+    used = f"{d.peak_gib:.1f}/{d.capacity_gib:g} GiB" if d.capacity_gib else f"{d.peak_gib:.1f} GiB of host RAM"
+    return f"  {label} {_roles(d)}{stage} {memory_bar(d.peak_gib, d.capacity_gib)} {used}{phase}"
 
 
 def _signature(d: DevicePlan) -> tuple:
@@ -73,6 +73,14 @@ def _detail(plan: Plan) -> list[str]:
     return out
 
 
+def _params(billions: float) -> str:
+    """Parameter count for humans: ``7.62B`` or, below 0.01B, ``206.3K`` / ``1.50M``."""
+    if billions >= 0.01:
+        return f"{billions:.2f}B"
+    n = billions * 1e9
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+
+
 def render_plan(plan: Plan) -> str:
     """A readable map of the plan: header, device grid with memory bars, sizes, estimates, notes."""
     a = plan.architecture
@@ -83,7 +91,7 @@ def render_plan(plan: Plan) -> str:
         where = f"{plan.nodes} node(s) x {plan.gpus_per_node} GPU(s), {plan.spec.cluster.gpu_memory_gib:g} GiB each"
     lines = [
         f"plan {plan.hash}  {status}",
-        f"experiment: {plan.spec.name}   model: {plan.spec.model.name} ({plan.estimates.params_b:.2f}B params, "
+        f"experiment: {plan.spec.name}   model: {plan.spec.model.name} ({_params(plan.estimates.params_b)} params, "
         f"{a.num_layers} layers, h={a.hidden_size}, heads {a.num_heads}/{a.num_kv_heads} kv, vocab {a.vocab_size})",
         f"placement: {plan.placement} on {where}",
         "",
@@ -95,7 +103,10 @@ def render_plan(plan: Plan) -> str:
                      f"DP{t.data_parallel}{' SP' if t.sequence_parallel else ''}, micro-batch {t.micro_batch_size} x "
                      f"{t.gradient_accumulation} accumulation, recompute {t.recompute}, fp8 {t.fp8}"
                      f"{', offload' if t.offload else ''}, {len(t.ranks)} device(s)")
-    if r is not None:
+    if r is not None and r.backend == "hf":
+        lines.append(f"generator: hf TP{r.tensor_parallel} x {r.replicas} replica(s), max_model_len {r.max_model_len}, "
+                     f"{r.concurrency} sequences at once")
+    elif r is not None:
         lines.append(f"generator: {r.backend} TP{r.tensor_parallel} x {r.replicas} replica(s), gpu_memory_utilization "
                      f"{r.gpu_memory_utilization}, sleep level {r.sleep_level}, KV {r.kv_cache_tokens} tokens/replica, "
                      f"max_model_len {r.max_model_len}, concurrency {r.concurrency}")
@@ -107,8 +118,11 @@ def render_plan(plan: Plan) -> str:
         lines += _detail(plan)
         lines.append("")
     e = plan.estimates
-    lines.append(f"tokens/step <= {e.tokens_per_step:,}   step ~ {e.step_time_s:.0f} s (generation {e.generation_time_s:.0f} s, "
-                 f"log-probs {e.log_prob_time_s:.0f} s, training {e.training_time_s:.0f} s, sync {e.sync_time_s:.1f} s)")
+    if plan.accelerator == "cpu":
+        lines.append(f"tokens/step <= {e.tokens_per_step:,}   step time: not estimated on CPU")
+    else:
+        lines.append(f"tokens/step <= {e.tokens_per_step:,}   step ~ {e.step_time_s:.0f} s (generation {e.generation_time_s:.0f} s, "
+                     f"log-probs {e.log_prob_time_s:.0f} s, training {e.training_time_s:.0f} s, sync {e.sync_time_s:.1f} s)")
     if plan.reasons:
         lines.append("")
         lines.append("reasons:")
