@@ -609,6 +609,14 @@ def suggestions(inp: Inputs) -> list[str]:
                            f"{b.vllm.kv_tokens if b.vllm else 0} tokens per replica)")
                 break
             u = round(u - 0.05, 2)
+    if inp.gen_backend == "hf":  # hf holds the KV cache of every sequence it decodes at once
+        v = min(inp.hf_micro_batch or inp.batch, inp.batch) // 2
+        while v >= 1:
+            b = _try(inp, hf_micro_batch=v)
+            if b:
+                out.append(f"rollout.micro_batch_size: {v} would fit ({b.describe()}, {v * inp.n} sequences at once)")
+                break
+            v //= 2
     for name, attr in (("trainer.log_prob_micro_batch_size", "lp_micro_batch"), ("trainer.micro_batch_size", "micro_batch")):
         v = getattr(inp, attr) // 2
         while v >= 1:

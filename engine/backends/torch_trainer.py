@@ -248,7 +248,7 @@ class TorchTrainer:
             vl = value_loss_per_token(v, mb["old_values"], mb["returns"])
             loss = aggregate(vl, mb["response_mask"], "token_mean", norm)
             loss.backward()
-            total += float(loss)
+            total += float(loss.detach())
         gn = torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.optim_cfg.grad_clip)
         self.critic_opt.step()
         return {"critic/value_loss": total, "critic/grad_norm": float(gn)}

@@ -40,6 +40,24 @@ def ray_hardware(address: str) -> Found:
     return Found(gpus, float("inf"), f"the Ray cluster at {address}")
 
 
+#: Backends this runtime executes today. The vLLM generator and the Megatron-core trainer are the next
+#: step of the roadmap; they plug into `engine.backends.base` and are added here when they land.
+AVAILABLE_BACKENDS: dict[str, tuple[str, ...]] = {"trainer": ("torch",), "generator": ("hf",)}
+
+
+def backend_problem(plan: Any) -> Optional[str]:
+    """Why this runtime cannot execute the plan's trainer/generator backends, or None."""
+    chosen = {"trainer": plan.trainer.backend if plan.trainer else plan.spec.trainer.backend,
+              "generator": plan.rollout.backend if plan.rollout else plan.spec.rollout.backend}
+    missing = [f"{role} backend '{name}'" for role, name in chosen.items() if name not in AVAILABLE_BACKENDS[role]]
+    if not missing:
+        return None
+    return (f"plan '{plan.spec.name}' uses the " + " and the ".join(missing) + ", which this version of the "
+            "runtime does not execute yet (available: trainer torch, generator hf). Nothing was loaded.\n"
+            "To run it with the available backends (one machine, CPU or one GPU): add "
+            "rollout.backend=hf trainer.backend=torch")
+
+
 def needs(plan: Any) -> tuple[int, float]:
     """(GPUs, GiB per GPU) the plan needs; (0, 0) for a CPU plan."""
     if plan.accelerator != "gpu":
@@ -49,13 +67,15 @@ def needs(plan: Any) -> tuple[int, float]:
 
 
 def check_resources(plan: Any, found: Optional[Found] = None) -> Found:
-    """Raise `ResourceError` unless the hardware covers the plan (count and per-GPU memory)."""
+    """Raise `ResourceError` unless the hardware covers the plan (count and per-GPU memory) and this
+    runtime has the plan's backends (hardware is reported first)."""
     spec = plan.spec
     if not plan.feasible:
         raise ResourceError("the plan is not feasible as compiled:\n  - " + "\n  - ".join(plan.reasons)
                             + "\n(see `engine plan` for the placement and memory estimate)")
     want_gpus, want_gib = needs(plan)
     if want_gpus == 0:
+        _check_backends(plan)
         return found or Found(0, 0.0, "this machine")
     if found is None:
         found = ray_hardware(spec.cluster.ray_address) if spec.cluster.ray_address else local_hardware()
@@ -73,4 +93,11 @@ def check_resources(plan: Any, found: Optional[Found] = None) -> Found:
             "--address=HEAD:6379` on the others), then run from the head node:\n"
             f"  engine run {(plan.sources or ['SPEC.yaml'])[0]} cluster.ray_address=auto\n"
             "or try the CPU quickstart: engine run specs/quickstart.yaml")
+    _check_backends(plan)
     return found
+
+
+def _check_backends(plan: Any) -> None:
+    problem = backend_problem(plan)
+    if problem:
+        raise ResourceError(problem)

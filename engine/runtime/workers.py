@@ -2,8 +2,9 @@
 
 Each worker is a plain class built from a `WorkerSetup` (the plan as JSON plus resolved local paths),
 so the same class runs in-process (the embedded default) or as a Ray actor (`engine.runtime.group`).
-Backends are chosen from the plan (`plan.rollout.backend`, `plan.trainer.backend`); the GPU backends
-(vLLM, Megatron) are imported lazily and only when a plan names them.
+Backends are chosen from the plan (`plan.rollout.backend`, `plan.trainer.backend`). The GPU backends
+(vLLM, Megatron-core) are the roadmap's next step; until they land, `engine.runtime.resources`
+refuses a plan that names them before anything is loaded.
 """
 
 from __future__ import annotations
@@ -45,13 +46,6 @@ def _load_policy(setup: WorkerSetup) -> torch.nn.Module:
     return load_model(setup.model_path, dtype=torch.float32, device=setup.device)
 
 
-def _missing_backend(kind: str, name: str, extra: str) -> RuntimeError:
-    return RuntimeError(
-        f"the plan asks for the {name} {kind} backend, which is not available in this runtime build "
-        f"(install the optional GPU extras: pip install 'zero-rl-engine[{extra}]'), or run with "
-        f"rollout.backend=hf trainer.backend=torch on one machine")
-
-
 class ActorWorker:
     """The trainer role: owns the policy (and the critic for `algorithm.advantage = gae`)."""
 
@@ -59,9 +53,6 @@ class ActorWorker:
         _prepare(setup)
         plan = setup.plan()
         spec = plan.spec
-        backend = plan.trainer.backend if plan.trainer else spec.trainer.backend
-        if backend != "torch":
-            raise _missing_backend("trainer", backend, "gpu")
         from engine.backends.torch_trainer import BatchConfig, LossConfig, OptimConfig, TorchTrainer
 
         model = _load_policy(setup)
@@ -133,9 +124,6 @@ class RolloutWorker:
     def __init__(self, setup: WorkerSetup, shared_model: Optional[torch.nn.Module] = None) -> None:
         _prepare(setup)
         plan = setup.plan()
-        backend = plan.rollout.backend if plan.rollout else plan.spec.rollout.backend
-        if backend != "hf":
-            raise _missing_backend("generator", backend, "gpu")
         from engine.backends.hf_generator import HFGenerator
         from engine.modeling import load_tokenizer
 

@@ -155,6 +155,20 @@ def test_infeasible_suggests_smallest_node_count():
     assert not plan_of(spec("mistral-24b", k - 1, 8)).feasible
 
 
+def test_hf_generator_all_at_once_suggests_a_micro_batch_that_fits():
+    # hf decodes 1024 x 8 sequences of 9216 tokens at once: KV 1024*8*9216 tokens x 12288 B/token
+    # (2 x 24 layers x 2 KV heads x 64 x 2 B) ~ 864 GiB; a micro-batch of prompts bounds it
+    p = plan_of(spec("qwen2.5-0.5b", 1, 1, trainer=dict(backend="torch"), rollout=dict(backend="hf")))
+    assert not p.feasible
+    hint = [r for r in p.reasons if r.startswith("rollout.micro_batch_size: ")]
+    assert hint, p.reasons
+    v = int(hint[0].split()[1])
+    ok = plan_of(spec("qwen2.5-0.5b", 1, 1, trainer=dict(backend="torch"), rollout=dict(backend="hf", micro_batch_size=v)))
+    assert ok.feasible
+    assert not plan_of(spec("qwen2.5-0.5b", 1, 1, trainer=dict(backend="torch"),
+                            rollout=dict(backend="hf", micro_batch_size=2 * v))).feasible
+
+
 def test_kv_cache_too_small_for_one_sequence():
     # util 0.2 x 80 = 16 GiB for a TP1 replica of 15 GiB of 8B weights: no room for a 9216-token sequence
     p = plan_of(spec("llama3.1-8b", 1, 8, rollout=dict(tensor_parallel=1, gpu_memory_utilization=0.2),

@@ -75,6 +75,21 @@ def test_plan_needing_gpus_stops_before_loading_anything(tmp_path):
     assert "CLEAN" in p.stdout  # no model library was imported, let alone a model
 
 
+def test_gpu_backends_not_yet_in_the_runtime_are_refused_before_loading():
+    from compiler import compile_spec
+    from engine.runtime.resources import Found, ResourceError, check_resources
+
+    plan = compile_spec(str(ROOT / "specs" / "qwen2.5-0.5b.yaml"))  # megatron trainer + vllm generator, 1 GPU
+    one_h100 = Found(1, 80.0, "a test machine")
+    with pytest.raises(ResourceError) as info:
+        check_resources(plan, found=one_h100)
+    assert "trainer backend 'megatron'" in str(info.value) and "generator backend 'vllm'" in str(info.value)
+    assert "rollout.backend=hf trainer.backend=torch" in str(info.value)
+    fallback = compile_spec(str(ROOT / "specs" / "qwen2.5-0.5b.yaml"),
+                            ["rollout.backend=hf", "trainer.backend=torch", "rollout.micro_batch_size=64"])
+    assert check_resources(fallback, found=one_h100) is one_h100
+
+
 @pytest.mark.parametrize("overrides", [
     ["algorithm.advantage=gae"],                      # PPO with a critic and GAE
     ["algorithm.advantage=dr_grpo", "algorithm.loss_agg=seq_mean_token_sum", "algorithm.kl_estimator=k1"],
