@@ -609,33 +609,24 @@ def suggestions(inp: Inputs) -> list[str]:
                            f"{b.vllm.kv_tokens if b.vllm else 0} tokens per replica)")
                 break
             u = round(u - 0.05, 2)
+    halvings = [("trainer.log_prob_micro_batch_size", "lp_micro_batch", inp.lp_micro_batch, 1),
+                ("trainer.micro_batch_size", "micro_batch", inp.micro_batch, 1)]
     if inp.gen_backend == "hf":  # hf holds the KV cache of every sequence it decodes at once
-        v = min(inp.hf_micro_batch or inp.batch, inp.batch) // 2
-        while v >= 1:
-            b = _try(inp, hf_micro_batch=v)
-            if b:
-                out.append(f"rollout.micro_batch_size: {v} would fit ({b.describe()}, {v * inp.n} sequences at once)")
-                break
-            v //= 2
-    for name, attr in (("trainer.log_prob_micro_batch_size", "lp_micro_batch"), ("trainer.micro_batch_size", "micro_batch")):
-        v = getattr(inp, attr) // 2
-        while v >= 1:
-            b = _try(inp, **{attr: v})
-            if b:
-                out.append(f"{name}: {v} would fit ({b.describe()})")
-                break
-            v //= 2
+        halvings.insert(0, ("rollout.micro_batch_size", "hf_micro_batch", min(inp.hf_micro_batch or inp.batch, inp.batch), 1))
+    halvings.append(("data.max_response_length", "response", inp.response, 256))
     if inp.recompute != "full" and inp.backend == "megatron":
         b = _try(inp, recompute="full")
         if b:
             out.append(f"trainer.recompute: full would fit ({b.describe()})")
-    r = inp.response // 2
-    while r >= 256:
-        b = _try(inp, response=r)
-        if b:
-            out.append(f"data.max_response_length: {r} would fit ({b.describe()})")
-            break
-        r //= 2
+    for name, attr, start, floor in halvings:  # the largest halving of the value that fits
+        v = start // 2
+        while v >= floor:
+            b = _try(inp, **{attr: v})
+            if b:
+                extra = f", {v * inp.n} sequences at once" if attr == "hf_micro_batch" else ""
+                out.append(f"{name}: {v} would fit ({b.describe()}{extra})")
+                break
+            v //= 2
     other = "split" if inp.placement == "colocated" else "colocated"
     b = _try(inp, placement=other)
     if b:
