@@ -152,44 +152,55 @@ def _collect_token_strings(value: Any, out: set[str]) -> None:
             _collect_token_strings(v, out)
 
 
+def _read_json(path: Path) -> Any:
+    """Parsed JSON of ``path``; None when unreadable or not JSON (a damaged file adds no tokens)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _tokenizer_json_tokens(data: dict, tokens: set[str]) -> None:
+    """Added tokens and special-shaped vocabulary strings of a ``tokenizer.json``."""
+    for tok in data.get("added_tokens") or []:
+        if isinstance(tok, dict) and isinstance(tok.get("content"), str):
+            tokens.add(tok["content"])
+    vocab = (data.get("model") or {}).get("vocab")
+    if isinstance(vocab, dict):
+        tokens.update(k for k in vocab if looks_special(k))
+    elif isinstance(vocab, list):
+        tokens.update(v[0] for v in vocab if isinstance(v, list) and v and isinstance(v[0], str) and looks_special(v[0]))
+
+
+def _tokenizer_config_tokens(data: dict, tokens: set[str]) -> None:
+    """Added and named special tokens of a ``tokenizer_config.json``."""
+    for entry in (data.get("added_tokens_decoder") or {}).values():
+        _collect_token_strings(entry, tokens)
+    for key in ("bos_token", "eos_token", "unk_token", "pad_token", "additional_special_tokens"):
+        if key in data:
+            _collect_token_strings(data[key], tokens)
+
+
+#: Tokenizer files of a HF folder and how each one's special tokens are read.
+_TOKENIZER_FILES = (
+    ("tokenizer.json", _tokenizer_json_tokens),
+    ("tokenizer_config.json", _tokenizer_config_tokens),
+    ("special_tokens_map.json", _collect_token_strings),
+)
+
+
 def local_tokenizer_tokens(folder: Path) -> Optional[frozenset[str]]:
     """Special/added tokens and vocabulary strings of a local tokenizer folder (None: no files)."""
     tokens: set[str] = set()
     found = False
-    tj = folder / "tokenizer.json"
-    if tj.is_file():
+    for name, read in _TOKENIZER_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
         found = True
-        try:
-            data = json.loads(tj.read_text(encoding="utf-8"))
-            for tok in data.get("added_tokens") or []:
-                if isinstance(tok, dict) and isinstance(tok.get("content"), str):
-                    tokens.add(tok["content"])
-            vocab = (data.get("model") or {}).get("vocab")
-            if isinstance(vocab, dict):
-                tokens.update(k for k in vocab if looks_special(k))
-            elif isinstance(vocab, list):
-                tokens.update(v[0] for v in vocab if isinstance(v, list) and v and isinstance(v[0], str) and looks_special(v[0]))
-        except (OSError, ValueError):
-            pass
-    tc = folder / "tokenizer_config.json"
-    if tc.is_file():
-        found = True
-        try:
-            data = json.loads(tc.read_text(encoding="utf-8"))
-            for entry in (data.get("added_tokens_decoder") or {}).values():
-                _collect_token_strings(entry, tokens)
-            for key in ("bos_token", "eos_token", "unk_token", "pad_token", "additional_special_tokens"):
-                if key in data:
-                    _collect_token_strings(data[key], tokens)
-        except (OSError, ValueError):
-            pass
-    sm = folder / "special_tokens_map.json"
-    if sm.is_file():
-        found = True
-        try:
-            _collect_token_strings(json.loads(sm.read_text(encoding="utf-8")), tokens)
-        except (OSError, ValueError):
-            pass
+        data = _read_json(path)
+        if data is not None:
+            read(data, tokens)
     return frozenset(tokens) if found else None
 
 
