@@ -17,7 +17,7 @@ import os
 import re
 from fractions import Fraction
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Iterator, List, Optional
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
