@@ -11,7 +11,6 @@ parallel sizes, peak memory, step time) are listed under ``plan.`` (``--no-plan`
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import Any, Optional, Sequence
