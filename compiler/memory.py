@@ -336,8 +336,9 @@ def vllm_memory(arch: Architecture, tp: int, utilization: float, capacity: float
 
 def hf_generation_bytes(arch: Architecture, sequences: int, seq_len: int, dtype_bytes: int = 2) -> float:
     """transformers ``generate`` without paging (bytes): a dense KV cache of ``sequences`` x
-    ``seq_len`` tokens (2 x L x g x d x dtype) plus fp32 last-position logits (4 B x V) per sequence."""
-    kv = 2 * arch.num_layers * arch.num_kv_heads * arch.kv_channels * dtype_bytes
+    ``seq_len`` tokens (`kv_bytes_per_token` unsharded: 2 x L x g x d x dtype) plus fp32
+    last-position logits (4 B x V) per sequence."""
+    kv = kv_bytes_per_token(arch, 1, dtype_bytes)
     return float(sequences * (seq_len * kv + 4 * arch.vocab_size))
 
 
