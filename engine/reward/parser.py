@@ -174,19 +174,25 @@ class Node:
     text: str = ""
 
 
+_OPENERS = ("(", "[", "{", "\\{")
+_CLOSERS = (")", "]", "}", "\\}")
+
+
+def _nesting(t: Tok, envs: bool = True) -> int:
+    """+1 for an opening bracket (and ``\\begin`` when ``envs``), -1 for a closing one (``\\end``), else 0."""
+    if t.kind == "OP":
+        return 1 if t.text in _OPENERS else -1 if t.text in _CLOSERS else 0
+    if envs and t.kind in ("BEGIN", "END"):
+        return 1 if t.kind == "BEGIN" else -1
+    return 0
+
+
 def _split_top(toks: List[Tok], sep_pred) -> List[List[Tok]]:
     """Split a token list at depth-0 tokens matching ``sep_pred``."""
     parts: List[List[Tok]] = [[]]
     depth = 0
     for t in toks:
-        if t.kind == "OP" and t.text in ("(", "[", "{", "\\{"):
-            depth += 1
-        elif t.kind == "OP" and t.text in (")", "]", "}", "\\}"):
-            depth -= 1
-        elif t.kind == "BEGIN":
-            depth += 1
-        elif t.kind == "END":
-            depth -= 1
+        depth += _nesting(t)
         if depth == 0 and sep_pred(t):
             parts.append([])
         else:
@@ -200,12 +206,10 @@ def _wrapped(toks: List[Tok]) -> bool:
         return False
     depth = 0
     for k, t in enumerate(toks):
-        if t.kind == "OP" and t.text in ("(", "[", "{", "\\{"):
-            depth += 1
-        elif t.kind == "OP" and t.text in (")", "]", "}", "\\}"):
-            depth -= 1
-            if depth == 0:
-                return k == len(toks) - 1
+        step = _nesting(t, envs=False)
+        depth += step
+        if step < 0 and depth == 0:
+            return k == len(toks) - 1
     return False
 
 
@@ -280,11 +284,9 @@ def _cap(items):
 def _top_level(toks: List[Tok]):
     depth = 0
     for t in toks:
-        if t.kind == "OP" and t.text in ("(", "[", "{", "\\{"):
-            depth += 1
-        elif t.kind == "OP" and t.text in (")", "]", "}", "\\}"):
-            depth -= 1
-        elif depth == 0:
+        step = _nesting(t, envs=False)
+        depth += step
+        if step == 0 and depth == 0:
             yield t
 
 
