@@ -36,8 +36,7 @@ def legal_trainer_tp(arch: Architecture) -> list[int]:
 def legal_rollout_tp(arch: Architecture, max_gpus: int) -> list[int]:
     """vLLM tensor-parallel sizes up to ``max_gpus``: heads % t == 0, ffn % t == 0, and KV heads %
     t == 0 below the KV head count, t % KV heads == 0 at or above it."""
-    return [t for t in _divisors(arch.num_heads)
-            if t <= max_gpus and arch.ffn_hidden_size % t == 0 and _kv_ok(arch.num_kv_heads, t)]
+    return [t for t in legal_trainer_tp(arch) if t <= max_gpus]
 
 
 def legal_pp(arch: Architecture) -> list[int]:
