@@ -61,19 +61,12 @@ def fp8_ok(arch: Architecture, recipe: str, tp: int) -> str | None:
     """
     if recipe in ("none", None):
         return None
-    bad = []
-    for name, (rows, cols) in fp8_gemms(arch, tp).items():
-        if recipe == "blockwise":
-            ok = rows % 128 == 0 and cols % 128 == 0
-            need = "% 128"
-        else:
-            ok = cols % 16 == 0 and rows % 8 == 0
-            need = "last % 16, leading % 8"
-        if not ok:
-            bad.append(f"{name} {rows}x{cols}")
+    blockwise = recipe == "blockwise"
+    bad = [f"{name} {rows}x{cols}" for name, (rows, cols) in fp8_gemms(arch, tp).items()
+           if not (rows % 128 == 0 and cols % 128 == 0 if blockwise else cols % 16 == 0 and rows % 8 == 0)]
     if not bad:
         return None
-    need = "both dims % 128" if recipe == "blockwise" else "last dim % 16 and leading dim % 8"
+    need = "both dims % 128" if blockwise else "last dim % 16 and leading dim % 8"
     return f"fp8 '{recipe}' needs {need}; at TP{tp} the sharded GEMMs {', '.join(bad)} do not"
 
 
