@@ -282,9 +282,10 @@ def _cap(items):
 
 
 def _top_level(toks: List[Tok]):
+    """The tokens outside any bracket or environment (the depth `_split_top` splits at)."""
     depth = 0
     for t in toks:
-        step = _nesting(t, envs=False)
+        step = _nesting(t)
         depth += step
         if step == 0 and depth == 0:
             yield t

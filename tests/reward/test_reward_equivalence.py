@@ -84,3 +84,11 @@ def test_full_labelled_set():
     assert not adv_fp, "adversarial false positives:\n" + _describe(adv_fp)
     assert not fp, "false positives:\n" + _describe(fp)
     assert not fn, "false negatives:\n" + _describe(fn)
+
+
+def test_relation_operator_is_the_top_level_one():
+    from engine.reward.parser import parse_answer
+
+    # a relation inside an environment is not the answer's relation
+    node = parse_answer(r"\begin{pmatrix} a < 1 \end{pmatrix} = x")
+    assert (node.kind, node.open) == ("rel", "=")
