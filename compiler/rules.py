@@ -171,8 +171,7 @@ def check_spec(spec: ExperimentSpec, arch: Architecture) -> list[Problem]:
             out.append(Problem("rollout.tensor_parallel", f"backend 'hf' has no tensor parallelism (got {rtp})",
                                "use rollout.tensor_parallel: 1 (or auto), or rollout.backend: vllm"))
         else:
-            legal_r = legal_rollout_tp(arch, 1 << 30)
-            if rtp not in legal_r:
+            if rtp not in legal_tp:  # vLLM's split rule is the trainer's (legal_rollout_tp without a GPU bound)
                 why = _width_split_reasons(arch, rtp)
                 if not _kv_ok(arch.num_kv_heads, rtp):
                     rel = ">=" if rtp >= arch.num_kv_heads else "<"
