@@ -148,22 +148,9 @@ def normalize(answer: str) -> Normalized:
     s = re.sub(r"\\sqrt\s*(\w)", r"\\sqrt{\1}", s)
     s = re.sub(r"\s+", " ", s).strip()
     s = s.rstrip(".").strip()
-    while s.startswith("{") and s.endswith("}") and _braces_wrap(s):
+    while s.startswith("{") and match_braces(s, 0) == len(s) - 1:  # "{...}" wrapping the whole answer
         s = s[1:-1].strip()
     return Normalized(text=s, key=s.replace(" ", ""), percent=percent)
-
-
-def _braces_wrap(s: str) -> bool:
-    """True when the first '{' of s is closed by its last character."""
-    depth = 0
-    for i, c in enumerate(s):
-        if c == "{" and (i == 0 or s[i - 1] != "\\"):
-            depth += 1
-        elif c == "}" and (i == 0 or s[i - 1] != "\\"):
-            depth -= 1
-            if depth == 0:
-                return i == len(s) - 1
-    return False
 
 
 def multiple_choice_letter(norm: Normalized) -> Optional[str]:
