@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 from schemas import Architecture, ExperimentSpec
 
 from compiler import memory as M
+from compiler.errors import Problem
 from compiler.placement import Candidate, Inputs, SearchResult, choice_notes, search
 from compiler.plan import DevicePlan, Estimates, Plan, RolloutPlan, TrainerPlan
 from compiler.rules import check_spec
@@ -28,6 +29,11 @@ def _tokens_per_step(spec: ExperimentSpec) -> int:
     return spec.data.train_batch_size * spec.rollout.n * (spec.data.max_prompt_length + spec.data.max_response_length)
 
 
+def _reasons(problems: Sequence[Problem]) -> list[str]:
+    """Rule violations as plan reasons: ``path: message (hint: ...)``."""
+    return [f"{p.path}: {p.message}" + (f" (hint: {p.hint})" if p.hint else "") for p in problems]
+
+
 def lower(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str] = ()) -> Plan:
     """Run the placement search and build the Plan (feasible or not, with reasons)."""
     problems = check_spec(spec, arch)
@@ -37,8 +43,7 @@ def lower(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str] = ())
                 nodes=spec.cluster.nodes, gpus_per_node=spec.cluster.gpus_per_node)
     params_b = _r(M.total_params(arch) / 1e9, 6)
     if problems:
-        reasons = [f"{p.path}: {p.message}" + (f" (hint: {p.hint})" if p.hint else "") for p in problems]
-        return Plan(**base, feasible=False, reasons=reasons,
+        return Plan(**base, feasible=False, reasons=_reasons(problems),
                     estimates=Estimates(tokens_per_step=_tokens_per_step(spec), params_b=params_b))
     inp = Inputs.from_spec(spec, arch)
     res = search(inp)
@@ -136,7 +141,7 @@ def _notes(spec: ExperimentSpec, inp: Inputs, res: SearchResult) -> list[str]:
 # CPU
 # ---------------------------------------------------------------------------------------------
 
-def _cpu_plan(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str], problems) -> Plan:
+def _cpu_plan(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str], problems: list[Problem]) -> Plan:
     """One 'cpu' device holding every role; memory estimated in fp32 against host RAM (not checked)."""
     P = M.total_params(arch)
     seq = spec.data.max_prompt_length + spec.data.max_response_length
@@ -164,7 +169,7 @@ def _cpu_plan(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str], 
     return Plan(
         spec=spec, sources=list(sources), architecture=arch, accelerator="cpu", placement=spec.placement, nodes=1,
         gpus_per_node=0, feasible=feasible,
-        reasons=[] if feasible else [f"{p.path}: {p.message}" + (f" (hint: {p.hint})" if p.hint else "") for p in problems],
+        reasons=_reasons(problems),
         notes=notes,
         trainer=TrainerPlan(backend=tr.backend, tensor_parallel=1, pipeline_parallel=1, context_parallel=1, data_parallel=1,
                             sequence_parallel=False, micro_batch_size=mb,
