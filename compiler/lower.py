@@ -12,7 +12,7 @@ from schemas import Architecture, ExperimentSpec
 
 from compiler import memory as M
 from compiler.errors import Problem
-from compiler.placement import Candidate, Inputs, SearchResult, choice_notes, search
+from compiler.placement import BASE_MFU, DECODE_BW_EFF, Candidate, Inputs, SearchResult, choice_notes, search
 from compiler.plan import DevicePlan, Estimates, Plan, RolloutPlan, TrainerPlan
 from compiler.rules import check_spec
 
@@ -133,7 +133,7 @@ def _notes(spec: ExperimentSpec, inp: Inputs, res: SearchResult) -> list[str]:
         notes.append("trainer offload: optimizer states and fp32 masters on CPU; grads leave the GPU between updates")
     notes.append("reward: CPU verification processes (no GPU memory)")
     notes.append("step time is an upper bound: every response at max length "
-                 f"({inp.response} tokens), MFU {0.40:.2f} at TP1/PP1, decode at 70% of HBM bandwidth")
+                 f"({inp.response} tokens), MFU {BASE_MFU:.2f} at TP1/PP1, decode at {DECODE_BW_EFF:.0%} of HBM bandwidth")
     return notes
 
 
