@@ -183,7 +183,7 @@ class Candidate:
     def peak(self) -> float:
         return max((g.peak for g in self.gpus), default=0.0)
 
-    def worst_gpu(self, capacity: float) -> GpuMemory:
+    def worst_gpu(self) -> GpuMemory:
         return max(self.gpus, key=lambda g: g.peak)
 
     def describe(self) -> str:
@@ -308,7 +308,7 @@ def _evaluate(inp: Inputs, tp: int, pp: int, cp: int, dp: int, rtp: int, replica
     if not colocated:
         c.gpus.append(GpuMemory("generator", None, gen_ranks[0], list(gen_ranks), ["generator"], {"generation": dict(gen)}))
     # memory problems
-    worst = max(c.gpus, key=lambda g: g.peak)
+    worst = c.worst_gpu()
     if worst.peak > cap:
         c.excess = worst.peak - cap
         c.problems.append("memory")
@@ -535,7 +535,7 @@ def component_summary(phase: dict[str, float], top: int = 6) -> str:
 
 def memory_reason(inp: Inputs, c: Candidate) -> str:
     """One sentence: where the candidate's worst GPU exceeds its capacity and by how much."""
-    g = c.worst_gpu(inp.capacity)
+    g = c.worst_gpu()
     ph = g.peak_phase
     return (f"{c.describe()}: GPU {g.first_rank} ({g.label}) needs {_g(g.peak)} GiB > {_g(inp.capacity)} GiB "
             f"in the {ph} phase (over by {_g(g.peak - inp.capacity)} GiB): {component_summary(g.phases[ph])}")
@@ -661,7 +661,7 @@ def choice_notes(res: SearchResult) -> list[str]:
             else:
                 alt = min(group, key=lambda c: (c.excess, _rank_key(c)))
                 if "memory" in alt.problems:
-                    g = alt.worst_gpu(inp.capacity)
+                    g = alt.worst_gpu()
                     notes.append(f"{label} {val}: needs {_g(g.peak)} GiB > {_g(inp.capacity)} GiB on GPU {g.first_rank} "
                                  f"({g.label}, {g.peak_phase} phase) at best ({alt.describe()})")
                 else:
