@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from engine.backends.base import Generation, SamplingParams
+from engine.runtime.batch import left_pad
 
 
 def sample_next(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> torch.Tensor:
@@ -114,12 +115,7 @@ class HFGenerator:
     def _generate_chunk(self, prompts: list[list[int]], n: int, params: SamplingParams,
                         gen: torch.Generator) -> tuple[list[list[int]], list[str]]:
         """Decode ``n`` samples of each prompt; the prompt is run once and its KV cache repeated n times."""
-        plen = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), plen), self.pad_id, dtype=torch.long)
-        attn = torch.zeros((len(prompts), plen), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            input_ids[i, plen - len(p):] = torch.tensor(p, dtype=torch.long)
-            attn[i, plen - len(p):] = 1
+        input_ids, attn = left_pad(prompts, self.pad_id)
         input_ids, attn = input_ids.to(self.device), attn.to(self.device)
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         b = len(prompts) * n

@@ -5,6 +5,17 @@ from __future__ import annotations
 import torch
 
 
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists to the longest one: ``ids`` and ``mask`` (1 on real tokens), both [B, P] long."""
+    p = max(len(x) for x in prompts)
+    ids = torch.full((len(prompts), p), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), p), dtype=torch.long)
+    for i, pr in enumerate(prompts):
+        ids[i, p - len(pr):] = torch.tensor(pr, dtype=torch.long)
+        mask[i, p - len(pr):] = 1
+    return ids, mask
+
+
 def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """Pad a batch of (prompt, response) token lists into trainer tensors.
 
@@ -14,14 +25,17 @@ def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> d
     """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    b = len(prompts)
-    p = max(len(x) for x in prompts)
+    return _pack(*left_pad(prompts, pad_id), responses, pad_id)
+
+
+def _pack(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, responses: list[list[int]],
+          pad_id: int) -> dict[str, torch.Tensor]:
+    """`pack` from already left-padded prompts [B, P]."""
+    b, p = prompt_ids.shape
     t = max(1, max(len(x) for x in responses))
-    ids = torch.full((b, p + t), pad_id, dtype=torch.long)
-    attn = torch.zeros((b, p + t), dtype=torch.long)
-    for i, (pr, rs) in enumerate(zip(prompts, responses)):
-        ids[i, p - len(pr):p] = torch.tensor(pr, dtype=torch.long)
-        attn[i, p - len(pr):p] = 1
+    ids = torch.cat([prompt_ids, torch.full((b, t), pad_id, dtype=torch.long)], dim=1)
+    attn = torch.cat([prompt_mask, torch.zeros((b, t), dtype=torch.long)], dim=1)
+    for i, rs in enumerate(responses):
         if rs:
             ids[i, p:p + len(rs)] = torch.tensor(rs, dtype=torch.long)
             attn[i, p:p + len(rs)] = 1
@@ -44,12 +58,8 @@ def pack_groups(prompts: list[list[int]], responses: list[list[int]], group_size
     """
     if len(responses) != len(prompts) * group_size:
         raise ValueError(f"{len(responses)} responses for {len(prompts)} prompts x {group_size}")
-    out = pack([p for p in prompts for _ in range(group_size)], responses, pad_id)
-    p = max(len(x) for x in prompts)
-    ids = torch.full((len(prompts), p), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), p), dtype=torch.long)
-    for i, pr in enumerate(prompts):
-        ids[i, p - len(pr):] = torch.tensor(pr, dtype=torch.long)
-        mask[i, p - len(pr):] = 1
+    ids, mask = left_pad(prompts, pad_id)
+    out = _pack(ids.repeat_interleave(group_size, dim=0), mask.repeat_interleave(group_size, dim=0),
+                responses, pad_id)
     out["prompt_ids"], out["prompt_mask"] = ids, mask
     return out
