@@ -593,22 +593,16 @@ def suggestions(inp: Inputs) -> list[str]:
         if b:
             out.append(f"rollout.sleep_level: 1 (or 2) would fit ({b.describe()})")
     if inp.gen_backend == "vllm":
-        u = round(inp.utilization + 0.05, 2)
-        while u <= 0.95:  # a reservation too small for weights + one sequence of KV
-            b = _try(inp, utilization=u)
-            if b:
-                out.append(f"rollout.gpu_memory_utilization: {u} would fit ({b.describe()}, KV cache "
-                           f"{b.vllm.kv_tokens if b.vllm else 0} tokens per replica)")
-                break
-            u = round(u + 0.05, 2)
-        u = round(inp.utilization - 0.05, 2)
-        while u >= 0.2:
-            b = _try(inp, utilization=u)
-            if b:
-                out.append(f"rollout.gpu_memory_utilization: {u} would fit ({b.describe()}, KV cache "
-                           f"{b.vllm.kv_tokens if b.vllm else 0} tokens per replica)")
-                break
-            u = round(u - 0.05, 2)
+        # up: a reservation too small for weights + one sequence of KV; down: room for the trainer
+        for step, ok in ((0.05, lambda u: u <= 0.95), (-0.05, lambda u: u >= 0.2)):
+            u = round(inp.utilization + step, 2)
+            while ok(u):
+                b = _try(inp, utilization=u)
+                if b:
+                    out.append(f"rollout.gpu_memory_utilization: {u} would fit ({b.describe()}, KV cache "
+                               f"{b.vllm.kv_tokens if b.vllm else 0} tokens per replica)")
+                    break
+                u = round(u + step, 2)
     halvings = [("trainer.log_prob_micro_batch_size", "lp_micro_batch", inp.lp_micro_batch, 1),
                 ("trainer.micro_batch_size", "micro_batch", inp.micro_batch, 1)]
     if inp.gen_backend == "hf":  # hf holds the KV cache of every sequence it decodes at once
