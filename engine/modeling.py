@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -68,3 +69,16 @@ def load_tokenizer(path: str):
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def cache_kwarg(model: torch.nn.Module) -> str:
+    """The name of the KV-cache argument of ``model.forward``: ``cache`` (transformers >= 5.2x) or
+    ``past_key_values`` (older releases). Looked up once per model class."""
+    return _cache_kwarg_of(type(model))
+
+
+@lru_cache(maxsize=None)
+def _cache_kwarg_of(cls: type) -> str:
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"

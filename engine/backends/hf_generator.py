@@ -8,13 +8,13 @@ have stopped. Sampling uses a seeded `torch.Generator`, so a given seed reproduc
 
 from __future__ import annotations
 
-import inspect
 import time
 from typing import Any, Iterable, Mapping
 
 import torch
 
 from engine.backends.base import Generation, SamplingParams
+from engine.modeling import cache_kwarg
 from engine.runtime.batch import left_pad
 
 
@@ -69,8 +69,7 @@ class HFGenerator:
         self.micro_batch_size = micro_batch_size
         self.device = torch.device(device)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        # transformers >= 5.2x names the KV cache argument `cache`; older releases `past_key_values`.
-        self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self._cache_kw = cache_kwarg(model)
 
     # -- weight sync -------------------------------------------------------------------------
     def load_weights(self, weights: Iterable[tuple[str, Any]] | Mapping[str, Any]) -> None:

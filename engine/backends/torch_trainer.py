@@ -17,6 +17,7 @@ import torch
 
 from engine.algorithm.losses import (aggregate, entropy_from_logits, kl_per_token, masked_mean,
                                      ppo_clip_per_token, value_loss_per_token)
+from engine.modeling import cache_kwarg
 
 
 @dataclass(frozen=True)
@@ -70,18 +71,12 @@ def response_logits(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -
     return out.logits[:, :-1, :].float()
 
 
-def _cache_kw(model: torch.nn.Module) -> str:
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 def _grouped_response_logits(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
     responses, rmask = batch["responses"], batch["response_mask"]
     g, b, t = prompt_ids.shape[0], responses.shape[0], responses.shape[1]
     n = b // g
-    kw = _cache_kw(model)
+    kw = cache_kwarg(model)
     ppos = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=ppos, use_cache=True, logits_to_keep=1)
     first = out.logits[:, -1:, :].float().repeat_interleave(n, dim=0)  # predicts response token 0
