@@ -127,6 +127,11 @@ class Inputs:
     def sequences(self) -> int:
         return self.batch * self.n
 
+    def hf_sequences(self, replicas: int) -> int:
+        """Sequences an hf replica decodes at once: rollout.micro_batch_size prompts (default: its
+        share of the batch) x n."""
+        return (self.hf_micro_batch or math.ceil(self.batch / max(1, replicas))) * self.n
+
 
 @dataclass
 class GpuMemory:
@@ -257,10 +262,8 @@ def _generator_memory(inp: Inputs, rtp: int, replicas: int, colocated: bool) -> 
     a = inp.arch
     ctx = 0.5 * M.GIB
     if inp.gen_backend == "hf":
-        per_replica = math.ceil(inp.batch / replicas)
-        seqs = (inp.hf_micro_batch or per_replica) * inp.n
         gen = {"generator_weights": 2.0 * M.total_params(a),
-               "kv_cache": M.hf_generation_bytes(a, seqs, inp.seq)}
+               "kv_cache": M.hf_generation_bytes(a, inp.hf_sequences(replicas), inp.seq)}
         if not colocated:
             gen["generator_context"] = ctx
         return gen, {}, None
@@ -321,7 +324,7 @@ def _evaluate(inp: Inputs, tp: int, pp: int, cp: int, dp: int, rtp: int, replica
             c.excess = max(c.excess, (inp.seq - v.kv_tokens) * v.kv_bytes_per_token)
         c.concurrency = M.max_concurrency(v.kv_tokens, inp.seq, inp.max_num_seqs)
     else:
-        c.concurrency = (inp.hf_micro_batch or math.ceil(inp.batch / max(1, replicas))) * inp.n
+        c.concurrency = inp.hf_sequences(replicas)
     c.times = _times(inp, c)
     return c
 
