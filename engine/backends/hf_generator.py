@@ -93,7 +93,7 @@ class HFGenerator:
     def generate(self, prompt_ids: list[list[int]], n: int, params: SamplingParams, seed: int) -> Generation:
         """Sample ``n`` responses per prompt (prompt-major order); reproducible for ``seed``."""
         t0 = time.perf_counter()
-        gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        gen = torch.Generator(device=self.device).manual_seed(int(seed))  # multinomial needs it on the logits' device
         chunk = self.micro_batch_size or len(prompt_ids)
         out_ids: list[list[int]] = []
         reasons: list[str] = []
