@@ -190,6 +190,12 @@ def _is_local_file(path: str) -> bool:
     return path not in ("synthetic", "") and "://" not in path
 
 
+def _missing_data_files(spec: ExperimentSpec) -> list[tuple[str, str]]:
+    """(field, path) of each local data file (data.train, data.val) that does not exist."""
+    return [(key, value) for key, value in (("data.train", spec.data.train), ("data.val", spec.data.val))
+            if value and _is_local_file(value) and not Path(value).exists()]
+
+
 def _check_lengths(spec: ExperimentSpec, arch: Architecture, loaded: LoadedSpec) -> list[Problem]:
     problems = []
     limit = arch.max_position_embeddings
@@ -266,10 +272,9 @@ def _check_data(spec: ExperimentSpec, loaded: LoadedSpec, check_files: bool) -> 
         problems.append(loaded.problem("data.min_pass_rate", f"min_pass_rate {d.min_pass_rate} > max_pass_rate {d.max_pass_rate}",
                                        "min_pass_rate <= max_pass_rate"))
     if check_files:
-        for key, value in (("data.train", d.train), ("data.val", d.val)):
-            if value and _is_local_file(value) and not Path(value).exists():
-                problems.append(loaded.problem(key, f"data file not found: {value}",
-                                               f"prepare it, or override {key}=<path> (or {key}=synthetic)"))
+        for key, value in _missing_data_files(spec):
+            problems.append(loaded.problem(key, f"data file not found: {value}",
+                                           f"prepare it, or override {key}=<path> (or {key}=synthetic)"))
     return problems
 
 
@@ -287,10 +292,9 @@ def spec_warnings(spec: ExperimentSpec, loaded: Optional[LoadedSpec] = None) -> 
         return loaded.problem(path, message, hint) if loaded else Problem(path, message, hint)
 
     out = []
-    for key, value in (("data.train", spec.data.train), ("data.val", spec.data.val)):
-        if value and _is_local_file(value) and not Path(value).exists():
-            out.append(at(key, f"{value} does not exist yet (plan does not need it; engine run does: "
-                          f"override {key}=<file>)"))
+    for key, value in _missing_data_files(spec):
+        out.append(at(key, f"{value} does not exist yet (plan does not need it; engine run does: "
+                      f"override {key}=<file>)"))
     if spec.data.custom_template is not None and spec.data.prompt_template != "custom":
         out.append(at("data.custom_template", f"custom_template is ignored: prompt_template is {spec.data.prompt_template!r}",
                       "set data.prompt_template: custom, or remove custom_template"))
