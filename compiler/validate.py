@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 from compiler.errors import Problem, SpecError
 from compiler.load import LoadedSpec, _flatten_annotation
 from compiler.resolve import end_tokens, looks_special, resolve_architecture, tokenizer_special_tokens
+from compiler.rules import check_spec
 from schemas import Architecture, ExperimentSpec
 
 # ---------------------------------------------------------------------------------------------
@@ -279,10 +280,6 @@ def _check_data(spec: ExperimentSpec, loaded: LoadedSpec, check_files: bool) -> 
 
 
 def _check_rules(spec: ExperimentSpec, arch: Architecture, loaded: LoadedSpec) -> list[Problem]:
-    try:
-        from compiler.rules import check_spec  # engineer B's placement-independent rules
-    except ImportError:
-        return []
     return [p if p.file else p.located(*loaded.locate(p.path)) for p in check_spec(spec, arch)]
 
 
