@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from compiler.errors import SpecError
+from compiler.plan import Plan
+from compiler.render import plan_summary, render_plan
 
 EXIT_FEASIBLE, EXIT_INFEASIBLE, EXIT_INVALID = 0, 1, 2
 
@@ -40,39 +42,12 @@ def _plan_parser() -> _Parser:
     return p
 
 
-def _fallback_summary(plan: Any) -> dict:
-    """Summary used when compiler.render is not available."""
-    t, r = plan.trainer, plan.rollout
-    return {
-        "feasible": plan.feasible,
-        "nodes": plan.nodes, "gpus_per_node": plan.gpus_per_node, "world_size": plan.world_size,
-        "placement": plan.placement,
-        "trainer": t.model_dump(mode="json") if t else None,
-        "rollout": r.model_dump(mode="json") if r else None,
-        "peak_memory_gib": round(plan.peak_memory_gib, 3),
-        "step_time_s": plan.estimates.step_time_s,
-        "reasons": list(plan.reasons),
-    }
-
-
-def plan_json(plan: Any) -> dict:
+def plan_json(plan: Plan) -> dict:
     """The ``engine plan --json`` document: render.plan_summary + ``hash`` + the full ``plan``."""
-    try:
-        from compiler.render import plan_summary
-        summary = dict(plan_summary(plan))
-    except ImportError:
-        summary = _fallback_summary(plan)
+    summary = plan_summary(plan)
     summary["hash"] = plan.hash
     summary["plan"] = json.loads(plan.to_json())
     return summary
-
-
-def _render_text(plan: Any) -> str:
-    try:
-        from compiler.render import render_plan
-    except ImportError:
-        return json.dumps(_fallback_summary(plan), indent=2)
-    return render_plan(plan)
 
 
 def plan_command(argv: Optional[Sequence[str]] = None) -> int:
@@ -100,7 +75,7 @@ def plan_command(argv: Optional[Sequence[str]] = None) -> int:
     if args.json:
         print(json.dumps(plan_json(plan), indent=2, sort_keys=True))
     else:
-        print(_render_text(plan))
+        print(render_plan(plan))
     return EXIT_FEASIBLE if plan.feasible else EXIT_INFEASIBLE
 
 
