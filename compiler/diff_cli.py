@@ -73,16 +73,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     (la, sa, aa), (lb, sb, ab) = results
     changes = diff_specs(sa, sb)
     if not args.no_plan:
+        from compiler.lower import lower
+
         try:
-            from compiler.lower import lower
-        except ImportError:
-            pass
-        else:
-            try:
-                changes += diff_plans(lower(sa, aa, la.sources), lower(sb, ab, lb.sources))
-            except SpecError as exc:
-                print(exc.render(), file=sys.stderr)
-                return 2
+            changes += diff_plans(lower(sa, aa, la.sources), lower(sb, ab, lb.sources))
+        except SpecError as exc:
+            print(exc.render(), file=sys.stderr)
+            return 2
     if args.json:
         print(json.dumps({"a": args.a, "b": args.b, "equal": not changes,
                           "changes": [c.to_dict() for c in changes]}, indent=2))
