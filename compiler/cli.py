@@ -43,9 +43,8 @@ def _plan_parser() -> _Parser:
 
 
 def plan_json(plan: Plan) -> dict:
-    """The ``engine plan --json`` document: render.plan_summary + ``hash`` + the full ``plan``."""
+    """The ``engine plan --json`` document: render.plan_summary (which holds ``hash``) + the full ``plan``."""
     summary = plan_summary(plan)
-    summary["hash"] = plan.hash
     summary["plan"] = json.loads(plan.to_json())
     return summary
 
