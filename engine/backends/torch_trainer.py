@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from functools import partial
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
@@ -96,6 +97,29 @@ def token_log_probs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits, dim=-1).gather(-1, tokens[..., None]).squeeze(-1)
 
 
+def response_log_probs(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Per-token log-probs (nats) of ``batch['responses']`` under ``model``, [B, T]."""
+    return token_log_probs(response_logits(model, batch), batch["responses"])
+
+
+def bf16_autocast(enabled: bool):
+    """bf16 autocast on CUDA when ``enabled``, else a no-op context."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if enabled else nullcontext()
+
+
+@torch.no_grad()
+def map_micro_batches(fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], batch: Mapping[str, Any], size: int,
+                      device: torch.device, bf16: bool) -> torch.Tensor:
+    """``fn`` over micro-batches of at most ``size`` sequences (each moved to ``device``; no grad; bf16
+    autocast when ``bf16``), the results concatenated on CPU."""
+    parts = []
+    for mb in split_rows(batch, size):
+        mb = {k: v.to(device) for k, v in mb.items()}
+        with bf16_autocast(bf16):
+            parts.append(fn(mb).cpu())
+    return torch.cat(parts)
+
+
 GROUP_KEYS = ("prompt_ids", "prompt_mask")
 
 
@@ -138,32 +162,23 @@ class TorchTrainer:
                                              weight_decay=optim.weight_decay) if self.critic is not None else None)
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else nullcontext()
+        return bf16_autocast(self.bf16)
 
     def _to(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         return {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
     # -- log-probs and values ------------------------------------------------------------------
-    @torch.no_grad()
     def compute_log_probs(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Per-token log-probs (nats) of the responses under the current policy, [B, T], on CPU."""
         self.model.eval()
-        parts = []
-        for mb in split_rows(self._to(batch), self.sizes.log_prob_micro_batch):
-            with self._autocast():
-                parts.append(token_log_probs(response_logits(self.model, mb), mb["responses"]).cpu())
-        return torch.cat(parts)
+        return map_micro_batches(partial(response_log_probs, self.model), batch, self.sizes.log_prob_micro_batch,
+                                 self.device, self.bf16)
 
-    @torch.no_grad()
     def compute_values(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Critic value before each response token, [B, T] (reward units), on CPU."""
         assert self.critic is not None, "compute_values needs a critic (algorithm.advantage = gae)"
         self.critic.eval()
-        parts = []
-        for mb in split_rows(self._to(batch), self.sizes.log_prob_micro_batch):
-            with self._autocast():
-                parts.append(self._values(mb).cpu())
-        return torch.cat(parts)
+        return map_micro_batches(self._values, batch, self.sizes.log_prob_micro_batch, self.device, self.bf16)
 
     def _values(self, mb: Mapping[str, torch.Tensor]) -> torch.Tensor:
         t = mb["responses"].shape[1]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Optional
 
 import torch
@@ -153,22 +154,15 @@ class ReferenceWorker:
     def __init__(self, setup: WorkerSetup) -> None:
         _prepare(setup)
         plan = setup.plan()
-        from engine.backends.torch_trainer import token_log_probs, response_logits, split_rows
-
-        self._lp, self._logits, self._split = token_log_probs, response_logits, split_rows
         self.model = _load_policy(setup).eval()
         self.micro = plan.spec.trainer.log_prob_micro_batch_size
         self.device = torch.device(setup.device)
         self.bf16 = plan.spec.model.dtype == "bfloat16" and self.device.type == "cuda"
 
-    @torch.no_grad()
     def compute_log_probs(self, batch: dict) -> torch.Tensor:
-        parts = []
-        for mb in self._split(batch, self.micro):
-            mb = {k: v.to(self.device) for k, v in mb.items()}
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
-                parts.append(self._lp(self._logits(self.model, mb), mb["responses"]).cpu())
-        return torch.cat(parts)
+        from engine.backends.torch_trainer import map_micro_batches, response_log_probs
+
+        return map_micro_batches(partial(response_log_probs, self.model), batch, self.micro, self.device, self.bf16)
 
     def ping(self) -> str:
         return "reference"
