@@ -32,6 +32,9 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from compiler.errors import Problem, SpecError
 
+if typing.TYPE_CHECKING:
+    from pydantic import BaseModel
+
 #: The key a spec uses to name its parent spec(s).
 EXTENDS_KEY = "extends"
 
@@ -228,16 +231,13 @@ def _overlay(base: dict[str, tuple[str, int]], top: dict[str, tuple[str, int]]) 
 
 def _schema_has_path(parts: Sequence[str]) -> tuple[bool, list[str]]:
     """Whether dotted ``parts`` names a field of the spec schema; else the valid names at the failure."""
-    from pydantic import BaseModel
-
     from schemas import ExperimentSpec
 
     annotation: Any = ExperimentSpec
     for part in parts:
-        models = [t for t in _flatten_annotation(annotation) if isinstance(t, type) and issubclass(t, BaseModel)]
+        model = section_model(annotation)
         sequences = [t for t in _flatten_annotation(annotation) if typing.get_origin(t) in (list, tuple)]
-        if models:
-            model = models[0]
+        if model is not None:
             if part not in model.model_fields:
                 return False, list(model.model_fields)
             annotation = model.model_fields[part].annotation
@@ -257,6 +257,13 @@ def _flatten_annotation(annotation: Any) -> list[Any]:
             out.extend(_flatten_annotation(arg))
         return out
     return [annotation]
+
+
+def section_model(annotation: Any) -> Optional[type[BaseModel]]:
+    """The pydantic model (spec section) an annotation holds, e.g. Optional[Architecture]; else None."""
+    from pydantic import BaseModel
+
+    return next((t for t in _flatten_annotation(annotation) if isinstance(t, type) and issubclass(t, BaseModel)), None)
 
 
 def _apply_overrides(cfg: DictConfig, lines: dict[str, tuple[str, int]], overrides: Sequence[str],

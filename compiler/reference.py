@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from compiler.load import _flatten_annotation
+from compiler.load import _flatten_annotation, section_model
 from compiler.validate import describe_type
 from schemas import ExperimentSpec
-
-
-def _section_model(annotation: Any) -> Optional[type[BaseModel]]:
-    for t in _flatten_annotation(annotation):
-        if isinstance(t, type) and issubclass(t, BaseModel):
-            return t
-    return None
 
 
 def _default(field: Any) -> str:
@@ -46,7 +39,7 @@ def _table(model: type[BaseModel], prefix: str, out: list[str], nested: list[tup
     if not prefix:
         out.append("| `extends` | string \\| list of string | - | Parent spec file(s), relative to this file; this file's keys win. |")
     for name, field in model.model_fields.items():
-        sub = _section_model(field.annotation)
+        sub = section_model(field.annotation)
         key = f"{prefix}.{name}" if prefix else name
         kind = describe_type(field.annotation)
         desc = field.description or ""

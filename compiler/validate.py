@@ -22,7 +22,7 @@ from typing import Any, Literal, Optional, Sequence, Union
 from pydantic import BaseModel, ValidationError
 
 from compiler.errors import Problem, SpecError
-from compiler.load import LoadedSpec, _flatten_annotation
+from compiler.load import LoadedSpec, _flatten_annotation, section_model
 from compiler.resolve import end_tokens, looks_special, resolve_architecture, tokenizer_special_tokens
 from compiler.rules import check_spec
 from schemas import Architecture, ExperimentSpec
@@ -36,11 +36,10 @@ def _field_at(parts: Sequence[Union[str, int]]) -> tuple[Optional[Any], Optional
     annotation: Any = ExperimentSpec
     owner: Optional[type[BaseModel]] = None
     for part in parts:
-        members = _flatten_annotation(annotation)
-        models = [t for t in members if isinstance(t, type) and issubclass(t, BaseModel)]
-        seqs = [t for t in members if typing.get_origin(t) in (list, tuple)]
-        if models and isinstance(part, str) and part in models[0].model_fields:
-            owner = models[0]
+        model = section_model(annotation)
+        seqs = [t for t in _flatten_annotation(annotation) if typing.get_origin(t) in (list, tuple)]
+        if model is not None and isinstance(part, str) and part in model.model_fields:
+            owner = model
             annotation = owner.model_fields[part].annotation
         elif seqs and isinstance(part, int):
             args = [a for a in typing.get_args(seqs[0]) if a is not Ellipsis]
@@ -53,10 +52,7 @@ def _field_at(parts: Sequence[Union[str, int]]) -> tuple[Optional[Any], Optional
 def _model_at(parts: Sequence[Union[str, int]]) -> Optional[type[BaseModel]]:
     """The section model at ``parts`` (e.g. ``("trainer",)`` -> TrainerSpec)."""
     annotation, _ = _field_at(parts) if parts else (ExperimentSpec, None)
-    for t in _flatten_annotation(annotation):
-        if isinstance(t, type) and issubclass(t, BaseModel):
-            return t
-    return None
+    return section_model(annotation)
 
 
 def describe_type(annotation: Any) -> str:
