@@ -41,6 +41,8 @@ def _run_parser() -> argparse.ArgumentParser:
 
 def run_command(argv: Sequence[str]) -> int:
     """`engine run`; returns the exit code."""
+    from engine.runtime.resources import ResourceError, check_resources  # light: no torch
+
     args = _run_parser().parse_intermixed_args(list(argv))
     target = Path(args.target)
     if args.resume:
@@ -55,6 +57,11 @@ def run_command(argv: Sequence[str]) -> int:
         from compiler.plan import Plan
 
         plan = Plan.from_json((run_dir / "plan.json").read_text())
+        try:
+            check_resources(plan)  # stop before importing or loading anything heavy
+        except ResourceError as e:
+            print(f"engine run: {e}", file=sys.stderr)
+            return 1
     else:
         if target.is_dir():
             print(f"engine run: {target} is a folder; to continue a run use `engine run {target} --resume`",
@@ -62,8 +69,6 @@ def run_command(argv: Sequence[str]) -> int:
             return 2
         from compiler import compile_spec
         from compiler.errors import SpecError
-
-        from engine.runtime.resources import ResourceError, check_resources
 
         try:
             plan = compile_spec(str(target), list(args.overrides))
@@ -81,14 +86,6 @@ def run_command(argv: Sequence[str]) -> int:
             return 2
         name = f"{plan.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = Path(args.run_dir) if args.run_dir else Path(plan.spec.tracking.runs_dir) / name
-
-    from engine.runtime.resources import ResourceError, check_resources
-
-    try:
-        check_resources(plan)  # stop before importing or loading anything heavy
-    except ResourceError as e:
-        print(f"engine run: {e}", file=sys.stderr)
-        return 1
 
     from engine.runtime.loop import train
 
