@@ -295,7 +295,7 @@ def _apply_overrides(cfg: DictConfig, lines: dict[str, tuple[str, int]], overrid
             continue
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
-        except (OmegaConfBaseException, yaml.YAMLError) as exc:
+        except (OmegaConfBaseException, yaml.YAMLError, TypeError) as exc:  # TypeError: an index into a YAML list
             problems.append(Problem(key, f"cannot apply override '{item}': {exc}", "", where, None))
             continue
         prefix = key + "."

@@ -114,6 +114,15 @@ def test_override_needs_key_value(chain: Path):
         load_spec(chain, ["rollout.n"])
 
 
+def test_override_into_a_yaml_list_is_a_problem_not_a_crash(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SpecError) as info:  # the base sets trainer.betas as a YAML list
+        load_spec("specs/qwen2.5-7b.yaml", ["trainer.betas.0=0.95"])
+    (problem,) = info.value.problems
+    assert problem.path == "trainer.betas.0"
+    assert problem.file == "<override trainer.betas.0=0.95>"
+
+
 def test_cycle_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)
     write(tmp_path, "a.yaml", "extends: b.yaml\nname: a\n")
