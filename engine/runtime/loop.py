@@ -84,7 +84,7 @@ class Workers:
                     pass
 
 
-def _sampling(spec: Any, tokenizer: Any, end_ids: tuple[int, ...], evaluation: bool = False) -> SamplingParams:
+def _sampling(spec: Any, end_ids: tuple[int, ...], evaluation: bool = False) -> SamplingParams:
     stops = tuple(dict.fromkeys(list(spec.model.stop) + list(spec.rollout.stop)))
     if evaluation:
         e = spec.evaluation
@@ -237,7 +237,7 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
     setup = WorkerSetup(plan.to_json(), model_path, tok_path,
                         device="cuda" if plan.accelerator == "gpu" else "cpu", threads=spec.cluster.cpu_threads)
     workers = Workers(plan, setup, end_strings)
-    sampling = _sampling(spec, tokenizer, end_ids)
+    sampling = _sampling(spec, end_ids)
     try:
         if spec.data.min_pass_rate is not None or spec.data.max_pass_rate is not None:
             train_set = select_by_pass_rate(train_set, workers, spec, sampling, run_dir / "pass_rates.json", log)
@@ -281,7 +281,7 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
         total = spec.trainer.total_steps
         last = min(total, stop_after) if stop_after else total
         history: list[dict[str, float]] = [r for r in metrics_log.read()]
-        eval_sampling = _sampling(spec, tokenizer, end_ids, evaluation=True)
+        eval_sampling = _sampling(spec, end_ids, evaluation=True)
         # one optimizer step per rollout batch: the pre-update policy is the policy being updated
         on_policy = a.ppo_mini_batch_size >= bsz and a.ppo_epochs == 1
         for step in range(start + 1, last + 1):
