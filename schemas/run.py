@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, PositiveInt
 
 from schemas.common import Section
 
-BENCHMARKS = ("gsm8k", "math500", "minerva_math", "olympiadbench", "aime24", "amc23")
+#: The six evaluation benchmarks (the type of `EvaluationSpec.benchmarks` items; BENCHMARKS lists them).
+Benchmark = Literal["gsm8k", "math500", "minerva_math", "olympiadbench", "aime24", "amc23"]
+BENCHMARKS: tuple[str, ...] = get_args(Benchmark)
 
 
 class CheckpointSpec(Section):
@@ -31,7 +33,7 @@ class EvaluationSpec(Section):
     """Periodic evaluation on the six benchmarks."""
 
     every: int = Field(5, ge=0, description="Evaluate every this many RL steps (0 = never).")
-    benchmarks: list[Literal["gsm8k", "math500", "minerva_math", "olympiadbench", "aime24", "amc23"]] = Field(
+    benchmarks: list[Benchmark] = Field(
         default_factory=lambda: list(BENCHMARKS), description="Benchmarks evaluated."
     )
     data_dir: str = Field("../shared/data/benchmarks", description="Folder of <benchmark>.jsonl files.")
