@@ -33,7 +33,7 @@ from typing import Optional
 from schemas import Architecture, ExperimentSpec
 
 from compiler import memory as M
-from compiler.rules import fp8_ok, legal_pp, legal_rollout_tp, legal_trainer_tp
+from compiler.rules import fixed_size, fp8_ok, legal_pp, legal_rollout_tp, legal_trainer_tp
 
 #: Model FLOPs utilisation of a Megatron trainer at TP1/PP1 (MODELS.md: 41-47% on H100).
 BASE_MFU = 0.40
@@ -98,15 +98,15 @@ class Inputs:
             arch=arch, placement=spec.placement, nodes=cl.nodes, gpus_per_node=cl.gpus_per_node,
             capacity=cl.gpu_memory_gib * M.GIB, tflops=cl.gpu_bf16_tflops * 1e12,
             bandwidth=cl.gpu_mem_bandwidth_gbs * 1e9, backend=tr.backend,
-            tp=1 if torch_backend else (tr.tensor_parallel if isinstance(tr.tensor_parallel, int) else None),
-            pp=1 if torch_backend else (tr.pipeline_parallel if isinstance(tr.pipeline_parallel, int) else None),
+            tp=1 if torch_backend else fixed_size(tr.tensor_parallel),
+            pp=1 if torch_backend else fixed_size(tr.pipeline_parallel),
             cp=1 if torch_backend else tr.context_parallel,
             sequence_parallel=tr.sequence_parallel and not torch_backend,
             distributed_optimizer=tr.distributed_optimizer, offload=tr.offload, fp8=tr.fp8,
             recompute=("full" if spec.model.gradient_checkpointing else "none") if torch_backend else tr.recompute,
             micro_batch=tr.micro_batch_size, lp_micro_batch=tr.log_prob_micro_batch_size,
             gen_backend=ro.backend,
-            rtp=1 if ro.backend == "hf" else (ro.tensor_parallel if isinstance(ro.tensor_parallel, int) else None),
+            rtp=1 if ro.backend == "hf" else fixed_size(ro.tensor_parallel),
             utilization=ro.gpu_memory_utilization, sleep_level=ro.sleep_level, enforce_eager=ro.enforce_eager,
             max_num_seqs=ro.max_num_seqs, hf_micro_batch=ro.micro_batch_size,
             batch=spec.data.train_batch_size, n=ro.n, mini_batch=spec.algorithm.ppo_mini_batch_size,

@@ -8,7 +8,7 @@ shared with the placement search so both agree on what is legal.
 
 from __future__ import annotations
 
-from schemas import Architecture, ExperimentSpec
+from schemas import Architecture, ExperimentSpec, IntOrAuto
 
 from compiler.errors import Problem
 from compiler.memory import kv_heads_per_rank
@@ -75,7 +75,8 @@ def fp8_legal_tp(arch: Architecture, recipe: str) -> list[int]:
     return [t for t in legal_trainer_tp(arch) if fp8_ok(arch, recipe, t) is None]
 
 
-def _fixed(v) -> int | None:
+def fixed_size(v: IntOrAuto) -> int | None:
+    """The size a spec fixes, or None for ``auto`` (the placement search's choice)."""
     return v if isinstance(v, int) else None
 
 
@@ -103,8 +104,8 @@ def check_spec(spec: ExperimentSpec, arch: Architecture) -> list[Problem]:
     cpu = cl.accelerator == "cpu"
     gpn = cl.gpus_per_node
     world = world_size(spec)
-    tp, pp, cp = _fixed(tr.tensor_parallel), _fixed(tr.pipeline_parallel), tr.context_parallel
-    rtp = _fixed(ro.tensor_parallel)
+    tp, pp, cp = fixed_size(tr.tensor_parallel), fixed_size(tr.pipeline_parallel), tr.context_parallel
+    rtp = fixed_size(ro.tensor_parallel)
     seq = spec.data.max_prompt_length + spec.data.max_response_length
     legal_tp = legal_trainer_tp(arch)
 
