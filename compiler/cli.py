@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 from compiler.errors import SpecError
 from compiler.plan import Plan
@@ -27,6 +27,18 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise _UsageError(f"{self.prog}: error: {message}\n{self.format_usage()}")
+
+    def parse(self, argv: Optional[Sequence[str]], *, intermixed: bool = False) -> Union[argparse.Namespace, int]:
+        """Arguments of ``argv`` (default ``sys.argv[1:]``), or the exit code when parsing ends the
+        command: EXIT_INVALID after a usage error (printed on stderr), 0 after ``--help``."""
+        args = list(sys.argv[1:] if argv is None else argv)
+        try:
+            return self.parse_intermixed_args(args) if intermixed else self.parse_args(args)
+        except _UsageError as exc:
+            print(str(exc), file=sys.stderr, end="")
+            return EXIT_INVALID
+        except SystemExit as exc:  # --help
+            return int(exc.code or 0)
 
 
 class _UsageError(Exception):
@@ -51,13 +63,9 @@ def plan_json(plan: Plan) -> dict:
 
 def plan_command(argv: Optional[Sequence[str]] = None) -> int:
     """`engine plan SPEC [--dry-run] [--json] [key=value ...]` -> exit code (0/1/2)."""
-    try:
-        args = _plan_parser().parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
-    except _UsageError as exc:
-        print(str(exc), file=sys.stderr, end="")
-        return EXIT_INVALID
-    except SystemExit as exc:  # --help
-        return int(exc.code or 0)
+    args = _plan_parser().parse(argv, intermixed=True)
+    if isinstance(args, int):
+        return args
     from compiler.api import load_and_validate
     from compiler.validate import spec_warnings
 
@@ -125,13 +133,9 @@ def schema_command(argv: Optional[Sequence[str]] = None) -> int:
     """`engine schema [--markdown]`: JSON Schema for editors, or the Markdown reference table."""
     p = _Parser(prog="engine schema", description="Print the spec's JSON Schema (or a Markdown reference).")
     p.add_argument("--markdown", action="store_true", help="print the field reference as Markdown tables")
-    try:
-        args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
-    except _UsageError as exc:
-        print(str(exc), file=sys.stderr, end="")
-        return EXIT_INVALID
-    except SystemExit as exc:
-        return int(exc.code or 0)
+    args = p.parse(argv)
+    if isinstance(args, int):
+        return args
     if args.markdown:
         from compiler.reference import schema_reference_markdown
         print(schema_reference_markdown(), end="")

@@ -15,7 +15,7 @@ import json
 import sys
 from typing import Any, Optional, Sequence
 
-from compiler.cli import _Parser, _UsageError
+from compiler.cli import _Parser
 from compiler.diff import Change, diff_plans, diff_specs
 from compiler.errors import SpecError
 
@@ -50,13 +50,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--a-set", action="append", default=[], metavar="KEY=VALUE", help="override for spec A")
     p.add_argument("--b-set", action="append", default=[], metavar="KEY=VALUE", help="override for spec B")
     p.add_argument("--no-plan", action="store_true", help="compare specs only (skip lowering to plans)")
-    try:
-        args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
-    except _UsageError as exc:
-        print(str(exc), file=sys.stderr, end="")
-        return 2
-    except SystemExit as exc:
-        return int(exc.code or 0)
+    args = p.parse(argv)
+    if isinstance(args, int):
+        return args
 
     from compiler.api import load_and_validate
 
