@@ -48,10 +48,15 @@ def step_seed(seed: int, step: int, purpose: str = "rollout") -> int:
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
-def _write_json(path: Path, data: Any) -> None:
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a temporary file, then `os.replace`)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    _write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 class Workers:
@@ -212,7 +217,7 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
     run_info_path = run_dir / "run.json"
     run_info = json.loads(run_info_path.read_text()) if run_info_path.exists() else {}
     if not (run_dir / "plan.json").exists():
-        (run_dir / "plan.json").write_text(plan.to_json())
+        _write_text(run_dir / "plan.json", plan.to_json())  # a crash here must not leave a half plan
 
     # -- model, tokenizer, data -------------------------------------------------------------------
     from engine.backends.hf_generator import end_token_ids
