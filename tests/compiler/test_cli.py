@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from compiler.cli import plan_command, schema_command, spec_json_schema
 from compiler.diff import diff_specs
 from compiler.diff_cli import main as spec_diff
@@ -17,17 +15,6 @@ from compiler.validate import validate
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = REPO / "specs"
-
-
-def _has_lower() -> bool:
-    try:
-        import compiler.lower  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_lower = pytest.mark.skipif(not _has_lower(), reason="compiler.lower (placement) not in the tree yet")
 
 
 # ---------------------------------------------------------------------------------------------- plan
@@ -54,14 +41,12 @@ def test_usage_error_exits_2(capsys):
     assert "usage:" in capsys.readouterr().err
 
 
-@needs_lower
 def test_plan_feasible_exits_0(capsys):
     assert plan_command([str(SPECS / "qwen2.5-7b.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert out.strip()
 
 
-@needs_lower
 def test_plan_json_keys(capsys):
     code = plan_command([str(SPECS / "qwen2.5-7b.yaml"), "--dry-run", "--json", "cluster.nodes=1", "rollout.tensor_parallel=2"])
     doc = json.loads(capsys.readouterr().out)
@@ -73,7 +58,6 @@ def test_plan_json_keys(capsys):
     assert doc["hash"] == doc["plan"]["hash"]
 
 
-@needs_lower
 def test_plan_infeasible_exits_1(capsys):
     code = plan_command([str(SPECS / "qwen2.5-32b.yaml"), "--json", "cluster.nodes=1", "cluster.gpus_per_node=1",
                          "rollout.tensor_parallel=auto"])
@@ -160,7 +144,6 @@ def test_diff_invalid_exits_2(capsys):
     assert "trainer.lr" in capsys.readouterr().err
 
 
-@needs_lower
 def test_diff_reports_plan_changes(capsys):
     code = spec_diff([str(SPECS / "qwen2.5-7b.yaml"), str(SPECS / "qwen2.5-32b.yaml"), "--json"])
     doc = json.loads(capsys.readouterr().out)
