@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
+_OLD_DIR = re.compile(r"^\.old-(step_\d{6,})-\d+$")
 
 
 def rng_state() -> dict[str, Any]:
@@ -98,12 +99,19 @@ def list_checkpoints(ckpt_root: str | Path) -> list[int]:
 
 
 def clean_partial(ckpt_root: str | Path) -> int:
-    """Remove temporary folders left by an interrupted save; returns how many were removed."""
+    """Remove temporary folders left by an interrupted save; returns how many were removed.
+
+    A save that replaced an existing step and was killed between its two renames leaves that step
+    only as ``.old-step_N-PID``: it is put back as ``step_N`` rather than removed.
+    """
     root = Path(ckpt_root)
     n = 0
     if root.is_dir():
-        for d in root.iterdir():
-            if d.name.startswith((".tmp-", ".old-")):
+        for d in sorted(root.iterdir()):
+            m = _OLD_DIR.match(d.name)
+            if m and not (root / m.group(1)).exists():
+                os.replace(d, root / m.group(1))
+            elif d.name.startswith((".tmp-", ".old-")):
                 shutil.rmtree(d, ignore_errors=True)
                 n += 1
     return n

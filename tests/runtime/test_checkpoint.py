@@ -26,6 +26,17 @@ def test_partial_checkpoint_is_ignored_and_cleaned(tmp_path):
     assert C.load_checkpoint(tmp_path / "none") is None
 
 
+def test_resave_killed_between_renames_keeps_the_step(tmp_path):
+    C.save_checkpoint(tmp_path, 5, {"w": 5}, {})
+    # a re-save of step 5 killed after moving the old folder aside, before moving the new one in
+    (tmp_path / "step_000005").rename(tmp_path / ".old-step_000005-1234")
+    (tmp_path / ".tmp-step_000005-1234").mkdir()
+    assert C.list_checkpoints(tmp_path) == []
+    assert C.clean_partial(tmp_path) == 1  # the temporary folder; the old step is restored, not removed
+    assert C.list_checkpoints(tmp_path) == [5]
+    assert C.load_checkpoint(tmp_path)[0] == {"w": 5}
+
+
 def test_rng_state_round_trip():
     s = C.rng_state()
     a = (random.random(), torch.rand(3).tolist())
