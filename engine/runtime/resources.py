@@ -75,9 +75,8 @@ def check_resources(plan: Any, found: Optional[Found] = None) -> Found:
                             + "\n(see `engine plan` for the placement and memory estimate)")
     want_gpus, want_gib = needs(plan)
     if want_gpus == 0:
-        _check_backends(plan)
-        return found or Found(0, 0.0, "this machine")
-    if found is None:
+        found = found or Found(0, 0.0, "this machine")
+    elif found is None:
         found = ray_hardware(spec.cluster.ray_address) if spec.cluster.ray_address else local_hardware()
     short_count = found.gpus < want_gpus
     short_mem = found.gpus > 0 and found.min_gpu_memory_gib + 1e-6 < want_gib
