@@ -36,7 +36,10 @@ class EvaluationSpec(Section):
     benchmarks: list[Benchmark] = Field(
         default_factory=lambda: list(BENCHMARKS), description="Benchmarks evaluated."
     )
-    data_dir: str = Field("../shared/data/benchmarks", description="Folder of <benchmark>.jsonl files.")
+    data_dir: str = Field(
+        "../shared/data/benchmarks",
+        description="Folder of <benchmark>.jsonl files in their published layouts (relative to the working directory).",
+    )
     temperature: float = Field(1.0, ge=0, description="Sampling temperature for RL checkpoints.")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus mass.")
     max_response_length: PositiveInt = Field(16384, description="Longest evaluation response (tokens).")

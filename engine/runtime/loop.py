@@ -31,6 +31,8 @@ import torch
 from engine.algorithm.advantages import broadcast_to_tokens, gae, group_advantages, whiten
 from engine.backends.base import SamplingParams
 from engine.data import prompts as P
+from engine.evaluation.benchmarks import benchmark_rows
+from engine.evaluation.metrics import summarize
 from engine.runtime import checkpoint as C
 from engine.runtime.batch import pack_groups
 from engine.runtime.group import LocalHandle, init_ray, spawn, uses_ray
@@ -176,22 +178,65 @@ def load_prompts(path: str, spec: Any, tokenizer: Any, which: str, log: Callable
     return ps
 
 
-def validate(workers: Workers, data: P.PromptSet, spec: Any, sampling: SamplingParams, step: int) -> dict[str, float]:
-    """Accuracy and mean reward on the validation prompts, in batches of ``evaluation.batch_size``."""
+def evaluate(workers: Workers, data: P.PromptSet, spec: Any, sampling: SamplingParams, step: int,
+             prefix: str = "val") -> dict[str, float]:
+    """Sample ``evaluation.samples`` responses per prompt of ``data``, in batches of
+    ``evaluation.batch_size`` prompts, and grade them.
+
+    Returns ``<prefix>/accuracy`` (mean over every sample: pass@1, or avg@k), ``<prefix>/pass@k``
+    for k = 2, 4, ... up to the samples (unbiased estimator), ``<prefix>/reward``,
+    ``<prefix>/response_length`` (tokens) and ``<prefix>/clip_ratio`` (share cut at the length limit).
+    """
     k = spec.evaluation.samples
     correct: list[bool] = []
     rewards: list[float] = []
     lengths: list[int] = []
+    truncated: list[bool] = []
     bs = spec.evaluation.batch_size
     for s in range(0, len(data), bs):
-        gen = workers.rollout.call("generate", data.prompt_ids[s:s + bs], k, sampling, step_seed(spec.seed, step, f"val{s}"))
+        gen = workers.rollout.call("generate", data.prompt_ids[s:s + bs], k, sampling,
+                                   step_seed(spec.seed, step, f"{prefix}{s}"))
         gts = [g for g in data.ground_truths[s:s + bs] for _ in range(k)]
         res = _grade(workers, gen.texts, gts)
         correct += res["correct"]
         rewards += res["reward"]
         lengths += [len(r) for r in gen.response_ids]
-    return {"val/accuracy": float(np.mean(correct)), "val/reward": float(np.mean(rewards)),
-            "val/response_length": float(np.mean(lengths))}
+        truncated += [f == "length" for f in gen.finish_reasons]
+    out = {f"{prefix}/{key}": value for key, value in summarize(correct, k).items()}
+    out.update({f"{prefix}/reward": float(np.mean(rewards)), f"{prefix}/response_length": float(np.mean(lengths)),
+                f"{prefix}/clip_ratio": float(np.mean(truncated))})
+    return out
+
+
+def evaluate_benchmarks(workers: Workers, sets: dict[str, P.PromptSet], spec: Any, sampling: SamplingParams,
+                        step: int) -> dict[str, float]:
+    """`evaluate` on each benchmark (``eval/<name>/...``) plus ``eval/average``: the mean accuracy
+    over the benchmarks, the SimpleRL-Zoo headline number."""
+    out: dict[str, float] = {}
+    for name, data in sets.items():
+        if len(data):
+            out.update(evaluate(workers, data, spec, sampling, step, prefix=f"eval/{name}"))
+    accs = [out[f"eval/{name}/accuracy"] for name in sets if f"eval/{name}/accuracy" in out]
+    if accs:
+        out["eval/average"] = float(np.mean(accs))
+    return out
+
+
+def load_benchmarks(spec: Any, tokenizer: Any, log: Callable[[str], None]) -> dict[str, P.PromptSet]:
+    """The prompt sets of ``evaluation.benchmarks`` (none when ``evaluation.every`` is 0), with the
+    training template and prompt-length limit; what is left out is counted in each report."""
+    e, d = spec.evaluation, spec.data
+    if not e.every or not e.benchmarks:
+        return {}
+    template = P.template_text(d.prompt_template, d.custom_template)
+    sets = {}
+    for name in e.benchmarks:
+        ps = P.build_prompt_set(benchmark_rows(name, e.data_dir), tokenizer, template, d.max_prompt_length)
+        r = ps.report
+        log(f"eval ({name}): {r['kept']}/{r['rows']} prompts kept; {r['bad_rows']} bad rows, "
+            f"{r['too_long']} over {d.max_prompt_length} tokens")
+        sets[name] = ps
+    return sets
 
 
 def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Callable[[str], None]] = None,
@@ -236,6 +281,7 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
     end_strings = tuple(tokenizer.convert_ids_to_tokens(list(end_ids)))
     train_set = load_prompts(spec.data.train, spec, tokenizer, "train", log)
     val_set = load_prompts(spec.data.val, spec, tokenizer, "val", log) if spec.data.val else None
+    bench_sets = load_benchmarks(spec, tokenizer, log)
     if len(train_set) == 0:
         raise ValueError(f"no usable training prompts in {spec.data.train}: {train_set.report}")
 
@@ -250,7 +296,7 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
                 raise ValueError("pass-rate selection left no training prompts")
         run_info.update(model_path=model_path, tokenizer_path=tok_path, end_token_ids=list(end_ids),
                         data_train=train_set.report, data_val=val_set.report if val_set else None,
-                        plan_hash=plan.hash)
+                        data_eval={name: ps.report for name, ps in bench_sets.items()}, plan_hash=plan.hash)
 
         # -- resume --------------------------------------------------------------------------------
         ckpt_root = run_dir / "checkpoints"
@@ -335,8 +381,13 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
                       "time/log_probs_s": t_prep - t_reward, "time/train_s": t_train - t_prep,
                       "perf/tokens_per_s": n_tokens / max(step_s, 1e-9),
                       "perf/response_tokens_per_s": float(mask.sum()) / max(step_s, 1e-9)})
-            if val_set is not None and spec.evaluation.every and (step % spec.evaluation.every == 0 or step == total):
-                m.update(validate(workers, val_set, spec, eval_sampling, step))
+            if spec.evaluation.every and (step % spec.evaluation.every == 0 or step == total):
+                if val_set is not None:
+                    m.update(evaluate(workers, val_set, spec, eval_sampling, step, prefix="val"))
+                m.update(evaluate_benchmarks(workers, bench_sets, spec, eval_sampling, step))
+                shown = [("val", m.get("val/accuracy"))] + [(b, m.get(f"eval/{b}/accuracy")) for b in bench_sets]
+                shown += [("average", m.get("eval/average"))]
+                log(f"eval step {step}: accuracy " + ", ".join(f"{k} {v:.3f}" for k, v in shown if v is not None))
             metrics_log.write(step, m)
             if tracker is not None:
                 tracker.track(step, m)
@@ -375,6 +426,7 @@ def _summary(plan, run_dir, history, train_set, val_set, last, total, wall_s, fi
     acc = [h["reward/accuracy"] for h in history if "reward/accuracy" in h]
     tail = max(1, min(5, len(rewards)))
     vals = [h for h in history if "val/accuracy" in h]
+    evals = [h for h in history if "eval/average" in h]
     step_times = [h["time/step_s"] for h in history if "time/step_s" in h]
     try:
         reward_stats = workers.reward.call("stats")
@@ -390,6 +442,7 @@ def _summary(plan, run_dir, history, train_set, val_set, last, total, wall_s, fi
         f"reward_last{tail}_mean": float(np.mean(rewards[-tail:])) if rewards else None,
         "accuracy_first": acc[0] if acc else None, "accuracy_last": acc[-1] if acc else None,
         "val_accuracy_last": vals[-1]["val/accuracy"] if vals else None,
+        "eval_last": {k: v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else None,
         "first_step_reward_at_least_0.8": next((h["step"] for h in history if h.get("reward/mean", 0) >= 0.8), None),
         "data_train": train_set.report, "data_val": val_set.report if val_set else None,
         "reward_stats": reward_stats,

@@ -1,0 +1,1 @@
+"""Evaluation during training: the six SimpleRL-Zoo benchmarks and pass@k metrics."""

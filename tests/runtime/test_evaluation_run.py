@@ -1,0 +1,53 @@
+"""Benchmark evaluation inside `engine run`: per-benchmark metrics, pass@k, the report, early errors."""
+
+import json
+
+import pytest
+
+from engine.cli import main
+from tests.runtime.conftest import write_spec
+
+
+def _bench_dir(folder):
+    """A data_dir with tiny arithmetic benchmarks in the real gsm8k and amc23 layouts."""
+    folder.mkdir()
+    gsm = [{"question": f"Compute {a}+{b}.", "answer": f"{a} plus {b}\n#### {a + b}", "idx": i}
+           for i, (a, b) in enumerate([(1, 2), (3, 4), (5, 1)])]
+    amc = [{"problem": f"Compute {a}*{b}.", "answer": float(a * b), "id": i} for i, (a, b) in enumerate([(2, 3), (4, 2)])]
+    (folder / "gsm8k.jsonl").write_text("".join(json.dumps(r) + "\n" for r in gsm) + "{broken\n")
+    (folder / "amc23.jsonl").write_text("".join(json.dumps(r) + "\n" for r in amc))
+    return folder
+
+
+def test_run_evaluates_the_configured_benchmarks(tmp_path, capsys):
+    spec = write_spec(tmp_path, steps=2, every=2, eval_every=2)
+    bench = _bench_dir(tmp_path / "bench")
+    run = tmp_path / "run"
+    rc = main(["run", str(spec), "--run-dir", str(run), "evaluation.benchmarks=[gsm8k,amc23]",
+               f"evaluation.data_dir={bench}", "evaluation.samples=4"])
+    assert rc == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "eval (gsm8k): 3/4 prompts kept; 1 bad rows" in err
+    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert not any(k.startswith("eval/") for k in records[0])  # evaluation.every = 2
+    last = records[1]
+    for name in ("gsm8k", "amc23"):
+        for key in ("accuracy", "pass@2", "pass@4", "reward", "response_length", "clip_ratio"):
+            assert f"eval/{name}/{key}" in last, (name, key)
+        assert 0.0 <= last[f"eval/{name}/accuracy"] <= last[f"eval/{name}/pass@2"] <= last[f"eval/{name}/pass@4"] <= 1.0
+    assert last["eval/average"] == pytest.approx((last["eval/gsm8k/accuracy"] + last["eval/amc23/accuracy"]) / 2)
+    run_info = json.loads((run / "run.json").read_text())
+    assert run_info["data_eval"]["gsm8k"]["bad_rows"] == 1 and run_info["data_eval"]["amc23"]["kept"] == 2
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["eval_last"]["eval/average"] == last["eval/average"]
+
+
+def test_missing_benchmark_files_stop_the_run_before_loading(tmp_path, capsys):
+    spec = write_spec(tmp_path)
+    run = tmp_path / "run"
+    rc = main(["run", str(spec), "--run-dir", str(run), "evaluation.every=5", "evaluation.benchmarks=[gsm8k,aime24]",
+               f"evaluation.data_dir={tmp_path / 'nowhere'}"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "evaluation.benchmarks" in err and "gsm8k.jsonl, aime24.jsonl" in err and "evaluation.benchmarks=[]" in err
+    assert not run.exists()
