@@ -189,7 +189,12 @@ class TorchTrainer:
     # -- update ------------------------------------------------------------------------------------
     def update(self, batch: Mapping[str, Any]) -> dict[str, float]:
         """PPO-clip update over ``batch`` (needs responses, response_mask, advantages, and
-        ref_log_probs when kl_coef > 0). Returns mean metrics over the micro-batches.
+        ref_log_probs when kl_coef > 0).
+
+        Returns metrics that do not depend on the micro-batch size: per-token quantities (pg_loss,
+        entropy, kl, pg_clipfrac, ppo_kl) are means over every response token of the batch;
+        grad_norm and the critic's values are means over optimizer steps; ``actor/skipped_steps``
+        counts the steps skipped for a non-finite gradient norm.
 
         Without ``old_log_probs`` the update is taken as on-policy (one mini-batch, one epoch): the
         old log-probs are the current ones, detached (ratio 1), which saves a forward pass."""
@@ -197,11 +202,19 @@ class TorchTrainer:
         batch = self._to(batch)
         self.model.train()
         sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
+        counts: dict[str, float] = {}
 
-        def add(name: str, value: float) -> None:
-            sums[name] = sums.get(name, 0.0) + float(value)
-            counts[name] = counts.get(name, 0) + 1
+        def add(name: str, value: float, weight: float = 1.0) -> None:
+            sums[name] = sums.get(name, 0.0) + float(value) * weight
+            counts[name] = counts.get(name, 0.0) + weight
+
+        def add_tokens(name: str, values: torch.Tensor, m: torch.Tensor) -> None:
+            """Token-weighted: the batch metric is the mean over all response tokens."""
+            n = float(m.sum())
+            if n > 0:
+                add(name, float(masked_mean(values, m)), n)
+
+        skipped = critic_skipped = 0
 
         for _ in range(self.sizes.epochs):
             for mini in split_rows(batch, self.sizes.mini_batch):
@@ -225,29 +238,35 @@ class TorchTrainer:
                     if cfg.kl_coef > 0:
                         kl = kl_per_token(logp, mb["ref_log_probs"], cfg.kl_estimator, cfg.kl_clamp)
                         per_tok = per_tok + cfg.kl_coef * kl
-                        add("actor/kl", masked_mean(kl.detach(), m))
+                        add_tokens("actor/kl", kl.detach(), m)
                     loss = aggregate(per_tok, m, cfg.loss_agg, norm)
                     loss.backward()
                     with torch.no_grad():
-                        add("actor/pg_loss", masked_mean(pg, m))
-                        add("actor/entropy", masked_mean(ent, m))
-                        add("actor/pg_clipfrac", masked_mean(clipped, m))
-                        add("actor/ppo_kl", masked_mean(old - logp, m))
+                        add_tokens("actor/pg_loss", pg, m)
+                        add_tokens("actor/entropy", ent, m)
+                        add_tokens("actor/pg_clipfrac", clipped, m)
+                        add_tokens("actor/ppo_kl", old - logp, m)
                 gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_cfg.grad_clip)
                 if math.isfinite(float(gn)):
                     self.opt.step()
+                    add("actor/grad_norm", gn)
                 else:
-                    add("actor/skipped_steps", 1.0)
+                    skipped += 1
                 self.sched.step()
-                add("actor/grad_norm", gn)
                 if self.critic is not None:
-                    for k, v in self._critic_step(mini).items():
+                    critic_metrics, applied = self._critic_step(mini)
+                    critic_skipped += not applied
+                    for k, v in critic_metrics.items():
                         add(k, v)
         out = {k: sums[k] / counts[k] for k in sums}
         out["actor/lr"] = self.sched.get_last_lr()[0]
+        out["actor/skipped_steps"] = float(skipped)
+        if self.critic is not None:
+            out["critic/skipped_steps"] = float(critic_skipped)
         return out
 
-    def _critic_step(self, mini: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    def _critic_step(self, mini: Mapping[str, torch.Tensor]) -> tuple[dict[str, float], bool]:
+        """One critic optimizer step on ``mini``; returns its metrics and whether it was applied."""
         self.critic.train()
         self.critic_opt.zero_grad(set_to_none=True)
         norm = float(mini["response_mask"].sum().clamp(min=1))
@@ -260,8 +279,11 @@ class TorchTrainer:
             loss.backward()
             total += float(loss.detach())
         gn = torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.optim_cfg.grad_clip)
+        if not math.isfinite(float(gn)):  # like the actor: a non-finite gradient is never applied
+            self.critic_opt.zero_grad(set_to_none=True)
+            return {"critic/value_loss": total}, False
         self.critic_opt.step()
-        return {"critic/value_loss": total, "critic/grad_norm": float(gn)}
+        return {"critic/value_loss": total, "critic/grad_norm": float(gn)}, True
 
     # -- weights and state ---------------------------------------------------------------------------
     def weights(self) -> Iterable[tuple[str, torch.Tensor]]:

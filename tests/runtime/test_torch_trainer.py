@@ -45,6 +45,33 @@ def test_micro_batches_accumulate_to_the_full_batch_gradient(tiny_model, tokeniz
         assert torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-4), agg
 
 
+def test_logged_metrics_do_not_depend_on_the_micro_batch_size(tiny_model, tokenizer):
+    # responses of 3, 1, 4 and 2 tokens: a mean of micro-batch means would weight them unequally
+    results = []
+    for micro in (4, 1):
+        model = copy.deepcopy(tiny_model)
+        tr = _trainer(model, micro, kl=0.1, ent=0.01)
+        batch = _batch(tokenizer, model)
+        batch["old_log_probs"] = tr.compute_log_probs(batch) + 0.3 * batch["response_mask"]  # ratios off 1: clipping
+        batch["ref_log_probs"] = batch["old_log_probs"] - 0.1
+        results.append(tr.update(batch))
+    keys = ("actor/pg_loss", "actor/entropy", "actor/kl", "actor/pg_clipfrac", "actor/ppo_kl", "actor/grad_norm")
+    for key in keys:
+        assert abs(results[0][key] - results[1][key]) < 1e-5 * max(1.0, abs(results[0][key])), key
+    assert 0 < results[0]["actor/pg_clipfrac"] < 1
+    assert results[0]["actor/skipped_steps"] == 0.0
+
+
+def test_non_finite_gradient_skips_the_optimizer_step(tiny_model, tokenizer):
+    tr = _trainer(copy.deepcopy(tiny_model), 4)
+    batch = _batch(tokenizer, tr.model)
+    batch["advantages"] = batch["advantages"] * float("nan")
+    before = [p.detach().clone() for p in tr.model.parameters()]
+    metrics = tr.update(batch)
+    assert metrics["actor/skipped_steps"] == 1.0 and "actor/grad_norm" not in metrics
+    assert all(torch.equal(p, q) for p, q in zip(before, tr.model.parameters()))
+
+
 def test_log_probs_in_micro_batches_match_one_pass(tiny_model, tokenizer):
     tr = _trainer(tiny_model, 4)
     batch = _batch(tokenizer, tiny_model)
