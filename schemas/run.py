@@ -40,6 +40,12 @@ class EvaluationSpec(Section):
         "../shared/data/benchmarks",
         description="Folder of <benchmark>.jsonl files in their published layouts (relative to the working directory).",
     )
+    before_training: bool = Field(
+        False, description="Also evaluate the base model before the first update (logged as step 0)."
+    )
+    base_temperature: float = Field(
+        0.0, ge=0, description="Sampling temperature of that step-0 evaluation (0 = greedy, as the recipe evaluates base models)."
+    )
     temperature: float = Field(1.0, ge=0, description="Sampling temperature for RL checkpoints.")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus mass.")
     max_response_length: PositiveInt = Field(16384, description="Longest evaluation response (tokens).")

@@ -91,11 +91,13 @@ class Workers:
                     pass
 
 
-def _sampling(spec: Any, end_ids: tuple[int, ...], evaluation: bool = False) -> SamplingParams:
+def _sampling(spec: Any, end_ids: tuple[int, ...], evaluation: bool = False, base: bool = False) -> SamplingParams:
+    """Rollout sampling, or evaluation sampling (``base``: the step-0 evaluation of the base model)."""
     stops = tuple(dict.fromkeys(list(spec.model.stop) + list(spec.rollout.stop)))
     if evaluation:
         e = spec.evaluation
-        return SamplingParams(min(e.max_response_length, spec.data.max_response_length), e.temperature, e.top_p,
+        temperature = e.base_temperature if base else e.temperature
+        return SamplingParams(min(e.max_response_length, spec.data.max_response_length), temperature, e.top_p,
                               -1, stops, end_ids)
     r = spec.rollout
     return SamplingParams(spec.data.max_response_length, r.temperature, r.top_p, r.top_k, stops, end_ids)
@@ -222,6 +224,20 @@ def evaluate_benchmarks(workers: Workers, sets: dict[str, P.PromptSet], spec: An
     return out
 
 
+def evaluate_all(workers: Workers, val_set: Optional[P.PromptSet], bench_sets: dict[str, P.PromptSet], spec: Any,
+                 sampling: SamplingParams, step: int, log: Callable[[str], None]) -> dict[str, float]:
+    """``val/*`` on ``data.val`` and ``eval/*`` on the benchmarks, with one log line of accuracies."""
+    m: dict[str, float] = {}
+    if val_set is not None:
+        m.update(evaluate(workers, val_set, spec, sampling, step, prefix="val"))
+    m.update(evaluate_benchmarks(workers, bench_sets, spec, sampling, step))
+    shown = [("val", m.get("val/accuracy"))] + [(b, m.get(f"eval/{b}/accuracy")) for b in bench_sets]
+    shown += [("average", m.get("eval/average"))]
+    if m:
+        log(f"eval step {step}: accuracy " + ", ".join(f"{k} {v:.3f}" for k, v in shown if v is not None))
+    return m
+
+
 def load_benchmarks(spec: Any, tokenizer: Any, log: Callable[[str], None]) -> dict[str, P.PromptSet]:
     """The prompt sets of ``evaluation.benchmarks`` (none when ``evaluation.every`` is 0), with the
     training template and prompt-length limit; what is left out is counted in each report."""
@@ -335,6 +351,16 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
         eval_sampling = _sampling(spec, end_ids, evaluation=True)
         # one optimizer step per rollout batch: the pre-update policy is the policy being updated
         on_policy = a.ppo_mini_batch_size >= bsz and a.ppo_epochs == 1
+        e = spec.evaluation
+        if e.every and e.before_training and start == 0 and not any(h.get("step") == 0 for h in history):
+            # the base model, before any update (greedy by default, as the recipe evaluates base models)
+            m0 = evaluate_all(workers, val_set, bench_sets, spec, _sampling(spec, end_ids, evaluation=True, base=True),
+                              0, log)
+            if m0:
+                metrics_log.write(0, m0)
+                if tracker is not None:
+                    tracker.track(0, m0)
+                history.append({"step": 0, **m0})
         for step in range(start + 1, last + 1):
             t0 = time.perf_counter()
             idx = P.batch_indices(step - 1, bsz, len(train_set), spec.seed, spec.data.shuffle)
@@ -382,12 +408,7 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
                       "perf/tokens_per_s": n_tokens / max(step_s, 1e-9),
                       "perf/response_tokens_per_s": float(mask.sum()) / max(step_s, 1e-9)})
             if spec.evaluation.every and (step % spec.evaluation.every == 0 or step == total):
-                if val_set is not None:
-                    m.update(evaluate(workers, val_set, spec, eval_sampling, step, prefix="val"))
-                m.update(evaluate_benchmarks(workers, bench_sets, spec, eval_sampling, step))
-                shown = [("val", m.get("val/accuracy"))] + [(b, m.get(f"eval/{b}/accuracy")) for b in bench_sets]
-                shown += [("average", m.get("eval/average"))]
-                log(f"eval step {step}: accuracy " + ", ".join(f"{k} {v:.3f}" for k, v in shown if v is not None))
+                m.update(evaluate_all(workers, val_set, bench_sets, spec, eval_sampling, step, log))
             metrics_log.write(step, m)
             if tracker is not None:
                 tracker.track(step, m)

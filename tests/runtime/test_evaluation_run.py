@@ -51,3 +51,25 @@ def test_missing_benchmark_files_stop_the_run_before_loading(tmp_path, capsys):
     assert rc == 2
     assert "evaluation.benchmarks" in err and "gsm8k.jsonl, aime24.jsonl" in err and "evaluation.benchmarks=[]" in err
     assert not run.exists()
+
+
+def test_before_training_evaluates_the_base_model_once_as_step_0(tmp_path, capsys):
+    spec = write_spec(tmp_path, steps=2, every=1, eval_every=2)
+    bench = _bench_dir(tmp_path / "bench")
+    run = tmp_path / "run"
+    args = ["run", str(spec), "--run-dir", str(run), "evaluation.benchmarks=[amc23]", f"evaluation.data_dir={bench}",
+            "evaluation.before_training=true"]
+    assert main(args) == 0
+    assert "eval step 0: accuracy val" in capsys.readouterr().err
+    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 1, 2]
+    assert "eval/amc23/accuracy" in records[0] and "val/accuracy" in records[0] and "reward/mean" not in records[0]
+    # greedy at step 0: a second fresh run of the same spec scores the base model identically
+    run2 = tmp_path / "run2"
+    assert main([*args[:2], "--run-dir", str(run2), *args[4:]]) == 0
+    again = json.loads((run2 / "metrics.jsonl").read_text().splitlines()[0])
+    assert again["val/accuracy"] == records[0]["val/accuracy"] and again["val/response_length"] == records[0]["val/response_length"]
+    # resuming a finished run's folder does not evaluate step 0 again
+    assert main(["run", str(run), "--resume"]) == 0
+    steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps.count(0) == 1

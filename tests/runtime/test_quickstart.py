@@ -19,8 +19,12 @@ def test_quickstart_spec_takes_reward_from_low_to_above_0_8(tmp_path, capsys):
                  "tracking.backend=none"]) == 0
     summary = json.loads((run / "summary.json").read_text())
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    base, records = records[0], records[1:]
+    assert base["step"] == 0 and "val/accuracy" in base  # the base model, evaluated before training
+    assert base["val/accuracy"] < 0.5
     rewards = [r["reward/mean"] for r in records]
     assert summary["complete"] and len(records) == 40
+    assert records[-1]["val/accuracy"] >= 0.8
     assert rewards[0] < 0.5, "the pretrained base model should start weak"
     assert sum(rewards[-5:]) / 5 >= 0.8, rewards
     # the worked-out style wins: responses get longer, as in zero RL on real models
