@@ -228,7 +228,7 @@ def evaluate_all(workers: Workers, val_set: Optional[P.PromptSet], bench_sets: d
                  sampling: SamplingParams, step: int, log: Callable[[str], None]) -> dict[str, float]:
     """``val/*`` on ``data.val`` and ``eval/*`` on the benchmarks, with one log line of accuracies."""
     m: dict[str, float] = {}
-    if val_set is not None:
+    if val_set is not None and len(val_set):
         m.update(evaluate(workers, val_set, spec, sampling, step, prefix="val"))
     m.update(evaluate_benchmarks(workers, bench_sets, spec, sampling, step))
     shown = [("val", m.get("val/accuracy"))] + [(b, m.get(f"eval/{b}/accuracy")) for b in bench_sets]
@@ -351,8 +351,8 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
         eval_sampling = _sampling(spec, end_ids, evaluation=True)
         # one optimizer step per rollout batch: the pre-update policy is the policy being updated
         on_policy = a.ppo_mini_batch_size >= bsz and a.ppo_epochs == 1
-        e = spec.evaluation
-        if e.every and e.before_training and start == 0 and not any(h.get("step") == 0 for h in history):
+        ev = spec.evaluation
+        if ev.every and ev.before_training and start == 0 and not any(h.get("step") == 0 for h in history):
             # the base model, before any update (greedy by default, as the recipe evaluates base models)
             m0 = evaluate_all(workers, val_set, bench_sets, spec, _sampling(spec, end_ids, evaluation=True, base=True),
                               0, log)
