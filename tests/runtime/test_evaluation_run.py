@@ -40,6 +40,11 @@ def test_run_evaluates_the_configured_benchmarks(tmp_path, capsys):
     assert run_info["data_eval"]["gsm8k"]["bad_rows"] == 1 and run_info["data_eval"]["amc23"]["kept"] == 2
     summary = json.loads((run / "summary.json").read_text())
     assert summary["eval_last"]["eval/average"] == last["eval/average"]
+    from aim import Repo
+
+    repo = Repo(str(run))
+    names = {m.name for m in repo.get_run(repo.list_all_runs()[0]).metrics()}
+    assert {"eval.average", "eval.gsm8k.accuracy", "eval.amc23.pass@4"} <= names
 
 
 def test_missing_benchmark_files_stop_the_run_before_loading(tmp_path, capsys):
