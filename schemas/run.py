@@ -51,3 +51,7 @@ class EvaluationSpec(Section):
     max_response_length: PositiveInt = Field(16384, description="Longest evaluation response (tokens).")
     batch_size: PositiveInt = Field(256, description="Prompts per evaluation batch (never the whole set at once).")
     samples: PositiveInt = Field(1, description="Samples per prompt (avg@k / pass@k).")
+    samples_by_benchmark: dict[Benchmark, PositiveInt] = Field(
+        default_factory=dict,
+        description="Samples per prompt for particular benchmarks, over `samples` (the recipe: aime24 32, i.e. avg@32).",
+    )

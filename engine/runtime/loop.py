@@ -181,15 +181,15 @@ def load_prompts(path: str, spec: Any, tokenizer: Any, which: str, log: Callable
 
 
 def evaluate(workers: Workers, data: P.PromptSet, spec: Any, sampling: SamplingParams, step: int,
-             prefix: str = "val") -> dict[str, float]:
-    """Sample ``evaluation.samples`` responses per prompt of ``data``, in batches of
-    ``evaluation.batch_size`` prompts, and grade them.
+             prefix: str = "val", samples: Optional[int] = None) -> dict[str, float]:
+    """Sample ``samples`` (default ``evaluation.samples``) responses per prompt of ``data``, in
+    batches of ``evaluation.batch_size`` prompts, and grade them.
 
     Returns ``<prefix>/accuracy`` (mean over every sample: pass@1, or avg@k), ``<prefix>/pass@k``
     for k = 2, 4, ... up to the samples (unbiased estimator), ``<prefix>/reward``,
     ``<prefix>/response_length`` (tokens) and ``<prefix>/clip_ratio`` (share cut at the length limit).
     """
-    k = spec.evaluation.samples
+    k = samples or spec.evaluation.samples
     correct: list[bool] = []
     rewards: list[float] = []
     lengths: list[int] = []
@@ -215,9 +215,10 @@ def evaluate_benchmarks(workers: Workers, sets: dict[str, P.PromptSet], spec: An
     """`evaluate` on each benchmark (``eval/<name>/...``) plus ``eval/average``: the mean accuracy
     over the benchmarks, the SimpleRL-Zoo headline number."""
     out: dict[str, float] = {}
+    by_name = spec.evaluation.samples_by_benchmark
     for name, data in sets.items():
         if len(data):
-            out.update(evaluate(workers, data, spec, sampling, step, prefix=f"eval/{name}"))
+            out.update(evaluate(workers, data, spec, sampling, step, prefix=f"eval/{name}", samples=by_name.get(name)))
     accs = [out[f"eval/{name}/accuracy"] for name in sets if f"eval/{name}/accuracy" in out]
     if accs:
         out["eval/average"] = float(np.mean(accs))

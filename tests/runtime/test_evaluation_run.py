@@ -24,7 +24,7 @@ def test_run_evaluates_the_configured_benchmarks(tmp_path, capsys):
     bench = _bench_dir(tmp_path / "bench")
     run = tmp_path / "run"
     rc = main(["run", str(spec), "--run-dir", str(run), "evaluation.benchmarks=[gsm8k,amc23]",
-               f"evaluation.data_dir={bench}", "evaluation.samples=4"])
+               f"evaluation.data_dir={bench}", "evaluation.samples=4", "evaluation.samples_by_benchmark={amc23: 8}"])
     assert rc == 0, capsys.readouterr().err
     err = capsys.readouterr().err
     assert "eval (gsm8k): 3/4 prompts kept; 1 bad rows" in err
@@ -35,6 +35,7 @@ def test_run_evaluates_the_configured_benchmarks(tmp_path, capsys):
         for key in ("accuracy", "pass@2", "pass@4", "reward", "response_length", "clip_ratio"):
             assert f"eval/{name}/{key}" in last, (name, key)
         assert 0.0 <= last[f"eval/{name}/accuracy"] <= last[f"eval/{name}/pass@2"] <= last[f"eval/{name}/pass@4"] <= 1.0
+    assert "eval/amc23/pass@8" in last and "eval/gsm8k/pass@8" not in last  # amc23 sampled 8 times, gsm8k 4
     assert last["eval/average"] == pytest.approx((last["eval/gsm8k/accuracy"] + last["eval/amc23/accuracy"]) / 2)
     run_info = json.loads((run / "run.json").read_text())
     assert run_info["data_eval"]["gsm8k"]["bad_rows"] == 1 and run_info["data_eval"]["amc23"]["kept"] == 2
