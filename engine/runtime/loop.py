@@ -31,6 +31,7 @@ import torch
 from engine.algorithm.advantages import broadcast_to_tokens, gae, group_advantages, whiten
 from engine.backends.base import SamplingParams
 from engine.data import prompts as P
+from engine.evaluation.behaviour import behaviour_ratios
 from engine.evaluation.benchmarks import benchmark_rows
 from engine.evaluation.metrics import summarize
 from engine.runtime import checkpoint as C
@@ -187,13 +188,19 @@ def evaluate(workers: Workers, data: P.PromptSet, spec: Any, sampling: SamplingP
 
     Returns ``<prefix>/accuracy`` (mean over every sample: pass@1, or avg@k), ``<prefix>/pass@k``
     for k = 2, 4, ... up to the samples (unbiased estimator), ``<prefix>/reward``,
-    ``<prefix>/response_length`` (tokens) and ``<prefix>/clip_ratio`` (share cut at the length limit).
+    ``<prefix>/response_length`` (tokens; ``length_correct`` / ``length_wrong`` over the right and
+    wrong answers), ``<prefix>/clip_ratio`` (share cut at the length limit), ``<prefix>/boxed_ratio``
+    (share with a ``\\boxed{}`` answer), and ``reflection_ratio`` / ``repeat_ratio``
+    (`engine.evaluation.behaviour`).
     """
     k = samples or spec.evaluation.samples
     correct: list[bool] = []
     rewards: list[float] = []
+    boxed: list[bool] = []
     lengths: list[int] = []
     truncated: list[bool] = []
+    texts: list[str] = []
+    responses: list[list[int]] = []
     bs = spec.evaluation.batch_size
     for s in range(0, len(data), bs):
         gen = workers.rollout.call("generate", data.prompt_ids[s:s + bs], k, sampling,
@@ -202,11 +209,19 @@ def evaluate(workers: Workers, data: P.PromptSet, spec: Any, sampling: SamplingP
         res = _grade(workers, gen.texts, gts)
         correct += res["correct"]
         rewards += res["reward"]
+        boxed += res["boxed"]
         lengths += [len(r) for r in gen.response_ids]
         truncated += [f == "length" for f in gen.finish_reasons]
+        texts += gen.texts
+        responses += [list(r) for r in gen.response_ids]
     out = {f"{prefix}/{key}": value for key, value in summarize(correct, k).items()}
     out.update({f"{prefix}/reward": float(np.mean(rewards)), f"{prefix}/response_length": float(np.mean(lengths)),
-                f"{prefix}/clip_ratio": float(np.mean(truncated))})
+                f"{prefix}/clip_ratio": float(np.mean(truncated)), f"{prefix}/boxed_ratio": float(np.mean(boxed))})
+    for name, want in (("length_correct", True), ("length_wrong", False)):
+        picked = [n for n, c in zip(lengths, correct) if bool(c) == want]
+        if picked:
+            out[f"{prefix}/{name}"] = float(np.mean(picked))
+    out.update({f"{prefix}/{key}": value for key, value in behaviour_ratios(texts, responses).items()})
     return out
 
 
@@ -400,6 +415,7 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
             m = rollout_metrics(rewards, graded["correct"], mask.sum(1), gen.finish_reasons, n)
             m.update(train_metrics)
             m["reward/boxed_ratio"] = float(np.mean(graded["boxed"]))
+            m.update({f"behaviour/{k}": v for k, v in behaviour_ratios(gen.texts, gen.response_ids).items()})
             m["reward/timeouts"] = float(sum(s == "timeout" for s in graded["status"]))
             m["data/epoch"] = (step * bsz) / len(train_set)
             step_s = t_train - t0

@@ -30,9 +30,11 @@ def test_run_evaluates_the_configured_benchmarks(tmp_path, capsys):
     assert "eval (gsm8k): 3/4 prompts kept; 1 bad rows" in err
     records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert not any(k.startswith("eval/") for k in records[0])  # evaluation.every = 2
+    assert {"behaviour/reflection_ratio", "behaviour/repeat_ratio"} <= records[0].keys()  # every training step
     last = records[1]
     for name in ("gsm8k", "amc23"):
-        for key in ("accuracy", "pass@2", "pass@4", "reward", "response_length", "clip_ratio"):
+        for key in ("accuracy", "pass@2", "pass@4", "reward", "response_length", "clip_ratio", "boxed_ratio",
+                    "reflection_ratio", "repeat_ratio"):
             assert f"eval/{name}/{key}" in last, (name, key)
         assert 0.0 <= last[f"eval/{name}/accuracy"] <= last[f"eval/{name}/pass@2"] <= last[f"eval/{name}/pass@4"] <= 1.0
     assert "eval/amc23/pass@8" in last and "eval/gsm8k/pass@8" not in last  # amc23 sampled 8 times, gsm8k 4
