@@ -33,7 +33,7 @@ def ends_in_loop(token_ids: Sequence[int], max_period: int = 100, min_tokens: in
     and at least ``min_tokens`` tokens, so a short run such as "000" is not a loop. Costs
     O(max_period^2) token comparisons, done as list comparisons.
     """
-    ids = list(token_ids)
+    ids = list(token_ids[-max(3 * max_period, min_tokens):])  # only the tail can hold the loop
     n = len(ids)
     for p in range(1, max_period + 1):
         span = max(3 * p, min_tokens)
