@@ -5,6 +5,7 @@
     engine plan SPEC.yaml [...]                              compile and show the plan (compiler.cli)
     engine schema [...]                                      the spec schema (compiler.cli)
     engine grade [...]                                       grade answers (engine.reward.cli)
+    engine eval SPEC.yaml | RUN_DIR [...]                    evaluate a model (engine.evaluation.cli)
 
 Dispatch is lazy: `engine plan` and `engine schema` never import torch. Exit codes of `run`:
 0 done, 1 failed (e.g. the plan needs hardware that is not there), 2 invalid spec or usage,
@@ -19,13 +20,14 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-USAGE = """usage: engine {run,plan,schema,grade} ...
+USAGE = """usage: engine {run,plan,schema,grade,eval} ...
 
   run SPEC.yaml [key=value ...] [--run-dir DIR]   train: compile the spec and execute the plan
   run RUN_DIR --resume                            continue a run after a crash or Ctrl-C
   plan SPEC.yaml [key=value ...]                  show the placement plan (runs nothing)
   schema                                          describe the spec fields
   grade                                           grade answers with the math reward
+  eval SPEC.yaml | RUN_DIR [--model DIR]          evaluate a model on data.val and the benchmarks
 """
 
 
@@ -127,6 +129,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from engine.reward.cli import grade_command
 
         code = grade_command(rest)
+    elif cmd == "eval":
+        from engine.evaluation.cli import eval_command
+
+        code = eval_command(rest)
     else:
         print(f"engine: unknown command {cmd!r}\n{USAGE}", file=sys.stderr)
         code = 2

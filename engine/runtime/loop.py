@@ -32,7 +32,7 @@ from engine.algorithm.advantages import broadcast_to_tokens, gae, group_advantag
 from engine.backends.base import SamplingParams
 from engine.data import prompts as P
 from engine.evaluation.behaviour import behaviour_ratios
-from engine.evaluation.benchmarks import benchmark_rows
+from engine.evaluation.benchmarks import benchmark_path, benchmark_rows
 from engine.evaluation.metrics import summarize
 from engine.runtime import checkpoint as C
 from engine.runtime.batch import pack_groups
@@ -65,17 +65,18 @@ def _write_json(path: Path, data: Any) -> None:
 class Workers:
     """The four roles, each a local object or a Ray actor."""
 
-    def __init__(self, plan: Any, setup: WorkerSetup, end_token_strings: tuple[str, ...]) -> None:
+    def __init__(self, plan: Any, setup: WorkerSetup, end_token_strings: tuple[str, ...], training: bool = True) -> None:
+        """training=False starts only the generator and the reward pool (evaluation)."""
         self.remote = uses_ray(plan)
         if self.remote:
             init_ray(plan.spec.cluster.ray_address)
-        self.actor = spawn(ActorWorker, (setup,), plan=plan, role="trainer", remote=self.remote)
-        shared = None if self.remote else self.actor.obj.model
+        self.actor = spawn(ActorWorker, (setup,), plan=plan, role="trainer", remote=self.remote) if training else None
+        shared = None if self.remote or self.actor is None else self.actor.obj.model
         self.shared_weights = shared is not None
         self.rollout = (LocalHandle(RolloutWorker(setup, shared)) if not self.remote
                         else spawn(RolloutWorker, (setup,), plan=plan, role="generator", remote=True))
         self.reference = (spawn(ReferenceWorker, (setup,), plan=plan, role="reference", remote=self.remote)
-                          if plan.spec.algorithm.kl_coef > 0 else None)
+                          if training and plan.spec.algorithm.kl_coef > 0 else None)
         self.reward = spawn(RewardWorker, (setup, end_token_strings), plan=plan, role="reward", remote=self.remote)
 
     def sync_weights(self) -> None:
@@ -254,11 +255,12 @@ def evaluate_all(workers: Workers, val_set: Optional[P.PromptSet], bench_sets: d
     return m
 
 
-def load_benchmarks(spec: Any, tokenizer: Any, log: Callable[[str], None]) -> dict[str, P.PromptSet]:
-    """The prompt sets of ``evaluation.benchmarks`` (none when ``evaluation.every`` is 0), with the
-    training template and prompt-length limit; what is left out is counted in each report."""
+def load_benchmarks(spec: Any, tokenizer: Any, log: Callable[[str], None], always: bool = False) -> dict[str, P.PromptSet]:
+    """The prompt sets of ``evaluation.benchmarks`` (none when ``evaluation.every`` is 0, unless
+    ``always``), with the training template and prompt-length limit; what is left out is counted in
+    each report."""
     e, d = spec.evaluation, spec.data
-    if not e.every or not e.benchmarks:
+    if not (e.every or always) or not e.benchmarks:
         return {}
     template = P.template_text(d.prompt_template, d.custom_template)
     sets = {}
@@ -269,6 +271,73 @@ def load_benchmarks(spec: Any, tokenizer: Any, log: Callable[[str], None]) -> di
             f"{r['too_long']} over {d.max_prompt_length} tokens")
         sets[name] = ps
     return sets
+
+
+def load_model_files(plan: Any, log: Callable[[str], None], model_path: Optional[str] = None):
+    """(model folder, tokenizer folder, tokenizer, end-token ids, end-token strings) of the plan's
+    base model (built and cached for a random/pretrained tiny model), or of the HF folder
+    ``model_path`` (e.g. a run's ``final/``), whose own tokenizer is used."""
+    from engine.backends.hf_generator import end_token_ids
+    from engine.modeling import load_tokenizer
+    from engine.quickstart.base_model import resolve_base_model
+
+    if model_path is None:
+        model_path, tok_path = resolve_base_model(plan.spec, plan.architecture, log=log)
+    else:
+        if not (Path(model_path) / "config.json").exists():
+            raise FileNotFoundError(f"{model_path} is not a model folder (no config.json)")
+        tok_path = model_path
+    tokenizer = load_tokenizer(tok_path)
+    from transformers import GenerationConfig
+
+    try:
+        gen_cfg = GenerationConfig.from_pretrained(model_path, local_files_only=True)
+    except OSError:
+        gen_cfg = None
+    end_ids = end_token_ids(tokenizer, gen_cfg)
+    end_strings = tuple(tokenizer.convert_ids_to_tokens(list(end_ids)))
+    return model_path, tok_path, tokenizer, end_ids, end_strings
+
+
+def evaluate_model(plan: Any, model_path: Optional[str] = None, log: Callable[[str], None] = print,
+                   base: Optional[bool] = None) -> dict[str, Any]:
+    """Evaluate one model on ``data.val`` and ``evaluation.benchmarks`` without training
+    (`engine eval`): the plan's base model, or the HF folder ``model_path``.
+
+    Sampling follows the spec's evaluation settings: ``base_temperature`` for the base model,
+    ``temperature`` for another model (``base`` overrides which). Returns the metrics (``val/*``,
+    ``eval/*``, as during training), the data reports and what was evaluated.
+    """
+    check_resources(plan, command="eval")
+    spec = plan.spec
+    missing = []  # every missing input at once, before any model is loaded
+    if spec.data.val and spec.data.val != "synthetic" and not Path(spec.data.val).exists():
+        missing.append(f"data.val: {spec.data.val} (or skip it: data.val=null)")
+    missing += [f"evaluation.benchmarks: {benchmark_path(name, spec.evaluation.data_dir)}"
+                for name in spec.evaluation.benchmarks if not benchmark_path(name, spec.evaluation.data_dir).exists()]
+    if missing:
+        raise FileNotFoundError("not found: " + "; ".join(missing))
+    if spec.cluster.cpu_threads:
+        torch.set_num_threads(spec.cluster.cpu_threads)
+    torch.manual_seed(spec.seed)
+    base = model_path is None if base is None else base
+    model_path, tok_path, tokenizer, end_ids, end_strings = load_model_files(plan, log, model_path)
+    val_set = load_prompts(spec.data.val, spec, tokenizer, "val", log) if spec.data.val else None
+    bench_sets = load_benchmarks(spec, tokenizer, log, always=True)
+    setup = WorkerSetup(plan.to_json(), model_path, tok_path,
+                        device="cuda" if plan.accelerator == "gpu" else "cpu", threads=spec.cluster.cpu_threads)
+    workers = Workers(plan, setup, end_strings, training=False)
+    t0 = time.perf_counter()
+    try:
+        sampling = _sampling(spec, end_ids, evaluation=True, base=base)
+        metrics = evaluate_all(workers, val_set, bench_sets, spec, sampling, 0, log)
+    finally:
+        workers.shutdown()
+    return {"model_path": model_path, "plan_hash": plan.hash, "name": spec.name,
+            "temperature": sampling.temperature, "top_p": sampling.top_p,
+            "max_response_length": sampling.max_new_tokens, "wall_time_s": round(time.perf_counter() - t0, 2),
+            "metrics": metrics, "data_val": val_set.report if val_set else None,
+            "data_eval": {name: ps.report for name, ps in bench_sets.items()}}
 
 
 def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Callable[[str], None]] = None,
@@ -297,20 +366,7 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
         _write_text(run_dir / "plan.json", plan.to_json())  # a crash here must not leave a half plan
 
     # -- model, tokenizer, data -------------------------------------------------------------------
-    from engine.backends.hf_generator import end_token_ids
-    from engine.modeling import load_tokenizer
-    from engine.quickstart.base_model import resolve_base_model
-
-    model_path, tok_path = resolve_base_model(spec, plan.architecture, log=log)
-    tokenizer = load_tokenizer(tok_path)
-    from transformers import GenerationConfig
-
-    try:
-        gen_cfg = GenerationConfig.from_pretrained(model_path, local_files_only=True)
-    except OSError:
-        gen_cfg = None
-    end_ids = end_token_ids(tokenizer, gen_cfg)
-    end_strings = tuple(tokenizer.convert_ids_to_tokens(list(end_ids)))
+    model_path, tok_path, tokenizer, end_ids, end_strings = load_model_files(plan, log)
     train_set = load_prompts(spec.data.train, spec, tokenizer, "train", log)
     val_set = load_prompts(spec.data.val, spec, tokenizer, "val", log) if spec.data.val else None
     bench_sets = load_benchmarks(spec, tokenizer, log)

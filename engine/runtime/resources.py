@@ -66,9 +66,10 @@ def needs(plan: Any) -> tuple[int, float]:
     return gpus, max((d.peak_gib for d in plan.devices), default=0.0)
 
 
-def check_resources(plan: Any, found: Optional[Found] = None) -> Found:
+def check_resources(plan: Any, found: Optional[Found] = None, command: str = "run") -> Found:
     """Raise `ResourceError` unless the hardware covers the plan (count and per-GPU memory) and this
-    runtime has the plan's backends (hardware is reported first)."""
+    runtime has the plan's backends (hardware is reported first). ``command`` names the `engine`
+    command in the hint for running on a cluster."""
     spec = plan.spec
     if not plan.feasible:
         raise ResourceError("the plan is not feasible as compiled:\n  - " + "\n  - ".join(plan.reasons)
@@ -90,7 +91,7 @@ def check_resources(plan: Any, found: Optional[Found] = None) -> Found:
             f"{found.where}. Nothing was loaded.\n"
             "To run it on a cluster: start Ray on the GPU nodes (`ray start --head` on one, `ray start "
             "--address=HEAD:6379` on the others), then run from the head node:\n"
-            f"  engine run {(plan.sources or ['SPEC.yaml'])[0]} cluster.ray_address=auto\n"
+            f"  engine {command} {(plan.sources or ['SPEC.yaml'])[0]} cluster.ray_address=auto\n"
             "or try the CPU quickstart: engine run specs/quickstart.yaml")
     _check_backends(plan)
     return found

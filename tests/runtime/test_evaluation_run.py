@@ -81,3 +81,41 @@ def test_before_training_evaluates_the_base_model_once_as_step_0(tmp_path, capsy
     assert main(["run", str(run), "--resume"]) == 0
     steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps.count(0) == 1
+
+
+def test_engine_eval_scores_the_base_model_and_a_finished_run(tmp_path, capsys):
+    spec = write_spec(tmp_path, steps=1, every=1)
+    bench = _bench_dir(tmp_path / "bench")
+    sets = ["evaluation.benchmarks=[gsm8k,amc23]", f"evaluation.data_dir={bench}", "evaluation.samples=2"]
+    out = tmp_path / "base.json"
+    assert main(["eval", str(spec), *sets, "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[1].split() == ["set", "prompts", "accuracy", "pass@2", "length", "boxed"]
+    assert [line.split()[:2] for line in table.splitlines()[2:5]] == [["val", "8"], ["gsm8k", "3"], ["amc23", "2"]]
+    assert table.splitlines()[-1].startswith("average")
+    base = json.loads(out.read_text())
+    assert base["temperature"] == 0.0  # the base model is evaluated greedily (evaluation.base_temperature)
+    assert base["data_eval"]["gsm8k"]["bad_rows"] == 1
+    assert base["metrics"]["eval/average"] == pytest.approx(
+        (base["metrics"]["eval/gsm8k/accuracy"] + base["metrics"]["eval/amc23/accuracy"]) / 2)
+
+    # a run folder: its own plan and its final policy, sampled at evaluation.temperature
+    run = tmp_path / "run"
+    assert main(["run", str(spec), "--run-dir", str(run), "--quiet", *sets]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json"]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["model_path"] == str(run / "final") and trained["temperature"] == 1.0
+    assert {"val/accuracy", "eval/gsm8k/pass@2", "eval/average"} <= trained["metrics"].keys()
+    assert main(["eval", str(run), "evaluation.samples=4"]) == 2  # a run folder keeps its plan
+    assert "overrides are not allowed" in capsys.readouterr().err
+
+
+def test_engine_eval_names_every_missing_input_before_loading(tmp_path, capsys):
+    spec = write_spec(tmp_path)
+    rc = main(["eval", str(spec), "data.val=/no/val.parquet", "evaluation.benchmarks=[aime24]",
+               f"evaluation.data_dir={tmp_path / 'none'}"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "data.val: /no/val.parquet" in err and "aime24.jsonl" in err and "data.val=null" in err
+    assert "base model" not in err  # nothing was built or loaded
