@@ -242,8 +242,10 @@ def evaluate_benchmarks(workers: Workers, sets: dict[str, P.PromptSet], spec: An
 
 
 def evaluate_all(workers: Workers, val_set: Optional[P.PromptSet], bench_sets: dict[str, P.PromptSet], spec: Any,
-                 sampling: SamplingParams, step: int, log: Callable[[str], None]) -> dict[str, float]:
-    """``val/*`` on ``data.val`` and ``eval/*`` on the benchmarks, with one log line of accuracies."""
+                 sampling: SamplingParams, step: int, log: Callable[[str], None],
+                 label: Optional[str] = None) -> dict[str, float]:
+    """``val/*`` on ``data.val`` and ``eval/*`` on the benchmarks, with one log line of accuracies
+    (headed ``eval step N``, or ``eval <label>``)."""
     m: dict[str, float] = {}
     if val_set is not None and len(val_set):
         m.update(evaluate(workers, val_set, spec, sampling, step, prefix="val"))
@@ -251,7 +253,7 @@ def evaluate_all(workers: Workers, val_set: Optional[P.PromptSet], bench_sets: d
     shown = [("val", m.get("val/accuracy"))] + [(b, m.get(f"eval/{b}/accuracy")) for b in bench_sets]
     shown += [("average", m.get("eval/average"))]
     if m:
-        log(f"eval step {step}: accuracy " + ", ".join(f"{k} {v:.3f}" for k, v in shown if v is not None))
+        log(f"eval {label or f'step {step}'}: accuracy " + ", ".join(f"{k} {v:.3f}" for k, v in shown if v is not None))
     return m
 
 
@@ -330,7 +332,7 @@ def evaluate_model(plan: Any, model_path: Optional[str] = None, log: Callable[[s
     t0 = time.perf_counter()
     try:
         sampling = _sampling(spec, end_ids, evaluation=True, base=base)
-        metrics = evaluate_all(workers, val_set, bench_sets, spec, sampling, 0, log)
+        metrics = evaluate_all(workers, val_set, bench_sets, spec, sampling, 0, log, label=Path(model_path).name)
     finally:
         workers.shutdown()
     return {"model_path": model_path, "plan_hash": plan.hash, "name": spec.name,
