@@ -200,8 +200,7 @@ def evaluate(workers: Workers, data: P.PromptSet, spec: Any, sampling: SamplingP
     boxed: list[bool] = []
     lengths: list[int] = []
     truncated: list[bool] = []
-    texts: list[str] = []
-    responses: list[list[int]] = []
+    behaviour: dict[str, float] = {}  # ratio sums weighted by batch size (responses are not kept)
     bs = spec.evaluation.batch_size
     for s in range(0, len(data), bs):
         gen = workers.rollout.call("generate", data.prompt_ids[s:s + bs], k, sampling,
@@ -213,8 +212,8 @@ def evaluate(workers: Workers, data: P.PromptSet, spec: Any, sampling: SamplingP
         boxed += res["boxed"]
         lengths += [len(r) for r in gen.response_ids]
         truncated += [f == "length" for f in gen.finish_reasons]
-        texts += gen.texts
-        responses += [list(r) for r in gen.response_ids]
+        for key, ratio in behaviour_ratios(gen.texts, gen.response_ids).items():
+            behaviour[key] = behaviour.get(key, 0.0) + ratio * len(gen.texts)
     out = {f"{prefix}/{key}": value for key, value in summarize(correct, k).items()}
     out.update({f"{prefix}/reward": float(np.mean(rewards)), f"{prefix}/response_length": float(np.mean(lengths)),
                 f"{prefix}/clip_ratio": float(np.mean(truncated)), f"{prefix}/boxed_ratio": float(np.mean(boxed))})
@@ -222,7 +221,7 @@ def evaluate(workers: Workers, data: P.PromptSet, spec: Any, sampling: SamplingP
         picked = [n for n, c in zip(lengths, correct) if bool(c) == want]
         if picked:
             out[f"{prefix}/{name}"] = float(np.mean(picked))
-    out.update({f"{prefix}/{key}": value for key, value in behaviour_ratios(texts, responses).items()})
+    out.update({f"{prefix}/{key}": total / max(1, len(correct)) for key, total in behaviour.items()})
     return out
 
 
