@@ -1,6 +1,7 @@
 """Benchmark evaluation inside `engine run`: per-benchmark metrics, pass@k, the report, early errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +120,19 @@ def test_engine_eval_names_every_missing_input_before_loading(tmp_path, capsys):
     assert rc == 2
     assert "data.val: /no/val.parquet" in err and "aime24.jsonl" in err and "data.val=null" in err
     assert "base model" not in err  # nothing was built or loaded
+
+
+def test_engine_eval_on_the_real_aime24_and_amc23_files(tmp_path, capsys):
+    # the shipped benchmark files of ../shared/data, end to end: every problem templated, tokenized,
+    # answered by a tiny random model and graded against its real gold answer
+    data = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "benchmarks"
+    spec = write_spec(tmp_path)
+    rc = main(["eval", str(spec), "--json", "evaluation.benchmarks=[aime24,amc23]", f"evaluation.data_dir={data}",
+               "data.val=null", "data.max_prompt_length=1100", "model.architecture.max_position_embeddings=2048",
+               "evaluation.batch_size=32"])
+    assert rc == 0, capsys.readouterr().err
+    result = json.loads(capsys.readouterr().out)
+    assert result["data_eval"]["aime24"]["kept"] == 30 and result["data_eval"]["amc23"]["kept"] == 40
+    m = result["metrics"]
+    assert {"eval/aime24/accuracy", "eval/amc23/accuracy", "eval/average"} <= m.keys()
+    assert 0.0 <= m["eval/average"] <= 1.0 and m["eval/aime24/response_length"] > 0
