@@ -187,14 +187,20 @@ def _is_local_file(path: str) -> bool:
     return path not in ("synthetic", "") and "://" not in path
 
 
-def _missing_data_files(spec: ExperimentSpec) -> list[tuple[str, str, str]]:
+def missing_data_files(spec: ExperimentSpec, *, evaluation_only: bool = False) -> list[tuple[str, str, str]]:
     """(field, path, hint) of each local data file that does not exist: data.train, data.val, and
-    ``<evaluation.data_dir>/<benchmark>.jsonl`` for each benchmark when evaluation is on."""
-    out = [(key, value, f"prepare it, or override {key}=<path> (or {key}=synthetic)")
-           for key, value in (("data.train", spec.data.train), ("data.val", spec.data.val))
-           if value and _is_local_file(value) and not Path(value).exists()]
+    ``<evaluation.data_dir>/<benchmark>.jsonl`` for each benchmark when evaluation is on.
+
+    evaluation_only: what `engine eval` reads (data.val and every listed benchmark, whatever
+    ``evaluation.every`` says; data.train is not needed).
+    """
+    files = (("data.val", spec.data.val),) if evaluation_only else (("data.train", spec.data.train), ("data.val", spec.data.val))
+    out = [(key, value, f"prepare it, or override {key}=<path> (or {key}=synthetic"
+            + (", or skip it with data.val=null)" if key == "data.val" else ")"))
+           for key, value in files if value and _is_local_file(value) and not Path(value).exists()]
     ev = spec.evaluation
-    missing = [name for name in ev.benchmarks if not (Path(ev.data_dir) / f"{name}.jsonl").exists()] if ev.every else []
+    missing = ([name for name in ev.benchmarks if not (Path(ev.data_dir) / f"{name}.jsonl").exists()]
+               if ev.every or evaluation_only else [])
     if missing:
         where = ev.data_dir if Path(ev.data_dir).is_dir() else f"{ev.data_dir} (no such folder)"
         out.append(("evaluation.benchmarks", f"{', '.join(f'{n}.jsonl' for n in missing)} in {where}",
@@ -279,7 +285,7 @@ def _check_data(spec: ExperimentSpec, loaded: LoadedSpec, check_files: bool) -> 
         problems.append(loaded.problem("data.min_pass_rate", f"min_pass_rate {d.min_pass_rate} > max_pass_rate {d.max_pass_rate}",
                                        "min_pass_rate <= max_pass_rate"))
     if check_files:
-        for key, value, hint in _missing_data_files(spec):
+        for key, value, hint in missing_data_files(spec):
             problems.append(loaded.problem(key, f"data file not found: {value}", hint))
     return problems
 
@@ -294,7 +300,7 @@ def spec_warnings(spec: ExperimentSpec, loaded: Optional[LoadedSpec] = None) -> 
         return loaded.problem(path, message, hint) if loaded else Problem(path, message, hint)
 
     out = []
-    for key, value, hint in _missing_data_files(spec):
+    for key, value, hint in missing_data_files(spec):
         out.append(at(key, f"not found: {value} (engine plan does not need it; engine run does)", hint))
     if spec.data.custom_template is not None and spec.data.prompt_template != "custom":
         out.append(at("data.custom_template", f"custom_template is ignored: prompt_template is {spec.data.prompt_template!r}",

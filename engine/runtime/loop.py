@@ -32,7 +32,7 @@ from engine.algorithm.advantages import broadcast_to_tokens, gae, group_advantag
 from engine.backends.base import SamplingParams
 from engine.data import prompts as P
 from engine.evaluation.behaviour import behaviour_ratios
-from engine.evaluation.benchmarks import benchmark_path, benchmark_rows
+from engine.evaluation.benchmarks import benchmark_rows
 from engine.evaluation.metrics import summarize
 from engine.runtime import checkpoint as C
 from engine.runtime.batch import pack_groups
@@ -311,13 +311,12 @@ def evaluate_model(plan: Any, model_path: Optional[str] = None, log: Callable[[s
     """
     check_resources(plan, command="eval")
     spec = plan.spec
-    missing = []  # every missing input at once, before any model is loaded
-    if spec.data.val and spec.data.val != "synthetic" and not Path(spec.data.val).exists():
-        missing.append(f"data.val: {spec.data.val} (or skip it: data.val=null)")
-    missing += [f"evaluation.benchmarks: {benchmark_path(name, spec.evaluation.data_dir)}"
-                for name in spec.evaluation.benchmarks if not benchmark_path(name, spec.evaluation.data_dir).exists()]
+    from compiler.validate import missing_data_files
+
+    missing = missing_data_files(spec, evaluation_only=True)  # every missing input at once, before loading
     if missing:
-        raise FileNotFoundError("not found: " + "; ".join(missing))
+        raise FileNotFoundError("input files not found:" + "".join(f"\n  - {key}: {path}\n    hint: {hint}"
+                                                                for key, path, hint in missing))
     if spec.cluster.cpu_threads:
         torch.set_num_threads(spec.cluster.cpu_threads)
     torch.manual_seed(spec.seed)
