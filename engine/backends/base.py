@@ -1,17 +1,31 @@
 """The two backend interfaces the runtime drives: `Generator` (sampling) and `Trainer` (updates).
 
-Backends are picked by the plan (`plan.rollout.backend`, `plan.trainer.backend`). The CPU / single-GPU
-implementations are `hf` and `torch`; a vLLM generator and a Megatron trainer implement the same
-protocols. Weight sync is explicit: the trainer exports `weights()` (a name -> tensor mapping in HF
-naming) and the generator takes them with `load_weights()`; a colocated in-process pair may share
-one module, in which case `load_weights` is a no-op. `sleep()` / `wake()` let a colocated GPU
-generator release memory while the trainer runs (no-ops on CPU).
+Backends are picked by the plan (`plan.rollout.backend`, `plan.trainer.backend`) through one registry
+(`engine.backends.registry`); workers hold them as these protocol types and never branch on a backend
+name. Implementations: generator `hf` (transformers, CPU / one GPU) and `vllm`; trainer `torch`
+(plain PyTorch, DDP across ranks) and `megatron` (megatron-core TP/PP/DP).
+
+Weight sync is a stream: the trainer yields HF-named full tensors (`Trainer.weight_stream`, in
+buckets of bounded size, gathered from TP shards and PP stages), the generator takes them
+(`Generator.update_weights`) and checks them against a manifest (`engine.backends.manifest`): every
+expected name exactly once. The colocated step order (sleep, wake weights, stream, offload trainer,
+wake KV cache, reset prefix cache) is owned by `engine.runtime.sync`, not by the backends.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Protocol, runtime_checkable
+from typing import Any, Iterable, Iterator, Mapping, Optional, Protocol, Sequence, runtime_checkable
+
+#: A bucket of the weight stream: (HF parameter name, full tensor) pairs.
+WeightBucket = list[tuple[str, Any]]
+
+#: Sleep levels (vLLM's meaning): 0 keep everything, 1 offload weights and free the KV cache,
+#: 2 discard weights and free the KV cache.
+SLEEP_LEVELS = (0, 1, 2)
+
+#: Tags `Generator.wake` accepts: re-acquire the weights, or the KV cache (None: both).
+WAKE_TAGS = ("weights", "kv_cache")
 
 
 @dataclass(frozen=True)
@@ -20,7 +34,8 @@ class SamplingParams:
 
     max_new_tokens: response budget (tokens). temperature 0 means greedy. top_k -1 means off.
     stop: stop strings (a response ends once its text contains one). end_token_ids: token ids that
-    end a response (taken from the tokenizer, never guessed from a model name).
+    end a response (taken from the tokenizer, never guessed from a model name). logprobs: return
+    the sampled tokens' log-probs (nats, after temperature, as the trainer computes them).
     """
 
     max_new_tokens: int
@@ -29,6 +44,7 @@ class SamplingParams:
     top_k: int = -1
     stop: tuple[str, ...] = ()
     end_token_ids: tuple[int, ...] = ()
+    logprobs: bool = False
 
 
 @dataclass
@@ -38,12 +54,15 @@ class Generation:
     response_ids: generated token ids per sequence, including the end token when one was produced.
     finish_reasons: "stop" (end token or stop string) or "length" (hit max_new_tokens).
     texts: decoded responses (special tokens removed).
+    log_probs: per sequence, the log-prob (nats) of each sampled token under the generator's
+    weights, when `SamplingParams.logprobs` was set; else None.
     """
 
     response_ids: list[list[int]]
     finish_reasons: list[str]
     texts: list[str]
     stats: dict[str, float] = field(default_factory=dict)
+    log_probs: Optional[list[list[float]]] = None
 
 
 @runtime_checkable
@@ -53,34 +72,53 @@ class Generator(Protocol):
     def generate(self, prompt_ids: list[list[int]], n: int, params: SamplingParams, seed: int) -> Generation:
         """Sample ``n`` responses per prompt; reproducible for a given ``seed``."""
 
-    def load_weights(self, weights: Iterable[tuple[str, Any]] | Mapping[str, Any]) -> None:
-        """Take new policy weights from the trainer (HF parameter names)."""
+    def update_weights(self, buckets: Iterable[WeightBucket], expected: Optional[Sequence[str]] = None) -> int:
+        """Take new policy weights (HF names) from a stream of buckets; returns the tensors received.
 
-    def sleep(self) -> None:
-        """Release accelerator memory while the trainer runs (colocated GPU placement)."""
+        ``expected``: the manifest (every parameter name the trainer sends); when given, a name missing,
+        received twice, or not expected raises `engine.backends.manifest.WeightSyncError` naming it,
+        and the generator's weights must not be used for sampling afterwards."""
 
-    def wake(self) -> None:
-        """Re-acquire memory before the next generation."""
+    def sleep(self, level: int = 1) -> None:
+        """Release accelerator memory while the trainer runs (`SLEEP_LEVELS`; a no-op on CPU)."""
+
+    def wake(self, tags: Optional[Sequence[str]] = None) -> None:
+        """Re-acquire what `sleep` released: ``tags`` from `WAKE_TAGS`, None for all."""
+
+    def reset_prefix_cache(self) -> None:
+        """Drop cached prefixes (after every weight update: a stale cache samples from old weights)."""
 
 
 @runtime_checkable
 class Trainer(Protocol):
-    """Owns the policy parameters and the optimizer."""
+    """Owns the policy parameters and the optimizer (one rank of a trainer group)."""
 
-    def compute_log_probs(self, batch: Mapping[str, Any]) -> Any:
-        """Per-token log-probs (nats) of ``batch['responses']`` under the current policy, [B, T]."""
+    def compute_log_probs(self, batch: Mapping[str, Any], with_entropy: bool = False) -> Any:
+        """Per-token log-probs (nats) of ``batch['responses']`` under the current policy, [B, T], on CPU;
+        with ``with_entropy``, a pair (log_probs, entropy) of [B, T] tensors."""
 
     def update(self, batch: Mapping[str, Any]) -> dict[str, float]:
         """One RL update over the batch (mini-batches, micro-batches, accumulation); returns metrics."""
 
-    def weights(self) -> Iterable[tuple[str, Any]]:
-        """Current policy weights in HF naming, for the generator."""
+    def weight_stream(self, bucket_bytes: int) -> Iterator[WeightBucket]:
+        """The current policy as HF-named full tensors, in buckets of at most ``bucket_bytes`` (a tensor
+        larger than that is a bucket of its own). Memory bounded by one bucket; never the whole model."""
 
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume (model, optimizer, scheduler)."""
+    def weight_names(self) -> list[str]:
+        """The manifest of `weight_stream`: every HF name it yields, once each."""
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Inverse of `state_dict`."""
+    def offload(self) -> None:
+        """Move parameters, gradients and optimizer state off the accelerator (a no-op on CPU)."""
+
+    def onload(self) -> None:
+        """Inverse of `offload`."""
+
+    def save_checkpoint(self, folder: str) -> None:
+        """Write this rank's state (model, optimizer, scheduler, RNG) into ``folder`` (which the caller
+        renames into place: a checkpoint is complete or absent)."""
+
+    def load_checkpoint(self, folder: str) -> None:
+        """Inverse of `save_checkpoint`."""
 
     def export_hf(self, path: str) -> None:
-        """Write the policy as a HF model folder."""
+        """Write the policy as a HF model folder (config and safetensors; rank 0 writes)."""

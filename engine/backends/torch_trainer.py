@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Iterable, Mapping
 
@@ -18,41 +17,8 @@ import torch
 
 from engine.algorithm.losses import (aggregate, entropy_from_logits, kl_per_token, masked_mean,
                                      ppo_clip_per_token, value_loss_per_token)
+from engine.backends.config import BatchConfig, LossConfig, OptimConfig  # noqa: F401  (re-exported)
 from engine.modeling import cache_kwarg
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """AdamW settings: lr (per step), warm-up (optimizer steps), grad clip (global L2 norm)."""
-
-    lr: float = 5e-7
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.01
-    warmup_steps: int = 0
-    grad_clip: float = 1.0
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """Policy-loss settings (see engine.algorithm.losses)."""
-
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    loss_agg: str = "token_mean"
-    kl_coef: float = 1e-4
-    kl_estimator: str = "k3"
-    kl_clamp: float = 10.0
-    entropy_coef: float = 1e-3
-
-
-@dataclass(frozen=True)
-class BatchConfig:
-    """Sizes in sequences: mini_batch (per optimizer step), micro_batch (per forward/backward)."""
-
-    mini_batch: int
-    micro_batch: int
-    log_prob_micro_batch: int
-    epochs: int = 1
 
 
 def response_logits(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -1,0 +1,59 @@
+"""What every trainer backend takes from the plan: optimizer, loss and batch-size settings.
+
+The torch and megatron trainers build these from the same plan with `from_plan`, so both optimise the
+same objective (`engine.algorithm.losses`) with the same sizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW settings: lr (per step), warm-up (optimizer steps), grad clip (global L2 norm)."""
+
+    lr: float = 5e-7
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Policy-loss settings (see engine.algorithm.losses)."""
+
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    loss_agg: str = "token_mean"
+    kl_coef: float = 1e-4
+    kl_estimator: str = "k3"
+    kl_clamp: float = 10.0
+    entropy_coef: float = 1e-3
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """Sizes in sequences: mini_batch (per optimizer step), micro_batch (per forward/backward)."""
+
+    mini_batch: int
+    micro_batch: int
+    log_prob_micro_batch: int
+    epochs: int = 1
+
+
+def from_plan(plan: Any) -> tuple[OptimConfig, LossConfig, BatchConfig]:
+    """The three configs of ``plan`` (sizes in sequences per data-parallel rank)."""
+    spec = plan.spec
+    a, t = spec.algorithm, spec.trainer
+    dp = plan.trainer.data_parallel if plan.trainer else 1
+    mini = a.ppo_mini_batch_size * spec.rollout.n // dp
+    micro = plan.trainer.micro_batch_size if plan.trainer else t.micro_batch_size
+    lp_micro = plan.trainer.log_prob_micro_batch_size if plan.trainer else t.log_prob_micro_batch_size
+    return (OptimConfig(lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
+                        grad_clip=t.grad_clip),
+            LossConfig(clip_low=a.clip_low, clip_high=a.clip_high, loss_agg=a.loss_agg, kl_coef=a.kl_coef,
+                       kl_estimator=a.kl_estimator, kl_clamp=a.kl_clamp, entropy_coef=a.entropy_coef),
+            BatchConfig(mini_batch=mini, micro_batch=micro, log_prob_micro_batch=lp_micro, epochs=a.ppo_epochs))
