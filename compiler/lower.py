@@ -13,8 +13,10 @@ from schemas import Architecture, ExperimentSpec
 from compiler import memory as M
 from compiler.errors import Problem
 from compiler.placement import BASE_MFU, DECODE_BW_EFF, Candidate, Inputs, SearchResult, choice_notes, search
-from compiler.plan import DevicePlan, Estimates, Plan, RolloutPlan, TrainerPlan
-from compiler.rules import check_spec
+from compiler.mesh import coords
+from compiler.plan import (BundlePlan, DevicePlan, Estimates, MeshCoords, OffloadPlan, Plan, RolloutPlan, TrainerPlan,
+                           WeightSyncPlan)
+from compiler.rules import check_spec, fixed_size
 
 
 def _r(x: float, nd: int = 3) -> float:
@@ -52,9 +54,12 @@ def lower(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str] = ())
     if cand is None:
         return Plan(**base, feasible=False, reasons=res.reasons or ["no legal layout"], notes=notes,
                     estimates=Estimates(tokens_per_step=_tokens_per_step(spec), params_b=params_b))
+    trainer, rollout = _trainer_plan(spec, inp, cand), _rollout_plan(spec, inp, cand)
+    devices = _devices(inp, cand, trainer, rollout)
     return Plan(**base, feasible=res.feasible, reasons=[] if res.feasible else res.reasons, notes=notes,
-                trainer=_trainer_plan(spec, inp, cand), rollout=_rollout_plan(spec, inp, cand),
-                devices=_devices(inp, cand), estimates=_estimates(spec, cand, params_b))
+                trainer=trainer, rollout=rollout, devices=devices, estimates=_estimates(spec, cand, params_b),
+                weight_sync=_weight_sync(spec, trainer, rollout), bundles=_bundles(devices),
+                offload=_offload(spec, inp))
 
 
 def _trainer_plan(spec: ExperimentSpec, inp: Inputs, c: Candidate) -> TrainerPlan:
@@ -73,10 +78,58 @@ def _rollout_plan(spec: ExperimentSpec, inp: Inputs, c: Candidate) -> RolloutPla
         backend=ro.backend, tensor_parallel=c.rtp, replicas=c.replicas, gpu_memory_utilization=ro.gpu_memory_utilization,
         sleep_level=ro.sleep_level if (spec.placement == "colocated" and ro.backend == "vllm") else 0, max_model_len=inp.seq,
         max_num_seqs=ro.max_num_seqs, kv_cache_tokens=c.vllm.kv_tokens if c.vllm else 0,
-        concurrency=c.concurrency, ranks=list(c.gen_ranks))
+        concurrency=c.concurrency,
+        replica_groups=[list(c.gen_ranks[i:i + c.rtp]) for i in range(0, len(c.gen_ranks), c.rtp)])
 
 
-def _devices(inp: Inputs, c: Candidate) -> list[DevicePlan]:
+def _mesh_fields(rank: int, trainer: Optional[TrainerPlan], rollout: Optional[RolloutPlan]) -> dict:
+    """The DevicePlan fields that place device ``rank`` in the trainer mesh and a generator replica."""
+    out: dict = {}
+    if trainer is not None and rank in trainer.ranks:
+        i = trainer.ranks.index(rank)
+        t, p, d = coords(i, trainer.tensor_parallel, trainer.pipeline_parallel, trainer.data_parallel)
+        out.update(trainer_rank=i, mesh=MeshCoords(tp=t, pp=p, dp=d))
+    if rollout is not None:
+        out["replica"] = next((j for j, g in enumerate(rollout.replica_groups) if rank in g), None)
+    return out
+
+
+def _weight_sync(spec: ExperimentSpec, trainer: TrainerPlan, rollout: RolloutPlan) -> WeightSyncPlan:
+    """In-process when one device (or process) holds both roles; CUDA IPC when colocated on GPUs;
+    a broadcast group from trainer rank 0 when split."""
+    bucket = spec.rollout.weight_bucket_mib * 2**20
+    if spec.placement == "split":
+        method = "broadcast"
+    elif len(set(trainer.ranks) | set(rollout.ranks)) == 1 or spec.cluster.accelerator == "cpu":
+        method = "in_process"
+    else:
+        method = "cuda_ipc"
+    return WeightSyncPlan(method=method, bucket_bytes=bucket, source_rank=trainer.ranks[0], receivers=rollout.ranks)
+
+
+def _bundles(devices: list[DevicePlan]) -> list[list[BundlePlan]]:
+    """One bundle per used GPU (1 GPU, 1 CPU), grouped per node; colocated roles share a bundle."""
+    nodes: dict[int, list[BundlePlan]] = {}
+    for d in devices:
+        roles = [r for r in d.roles if r != "reward"]
+        if roles:
+            nodes.setdefault(d.node, []).append(BundlePlan(node=d.node, index=d.index, rank=d.rank,
+                                                           resources={"GPU": 1.0, "CPU": 1.0}, roles=roles))
+    return [nodes[n] for n in sorted(nodes)]
+
+
+def _offload(spec: ExperimentSpec, inp: Inputs) -> OffloadPlan:
+    """What leaves the GPU in each phase (colocated: the trainer during generation, vLLM during training)."""
+    gen: list[str] = []
+    train: list[str] = []
+    if inp.offload:
+        gen += ["optimizer", "grads"] + (["reference"] if inp.reference else [])
+    if spec.placement == "colocated" and spec.rollout.backend == "vllm" and inp.sleep_level > 0:
+        train += ["vllm_weights", "kv_cache"]
+    return OffloadPlan(generation=gen, train=train)
+
+
+def _devices(inp: Inputs, c: Candidate, trainer: TrainerPlan, rollout: RolloutPlan) -> list[DevicePlan]:
     by_rank = {r: g for g in c.gpus for r in g.ranks}
     out = []
     cap = _gib(inp.capacity)
@@ -90,7 +143,8 @@ def _devices(inp: Inputs, c: Candidate) -> list[DevicePlan]:
         mem = {k: _gib(v) for k, v in sorted(g.phases[ph].items()) if v > 0}
         out.append(DevicePlan(node=node, index=index, rank=rank, roles=list(g.roles), memory_gib=mem,
                               peak_gib=_gib(g.peak), capacity_gib=cap, stage=g.stage, peak_phase=ph,
-                              phases_gib={p: _gib(g.phase_total(p)) for p in g.phases}))
+                              phases_gib={p: _gib(g.phase_total(p)) for p in g.phases},
+                              **_mesh_fields(rank, trainer, rollout)))
     return out
 
 
@@ -142,13 +196,20 @@ def _notes(spec: ExperimentSpec, inp: Inputs, res: SearchResult) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 def _cpu_plan(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str], problems: list[Problem]) -> Plan:
-    """One 'cpu' device holding every role; memory estimated in fp32 against host RAM (not checked)."""
+    """``cluster.processes`` CPU ranks (one by default): rank 0 holds every role, the others hold
+    trainer ranks; memory estimated in fp32 against host RAM (not checked)."""
     P = M.total_params(arch)
     seq = spec.data.max_prompt_length + spec.data.max_response_length
     ref = 4.0 * P if spec.algorithm.kl_coef > 0 else 0.0
-    state = {"params": 4.0 * P, "grads": 4.0 * P, "optimizer": 8.0 * P, "reference": ref}
+    tr = spec.trainer
+    world = spec.cluster.processes
+    tp = fixed_size(tr.tensor_parallel) or 1
+    pp = fixed_size(tr.pipeline_parallel) or 1
+    dp = max(1, world // (tp * pp))
+    shard = 1.0 / (tp * pp)
+    state = {"params": 4.0 * P * shard, "grads": 4.0 * P * shard, "optimizer": 8.0 * P * shard, "reference": ref}
     recompute = "full" if spec.model.gradient_checkpointing else "none"
-    mb = spec.trainer.micro_batch_size
+    mb = tr.micro_batch_size
     acts = 2.0 * M.stage_activation_bytes(arch, seq, mb, 1, 1, 0, 1, recompute, False)
     logits = 2.0 * M.logits_bytes(arch, seq, mb, 1, grad=True, entropy=spec.algorithm.entropy_coef > 0)
     gen_seqs = (spec.rollout.micro_batch_size or spec.data.train_batch_size) * spec.rollout.n
@@ -157,28 +218,34 @@ def _cpu_plan(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str], 
     totals = {k: sum(v.values()) for k, v in phases.items()}
     peak_phase = max(totals, key=totals.get)
     roles = ["trainer", "generator"] + (["reference"] if ref else []) + (["critic"] if spec.algorithm.advantage == "gae" else []) + ["reward"]
-    dev = DevicePlan(node=0, index=0, rank=0, roles=roles,
-                     memory_gib={k: _gib(v) for k, v in sorted(phases[peak_phase].items()) if v > 0},
-                     peak_gib=_gib(totals[peak_phase]), capacity_gib=0.0, peak_phase=peak_phase,
-                     phases_gib={k: _gib(v) for k, v in totals.items()})
-    tr = spec.trainer
+    micro_per_rank = spec.algorithm.ppo_mini_batch_size * spec.rollout.n // dp
+    trainer = TrainerPlan(backend=tr.backend, tensor_parallel=tp, pipeline_parallel=pp, context_parallel=1,
+                          data_parallel=dp, sequence_parallel=False, micro_batch_size=mb,
+                          gradient_accumulation=max(1, micro_per_rank // mb), recompute=recompute, offload=False,
+                          fp8="none", distributed_optimizer=tr.distributed_optimizer and tr.backend == "megatron" and dp > 1,
+                          log_prob_micro_batch_size=tr.log_prob_micro_batch_size, ranks=list(range(world)))
+    rollout = RolloutPlan(backend=spec.rollout.backend, tensor_parallel=1, replicas=1,
+                          gpu_memory_utilization=spec.rollout.gpu_memory_utilization,
+                          sleep_level=spec.rollout.sleep_level if spec.rollout.backend == "vllm" else 0, max_model_len=seq,
+                          max_num_seqs=gen_seqs, kv_cache_tokens=0, concurrency=gen_seqs, replica_groups=[[0]])
+    devices = []
+    for rank in range(world):
+        held = roles if rank == 0 else ["trainer"]
+        devices.append(DevicePlan(node=0, index=rank, rank=rank, roles=held,
+                                  memory_gib={k: _gib(v) for k, v in sorted(phases[peak_phase].items()) if v > 0},
+                                  peak_gib=_gib(totals[peak_phase]), capacity_gib=0.0, peak_phase=peak_phase,
+                                  phases_gib={k: _gib(v) for k, v in totals.items()},
+                                  stage=coords(rank, tp, pp, dp)[1], **_mesh_fields(rank, trainer, rollout)))
     feasible = not problems
-    notes = [f"CPU run: one process holds every role; about {_gib(totals[peak_phase]):.2f} GiB of host RAM "
+    where = "one process holds every role" if world == 1 else (
+        f"{world} local processes (torch.distributed over gloo): trainer TP{tp} PP{pp} DP{dp}; rank 0 also holds "
+        "the generator, reference and reward")
+    notes = [f"CPU run: {where}; about {_gib(totals[peak_phase]):.2f} GiB of host RAM per process "
              f"(fp32 params, grads, Adam, reference, {peak_phase} buffers); host RAM is not part of the spec, so it is not checked",
-             "TP = PP = DP = 1; generation with transformers (hf), training with plain PyTorch"]
+             f"generation with {spec.rollout.backend}, training with {tr.backend}"]
     return Plan(
         spec=spec, sources=list(sources), architecture=arch, accelerator="cpu", placement=spec.placement, nodes=1,
-        gpus_per_node=0, feasible=feasible,
-        reasons=_reasons(problems),
-        notes=notes,
-        trainer=TrainerPlan(backend=tr.backend, tensor_parallel=1, pipeline_parallel=1, context_parallel=1, data_parallel=1,
-                            sequence_parallel=False, micro_batch_size=mb,
-                            gradient_accumulation=max(1, spec.algorithm.ppo_mini_batch_size * spec.rollout.n // mb),
-                            recompute=recompute, offload=False, fp8="none", distributed_optimizer=False,
-                            log_prob_micro_batch_size=tr.log_prob_micro_batch_size, ranks=[0]),
-        rollout=RolloutPlan(backend=spec.rollout.backend, tensor_parallel=1, replicas=1, gpu_memory_utilization=spec.rollout.gpu_memory_utilization,
-                            sleep_level=0, max_model_len=seq, max_num_seqs=gen_seqs, kv_cache_tokens=0,
-                            concurrency=gen_seqs, ranks=[0]),
-        devices=[dev],
-        estimates=Estimates(tokens_per_step=_tokens_per_step(spec), params_b=_r(P / 1e9, 6)),
+        gpus_per_node=0, feasible=feasible, reasons=_reasons(problems), notes=notes, trainer=trainer, rollout=rollout,
+        devices=devices, estimates=Estimates(tokens_per_step=_tokens_per_step(spec), params_b=_r(P / 1e9, 6)),
+        weight_sync=_weight_sync(spec, trainer, rollout), bundles=[], offload=OffloadPlan(),
     )

@@ -14,13 +14,22 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas import Architecture, ExperimentSpec
 
-PLAN_VERSION = 1
+#: Bumped whenever a field the runtime reads changes; `Plan.from_json` refuses other versions.
+PLAN_VERSION = 2
 
 Role = Literal["trainer", "generator", "reference", "critic", "reward"]
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MeshCoords(_Frozen):
+    """A trainer device's place in the (tensor, pipeline, data)-parallel mesh (`compiler.mesh`)."""
+
+    tp: int = Field(description="Tensor-parallel rank.")
+    pp: int = Field(description="Pipeline-parallel rank (the stage).")
+    dp: int = Field(description="Data-parallel rank (which shard of the batch it trains on).")
 
 
 class DevicePlan(_Frozen):
@@ -34,6 +43,9 @@ class DevicePlan(_Frozen):
     peak_gib: float = Field(0.0, description="Estimated peak memory on this device (GiB).")
     capacity_gib: float = Field(0.0, description="Device memory (GiB).")
     stage: Optional[int] = Field(None, description="Trainer pipeline stage held by this device (None: no trainer).")
+    trainer_rank: Optional[int] = Field(None, description="Rank within the trainer group (None: no trainer).")
+    mesh: Optional[MeshCoords] = Field(None, description="Trainer (tp, pp, dp) coordinates (None: no trainer).")
+    replica: Optional[int] = Field(None, description="Generator replica this device serves (None: no generator).")
     peak_phase: str = Field("", description="RL-step phase at which the peak occurs (generation, log_probs, train).")
     phases_gib: dict[str, float] = Field(default_factory=dict, description="Estimated total memory per phase (GiB).")
 
@@ -69,7 +81,43 @@ class RolloutPlan(_Frozen):
     max_num_seqs: int = Field(0, description="Sequences a replica decodes at once (engine limit).")
     kv_cache_tokens: int = Field(0, description="Estimated KV-cache capacity of one replica (tokens).")
     concurrency: int = Field(0, description="Max-length sequences a replica can hold at once (KV and max_num_seqs).")
-    ranks: list[int] = Field(description="Global device ranks of the generator replicas (replica-major).")
+    replica_groups: list[list[int]] = Field(description="Global device ranks of each generator replica (one list per replica, TP ranks in order).")
+
+    @property
+    def ranks(self) -> list[int]:
+        """Every generator device rank, replica-major."""
+        return [r for g in self.replica_groups for r in g]
+
+
+class WeightSyncPlan(_Frozen):
+    """How new policy weights reach the generator after each update.
+
+    in_process: the generator shares the trainer's module or process (CPU, one device); cuda_ipc:
+    colocated GPUs hand tensors over by IPC handle; broadcast: split placement, a process group of
+    trainer rank 0 and every generator worker (NCCL on GPU, gloo on CPU).
+    """
+
+    method: Literal["in_process", "cuda_ipc", "broadcast"]
+    bucket_bytes: int = Field(description="Bytes per streamed bucket of HF-named full tensors.")
+    source_rank: int = Field(0, description="Trainer rank that gathers and sends the full tensors.")
+    receivers: list[int] = Field(default_factory=list, description="Device ranks of the generator workers that receive.")
+
+
+class BundlePlan(_Frozen):
+    """One Ray placement-group bundle: a device of a node and the roles sharing it."""
+
+    node: int
+    index: int = Field(description="Device index on its node; also the bundle index in the node's group.")
+    rank: int = Field(description="Global device rank.")
+    resources: dict[str, float] = Field(description="What the bundle reserves (GPU, CPU).")
+    roles: list[Role] = Field(description="Roles whose actors are placed in this bundle.")
+
+
+class OffloadPlan(_Frozen):
+    """What leaves the accelerator during each phase of an RL step (component names as in memory_gib)."""
+
+    generation: list[str] = Field(default_factory=list, description="Off the GPU while the generator samples.")
+    train: list[str] = Field(default_factory=list, description="Off the GPU while the trainer updates.")
 
 
 class Estimates(_Frozen):
@@ -101,6 +149,9 @@ class Plan(_Frozen):
     trainer: Optional[TrainerPlan] = None
     rollout: Optional[RolloutPlan] = None
     devices: list[DevicePlan] = Field(default_factory=list)
+    weight_sync: Optional[WeightSyncPlan] = None
+    bundles: list[list[BundlePlan]] = Field(default_factory=list, description="Ray placement-group bundles, one list per node (GPU plans).")
+    offload: OffloadPlan = Field(default_factory=OffloadPlan)
     estimates: Estimates = Field(default_factory=Estimates)
 
     @property
@@ -133,6 +184,10 @@ class Plan(_Frozen):
     def from_json(cls, text: str) -> "Plan":
         """Inverse of `to_json` (derived keys are dropped)."""
         data = json.loads(text)
+        version = data.get("version")
+        if version != PLAN_VERSION:
+            raise ValueError(f"plan version {version!r} is not the version this engine reads ({PLAN_VERSION}); "
+                             "compile the spec again with this engine (`engine plan SPEC`)")
         data.pop("hash", None)
         data.pop("peak_memory_gib", None)
         return cls.model_validate(data)

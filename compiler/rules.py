@@ -81,9 +81,9 @@ def fixed_size(v: IntOrAuto) -> int | None:
 
 
 def world_size(spec: ExperimentSpec) -> int:
-    """Devices of the cluster: nodes x gpus_per_node (1 for a CPU run)."""
+    """Devices of the cluster: nodes x gpus_per_node (``cluster.processes`` for a CPU run)."""
     if spec.cluster.accelerator == "cpu":
-        return 1
+        return spec.cluster.processes
     return spec.cluster.nodes * spec.cluster.gpus_per_node
 
 
@@ -110,12 +110,24 @@ def check_spec(spec: ExperimentSpec, arch: Architecture) -> list[Problem]:
     legal_tp = legal_trainer_tp(arch)
 
     # --- accelerator / backend -----------------------------------------------------------------
-    if cpu and tr.backend == "megatron":
-        out.append(Problem("trainer.backend", "backend 'megatron' needs GPUs but cluster.accelerator is 'cpu'",
-                           "use trainer.backend: torch for CPU runs"))
-    if cpu and ro.backend == "vllm":
-        out.append(Problem("rollout.backend", "backend 'vllm' needs GPUs but cluster.accelerator is 'cpu'",
-                           "use rollout.backend: hf for CPU runs"))
+    if cpu and tr.fp8 != "none":
+        out.append(Problem("trainer.fp8", f"fp8 '{tr.fp8}' needs Transformer Engine on a GPU; cluster.accelerator is 'cpu'",
+                           "set trainer.fp8: none for CPU runs"))
+    if tr.backend == "torch" and world > 1:
+        where = f"{world} CPU processes" if cpu else f"{world} GPUs"
+        out.append(Problem("trainer.backend", f"the torch trainer runs on one device (no data parallelism across ranks), "
+                           f"and this plan spans {where}",
+                           "use trainer.backend: megatron for TP/PP/DP across devices, or "
+                           + ("cluster.processes: 1" if cpu else "cluster.nodes: 1 and cluster.gpus_per_node: 1")))
+    if ro.backend == "hf" and not cpu and world > 1:
+        out.append(Problem("rollout.backend", f"the hf generator runs one replica on one device, and this plan spans {world} GPUs",
+                           "use rollout.backend: vllm (replicas and TP across GPUs), or one GPU"))
+    if cpu and (rtp or 1) > 1:
+        out.append(Problem("rollout.tensor_parallel", f"CPU runs hold one generator replica in rank 0's process (got tensor_parallel {rtp})",
+                           "use rollout.tensor_parallel: 1 (or auto)"))
+    if cpu and world % ((tp or 1) * (pp or 1)):
+        out.append(Problem("cluster.processes", f"{world} processes are not divisible by TP x PP = {tp or 1} x {pp or 1}",
+                           f"use cluster.processes: a multiple of {(tp or 1) * (pp or 1)}"))
     if not cpu and gpn < 1:
         out.append(Problem("cluster.gpus_per_node", "cluster.accelerator is 'gpu' but gpus_per_node is 0",
                            "set gpus_per_node >= 1, or accelerator: cpu"))
@@ -196,7 +208,7 @@ def check_spec(spec: ExperimentSpec, arch: Architecture) -> list[Problem]:
                            f"use a divisor of {bs}, e.g. {max(d for d in _divisors(bs) if d <= mini)}"))
     dp = None
     if cpu:
-        dp = 1
+        dp = max(1, world // ((tp or 1) * (pp or 1)))
     elif tr.backend == "torch" and spec.placement == "colocated":
         dp = world
     elif tp is not None and pp is not None and spec.placement == "colocated" and world % model_par == 0:

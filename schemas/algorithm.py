@@ -28,3 +28,5 @@ class AlgorithmSpec(Section):
     gamma: float = Field(1.0, ge=0, le=1, description="Discount (gae only).")
     lam: float = Field(1.0, ge=0, le=1, description="GAE lambda (gae only).")
     critic_lr: float = Field(1e-5, gt=0, description="Critic learning rate (gae only).")
+    rollout_correction: Literal["none", "tis"] = Field("none", description="Off-policy correction for the trainer/generator mismatch: tis weights each token's loss by min(p_trainer/p_rollout, tis_cap) (truncated importance sampling, needs the generator's log-probs).")
+    tis_cap: float = Field(2.0, gt=0, description="Upper bound of the truncated importance weight (tis only).")

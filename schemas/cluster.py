@@ -20,3 +20,4 @@ class ClusterSpec(Section):
     gpu_mem_bandwidth_gbs: PositiveFloat = Field(3350.0, description="GPU memory bandwidth (GB/s), for decode-time estimates.")
     ray_address: Optional[str] = Field(None, description="Ray cluster address; none runs in-process (or a local Ray when the plan spans GPUs).")
     cpu_threads: Optional[PositiveInt] = Field(None, description="CPU runs: torch threads (None = all cores).")
+    processes: PositiveInt = Field(1, description="CPU runs: local rank processes of the trainer (TP x PP x DP, torch.distributed over gloo); 1 runs every role in this process.")

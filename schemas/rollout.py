@@ -24,3 +24,5 @@ class RolloutSpec(Section):
     enforce_eager: bool = Field(False, description="Disable CUDA graphs (saves their memory, slower decode).")
     max_num_seqs: PositiveInt = Field(256, description="Sequences a vLLM replica decodes at once.")
     micro_batch_size: Optional[PositiveInt] = Field(None, description="hf backend: prompts generated at once (None = all).")
+    weight_bucket_mib: PositiveInt = Field(512, description="Weight sync: MiB of HF-named full tensors per streamed bucket.")
+    parity_threshold: float = Field(1.05, gt=1, description="Refit-parity gate: stop at step 0 when mean exp(|logp_trainer - logp_rollout|) over response tokens exceeds this (1.0 is perfect parity).")

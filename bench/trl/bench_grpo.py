@@ -69,7 +69,7 @@ def run_trl(plan, steps: int, threads: int, out_dir: Path) -> dict:
     from engine.data.prompts import apply_template, template_text
     from engine.data.synthetic import generate_rows
     from engine.modeling import load_model, load_tokenizer
-    from engine.quickstart.base_model import resolve_base_model
+    from engine.model_files import resolve_base_model
     from engine.reward import Grader, RewardConfig
 
     spec = plan.spec

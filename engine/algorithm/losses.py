@@ -87,3 +87,30 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``x`` over positions where ``mask`` is 1."""
     m = mask.to(x.dtype)
     return (x * m).sum() / m.sum().clamp(min=1.0)
+
+
+def tis_weights(old_log_probs: torch.Tensor, rollout_log_probs: torch.Tensor, cap: float = 2.0) -> torch.Tensor:
+    """Truncated importance weights min(pi_old / pi_rollout, cap) per token, [B, T], no gradient.
+
+    ``old_log_probs`` are the trainer's log-probs of the sampled tokens before the update and
+    ``rollout_log_probs`` the generator's; the weight corrects the policy gradient for sampling from a
+    generator whose numerics differ from the trainer's (bf16 kernels, FP8 rollouts).
+    """
+    return torch.exp(old_log_probs - rollout_log_probs).clamp(max=cap).detach()
+
+
+def mismatch_metrics(trainer_log_probs: torch.Tensor, rollout_log_probs: torch.Tensor,
+                     mask: torch.Tensor) -> dict[str, float]:
+    """How far the generator's log-probs are from the trainer's on the same tokens (the refit-parity
+    signal), over the response tokens of ``mask``.
+
+    token_mult_prob_error: mean of exp(|logp_trainer - logp_rollout|) (1.0 is perfect parity; about
+    1.01-1.04 is typical in bf16); kl: mean of logp_rollout - logp_trainer, the k1 estimate of
+    KL(rollout || trainer) from the rollout's own samples (nats); max_abs_diff: the largest gap (nats).
+    """
+    diff = (trainer_log_probs - rollout_log_probs).float()
+    m = mask.float()
+    n = m.sum().clamp(min=1)
+    return {"token_mult_prob_error": float((torch.exp(diff.abs()) * m).sum() / n),
+            "kl": float((-diff * m).sum() / n),
+            "max_abs_diff": float((diff.abs() * m).max()) if bool(m.any()) else 0.0}

@@ -32,6 +32,8 @@ class LossConfig:
     kl_estimator: str = "k3"
     kl_clamp: float = 10.0
     entropy_coef: float = 1e-3
+    rollout_correction: str = "none"
+    tis_cap: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -55,5 +57,6 @@ def from_plan(plan: Any) -> tuple[OptimConfig, LossConfig, BatchConfig]:
     return (OptimConfig(lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
                         grad_clip=t.grad_clip),
             LossConfig(clip_low=a.clip_low, clip_high=a.clip_high, loss_agg=a.loss_agg, kl_coef=a.kl_coef,
-                       kl_estimator=a.kl_estimator, kl_clamp=a.kl_clamp, entropy_coef=a.entropy_coef),
+                       kl_estimator=a.kl_estimator, kl_clamp=a.kl_clamp, entropy_coef=a.entropy_coef,
+                       rollout_correction=a.rollout_correction, tis_cap=a.tis_cap),
             BatchConfig(mini_batch=mini, micro_batch=micro, log_prob_micro_batch=lp_micro, epochs=a.ppo_epochs))

@@ -9,11 +9,12 @@ have stopped. Sampling uses a seeded `torch.Generator`, so a given seed reproduc
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
 
-from engine.backends.base import Generation, SamplingParams
+from engine.backends.base import Generation, SamplingParams, WeightBucket
+from engine.backends.manifest import check_manifest
 from engine.modeling import cache_kwarg
 from engine.runtime.batch import left_pad
 
@@ -72,21 +73,31 @@ class HFGenerator:
         self._cache_kw = cache_kwarg(model)
 
     # -- weight sync -------------------------------------------------------------------------
-    def load_weights(self, weights: Iterable[tuple[str, Any]] | Mapping[str, Any]) -> None:
-        """Copy weights (HF names) into the local module; a no-op for a shared module."""
-        items = weights.items() if isinstance(weights, Mapping) else weights
+    def update_weights(self, buckets: Iterable[WeightBucket], expected: Optional[Sequence[str]] = None) -> int:
+        """Copy streamed weights (HF names) into the local module, bucket by bucket; a tensor that is
+        already the module's own (a shared in-process module) is not copied. ``expected``: the
+        manifest, checked before any weight is used (`engine.backends.manifest`)."""
         params = dict(self.model.named_parameters())
+        received: list[str] = []
         with torch.no_grad():
-            for name, value in items:
-                p = params.get(name)
-                if p is not None and p.data_ptr() != value.data_ptr():
-                    p.copy_(value.to(p.device, p.dtype))
+            for bucket in buckets:
+                for name, value in bucket:
+                    received.append(name)
+                    p = params.get(name)
+                    if p is not None and p.data_ptr() != value.data_ptr():
+                        p.copy_(value.to(p.device, p.dtype))
+        if expected is not None:
+            check_manifest(expected, received)
+        return len(received)
 
-    def sleep(self) -> None:
-        """Nothing to release for the hf backend."""
+    def sleep(self, level: int = 1) -> None:
+        """Nothing to release for the hf backend (it allocates its KV cache per call)."""
 
-    def wake(self) -> None:
+    def wake(self, tags: Optional[Sequence[str]] = None) -> None:
         """Nothing to re-acquire for the hf backend."""
+
+    def reset_prefix_cache(self) -> None:
+        """The hf backend keeps no cache between calls."""
 
     # -- sampling ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -97,23 +108,27 @@ class HFGenerator:
         chunk = self.micro_batch_size or len(prompt_ids)
         out_ids: list[list[int]] = []
         reasons: list[str] = []
+        logps: list[list[float]] = []
         was_training = self.model.training
         self.model.eval()
         try:
             for s in range(0, len(prompt_ids), chunk):
-                ids, why = self._generate_chunk(prompt_ids[s:s + chunk], n, params, gen)
+                ids, why, lp = self._generate_chunk(prompt_ids[s:s + chunk], n, params, gen)
                 out_ids.extend(ids)
                 reasons.extend(why)
+                logps.extend(lp)
         finally:
             self.model.train(was_training)
         texts = self.tokenizer.batch_decode(out_ids, skip_special_tokens=True)
         n_tok = sum(len(r) for r in out_ids)
         dt = time.perf_counter() - t0
-        return Generation(out_ids, reasons, texts, {"gen_time_s": dt, "gen_tokens": float(n_tok)})
+        return Generation(out_ids, reasons, texts, {"gen_time_s": dt, "gen_tokens": float(n_tok)},
+                          log_probs=logps if params.logprobs else None)
 
     def _generate_chunk(self, prompts: list[list[int]], n: int, params: SamplingParams,
-                        gen: torch.Generator) -> tuple[list[list[int]], list[str]]:
-        """Decode ``n`` samples of each prompt; the prompt is run once and its KV cache repeated n times."""
+                        gen: torch.Generator) -> tuple[list[list[int]], list[str], list[list[float]]]:
+        """Decode ``n`` samples of each prompt; the prompt is run once and its KV cache repeated n times.
+        Also returns each sampled token's log-prob after temperature (empty lists unless ``params.logprobs``)."""
         input_ids, attn = left_pad(prompts, self.pad_id)
         input_ids, attn = input_ids.to(self.device), attn.to(self.device)
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
@@ -123,6 +138,7 @@ class HFGenerator:
         stop_window = max((len(s) for s in stops), default=0) + 4  # tokens of tail to decode (>= chars)
 
         out = torch.full((b, params.max_new_tokens), self.pad_id, dtype=torch.long, device=self.device)
+        out_lp = torch.zeros((b, params.max_new_tokens), dtype=torch.float32, device=self.device)
         lengths = torch.zeros(b, dtype=torch.long, device=self.device)
         done = torch.zeros(b, dtype=torch.bool, device=self.device)
         stopped = torch.zeros(b, dtype=torch.bool, device=self.device)
@@ -139,6 +155,9 @@ class HFGenerator:
             tok = sample_next(logits, params, gen)
             tok = torch.where(done, torch.full_like(tok, self.pad_id), tok.to(self.device))
             out[:, t] = tok
+            if params.logprobs:
+                scaled = logits.float() / params.temperature if params.temperature > 0 else logits.float()
+                out_lp[:, t] = torch.log_softmax(scaled, dim=-1).gather(-1, tok[:, None]).squeeze(-1)
             lengths += (~done).long()
             hit_end = torch.isin(tok, end_ids) & ~done
             if stops:
@@ -161,4 +180,15 @@ class HFGenerator:
         rows = out.tolist()
         ids = [rows[i][:lens[i]] for i in range(b)]
         reasons = ["stop" if s else "length" for s in stopped.tolist()]
-        return ids, reasons
+        lps = out_lp.tolist() if params.logprobs else [[] for _ in range(b)]
+        return ids, reasons, [lps[i][:lens[i]] for i in range(b)] if params.logprobs else lps
+
+
+def build(ctx: Any, shared_model: Optional[torch.nn.Module] = None) -> HFGenerator:
+    """The hf generator for a plan (`engine.backends.registry`): on ``shared_model`` (an in-process
+    trainer's module: no weight copies) or on its own copy of the model in the spec's dtype."""
+    from engine.modeling import load_model, load_tokenizer
+
+    dtype = torch.bfloat16 if ctx.plan.spec.model.dtype == "bfloat16" and ctx.device != "cpu" else torch.float32
+    model = shared_model if shared_model is not None else load_model(ctx.model_path, dtype=dtype, device=ctx.device)
+    return HFGenerator(model, load_tokenizer(ctx.tokenizer_path), ctx.plan.spec.rollout.micro_batch_size, ctx.device)

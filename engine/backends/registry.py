@@ -29,7 +29,8 @@ class BackendContext:
     """What a backend builder gets: the plan, the model and tokenizer folders, and where it runs.
 
     rank / world_size: this process's rank in its role's group (torch.distributed is already
-    initialised by the worker group when world_size > 1). device: "cpu" or "cuda[:i]".
+    initialised by the worker group when world_size > 1). device: "cpu" or "cuda[:i]". frozen: a
+    trainer that only computes log-probs (the reference policy): no optimizer state, no critic.
     """
 
     plan: Any
@@ -38,6 +39,7 @@ class BackendContext:
     device: str = "cpu"
     rank: int = 0
     world_size: int = 1
+    frozen: bool = False
 
 
 def _load(table: dict[str, str], name: str, role: str):

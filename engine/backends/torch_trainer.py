@@ -9,16 +9,21 @@ runs under bf16 autocast over fp32 master weights.
 from __future__ import annotations
 
 import math
+import os
 from contextlib import nullcontext
+from pathlib import Path
 from functools import partial
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
 from engine.algorithm.losses import (aggregate, entropy_from_logits, kl_per_token, masked_mean,
-                                     ppo_clip_per_token, value_loss_per_token)
+                                     ppo_clip_per_token, tis_weights, value_loss_per_token)
+from engine.backends.base import WeightBucket
 from engine.backends.config import BatchConfig, LossConfig, OptimConfig  # noqa: F401  (re-exported)
+from engine.backends.manifest import bucketed
 from engine.modeling import cache_kwarg
+from engine.runtime.batch import GROUP_KEYS
 
 
 def response_logits(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -68,6 +73,12 @@ def response_log_probs(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]
     return token_log_probs(response_logits(model, batch), batch["responses"])
 
 
+def _log_probs_and_entropy(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """[B, T, 2]: log-prob of each response token and the policy's entropy there (nats)."""
+    logits = response_logits(model, batch)
+    return torch.stack([token_log_probs(logits, batch["responses"]), entropy_from_logits(logits)], dim=-1)
+
+
 def bf16_autocast(enabled: bool):
     """bf16 autocast on CUDA when ``enabled``, else a no-op context."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if enabled else nullcontext()
@@ -84,9 +95,6 @@ def map_micro_batches(fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], bat
         with bf16_autocast(bf16):
             parts.append(fn(mb).cpu())
     return torch.cat(parts)
-
-
-GROUP_KEYS = ("prompt_ids", "prompt_mask")
 
 
 def split_rows(batch: Mapping[str, Any], size: int) -> list[dict[str, Any]]:
@@ -134,11 +142,16 @@ class TorchTrainer:
         return {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
     # -- log-probs and values ------------------------------------------------------------------
-    def compute_log_probs(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        """Per-token log-probs (nats) of the responses under the current policy, [B, T], on CPU."""
+    def compute_log_probs(self, batch: Mapping[str, Any], with_entropy: bool = False) -> Any:
+        """Per-token log-probs (nats) of the responses under the current policy, [B, T], on CPU; with
+        ``with_entropy`` also the per-token entropy of the policy (nats), as a pair."""
         self.model.eval()
-        return map_micro_batches(partial(response_log_probs, self.model), batch, self.sizes.log_prob_micro_batch,
+        if not with_entropy:
+            return map_micro_batches(partial(response_log_probs, self.model), batch, self.sizes.log_prob_micro_batch,
+                                     self.device, self.bf16)
+        both = map_micro_batches(partial(_log_probs_and_entropy, self.model), batch, self.sizes.log_prob_micro_batch,
                                  self.device, self.bf16)
+        return both[..., 0], both[..., 1]
 
     def compute_values(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Critic value before each response token, [B, T] (reward units), on CPU."""
@@ -194,6 +207,8 @@ class TorchTrainer:
                     logp = token_log_probs(logits, mb["responses"])
                     old = mb["old_log_probs"] if "old_log_probs" in mb else logp.detach()
                     pg, clipped = ppo_clip_per_token(logp, old, mb["advantages"], cfg.clip_low, cfg.clip_high)
+                    if cfg.rollout_correction == "tis":
+                        pg = pg * tis_weights(old, mb["rollout_log_probs"], cfg.tis_cap)
                     per_tok = pg
                     if cfg.entropy_coef > 0:
                         ent = entropy_from_logits(logits)
@@ -252,9 +267,33 @@ class TorchTrainer:
         return {"critic/value_loss": total, "critic/grad_norm": float(gn)}, True
 
     # -- weights and state ---------------------------------------------------------------------------
-    def weights(self) -> Iterable[tuple[str, torch.Tensor]]:
-        """Current policy parameters (HF names)."""
-        return [(n, p.detach()) for n, p in self.model.named_parameters()]
+    def weight_names(self) -> list[str]:
+        """HF names of the policy parameters, the manifest of `weight_stream`."""
+        return [n for n, _ in self.model.named_parameters()]
+
+    def weight_stream(self, bucket_bytes: int) -> Iterator[WeightBucket]:
+        """The policy parameters (HF names, detached, on the trainer's device) in buckets."""
+        return bucketed(((n, p.detach()) for n, p in self.model.named_parameters()), bucket_bytes)
+
+    def offload(self) -> None:
+        """Move the policy and the optimizer state to CPU (a no-op on CPU)."""
+        if self.device.type != "cpu":
+            self._move(torch.device("cpu"))
+
+    def onload(self) -> None:
+        """Inverse of `offload`."""
+        if self.device.type != "cpu":
+            self._move(self.device)
+
+    def _move(self, device: torch.device) -> None:
+        for module in (self.model, self.critic):
+            if module is not None:
+                module.to(device)
+        for opt in (self.opt, self.critic_opt):
+            for state in (opt.state.values() if opt is not None else ()):
+                for k, v in state.items():
+                    if isinstance(v, torch.Tensor) and k != "step":
+                        state[k] = v.to(device)
 
     def state_dict(self) -> dict[str, Any]:
         """Model, optimizer and scheduler state (and the critic's, if any)."""
@@ -274,6 +313,53 @@ class TorchTrainer:
             self.critic.load_state_dict(state["critic"])
             self.critic_opt.load_state_dict(state["critic_optimizer"])
 
+    def save_checkpoint(self, folder: str) -> None:
+        """``folder/trainer.pt``: `state_dict` (one rank: the torch trainer runs on one device)."""
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with open(Path(folder) / "trainer.pt", "wb") as f:
+            torch.save(self.state_dict(), f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def load_checkpoint(self, folder: str) -> None:
+        """Inverse of `save_checkpoint`."""
+        self.load_state_dict(torch.load(Path(folder) / "trainer.pt", map_location=self.device, weights_only=False))
+
     def export_hf(self, path: str) -> None:
         """Save the policy as a HF model folder (safetensors)."""
         self.model.save_pretrained(path)
+
+
+def build(ctx: Any) -> TorchTrainer:
+    """The torch trainer for a plan (`engine.backends.registry`): the policy in fp32 (bf16 autocast on
+    GPU, as the memory model counts it), and a critic for ``algorithm.advantage: gae``."""
+    from engine.backends.config import from_plan
+    from engine.modeling import load_model
+
+    spec = ctx.plan.spec
+    model = load_model(ctx.model_path, dtype=torch.float32, device=ctx.device)
+    if ctx.frozen:
+        model.requires_grad_(False)
+    elif spec.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    critic = critic_from(model) if spec.algorithm.advantage == "gae" and not ctx.frozen else None
+    optim, loss, sizes = from_plan(ctx.plan)
+    return TorchTrainer(model, optim, loss, sizes, device=ctx.device, bf16=spec.model.dtype == "bfloat16",
+                        critic=critic, critic_lr=spec.algorithm.critic_lr)
+
+
+def critic_from(policy: torch.nn.Module) -> torch.nn.Module:
+    """A value model: the policy's backbone (copied weights) with a fresh scalar head."""
+    import copy
+
+    from transformers import AutoModelForTokenClassification
+
+    cfg = copy.deepcopy(policy.config)
+    cfg.num_labels = 1
+    critic = AutoModelForTokenClassification.from_config(cfg)
+    backbone = {k: v for k, v in policy.state_dict().items() if not k.startswith("lm_head")}
+    critic.load_state_dict(backbone, strict=False)
+    torch.nn.init.zeros_(critic.score.weight)
+    if getattr(critic.score, "bias", None) is not None:
+        torch.nn.init.zeros_(critic.score.bias)
+    return critic.to(next(policy.parameters()).device)

@@ -80,7 +80,7 @@ def eval_command(argv: Sequence[str]) -> int:
         except SpecError as e:
             print(str(e), file=sys.stderr)
             return 2
-    from engine.runtime.loop import evaluate_model
+    from engine.runtime.evaluate import evaluate_model
 
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     try:

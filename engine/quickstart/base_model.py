@@ -1,6 +1,6 @@
-"""Resolving the base model folder a run starts from; builds and caches the quickstart model.
+"""Building and caching the quickstart's base model (`engine.model_files` decides which model a run uses).
 
-``model.path`` (a local HF folder) is used as is. ``model.init: random`` builds the inline
+``model.init: random`` builds the inline
 architecture with random weights; with ``model.tokenizer: builtin`` the local quickstart tokenizer is
 used, and ``model.pretrain_steps > 0`` runs the built-in synthetic pretraining first. The result is
 saved once in a cache folder keyed by everything that determines it, and reused by later runs.
@@ -36,27 +36,18 @@ def _build_key(spec: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def resolve_base_model(spec: Any, architecture: Any = None, log: Callable[[str], None] = print) -> tuple[str, str]:
-    """(model folder, tokenizer folder) for the run; builds and caches a random/pretrained tiny model."""
+def build_cached(spec: Any, arch: Any, log: Callable[[str], None] = print) -> str:
+    """The cached folder of the spec's random-init (and optionally pretrained) tiny model, built on
+    first use. Model resolution itself lives in `engine.model_files`."""
     m = spec.model
-    if m.init == "pretrained":
-        if not m.path or not Path(m.path).is_dir():
-            raise FileNotFoundError(
-                f"model.path {m.path!r} is not a local model folder; downloads are not done at run time. "
-                f"Pass model.path=/path/to/{m.name} (a HF folder with config.json and weights).")
-        tok = m.tokenizer if m.tokenizer and m.tokenizer != "builtin" else m.path
-        return m.path, tok
-    arch = architecture or m.architecture
-    if arch is None:
-        raise ValueError("model.init 'random' needs model.architecture")
     folder = cache_root() / "base_models" / f"{m.name}-{_build_key(spec)}"
     if (folder / "config.json").exists():
         log(f"base model: cached {folder}")
-        return str(folder), str(folder)
+        return str(folder)
     log(f"base model: building {m.name} (random init" +
         (f", {m.pretrain_steps} pretraining steps" if m.pretrain_steps else "") + f") -> {folder}")
     _build(spec, arch, folder, log)
-    return str(folder), str(folder)
+    return str(folder)
 
 
 def _build(spec: Any, arch: Any, folder: Path, log: Callable[[str], None]) -> None:

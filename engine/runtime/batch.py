@@ -63,3 +63,48 @@ def pack_groups(prompts: list[list[int]], responses: list[list[int]], group_size
                 responses, pad_id)
     out["prompt_ids"], out["prompt_mask"] = ids, mask
     return out
+
+
+#: Tensors with one row per prompt (a group of n sequences) rather than one per sequence.
+GROUP_KEYS = ("prompt_ids", "prompt_mask")
+
+
+def dp_shards(batch: dict[str, torch.Tensor], dp: int, mini_batch: int) -> list[dict[str, torch.Tensor]]:
+    """Split a batch over ``dp`` data-parallel ranks so that, mini-batch by mini-batch, the ranks
+    together hold exactly the single-process mini-batch: rank d gets the d-th slice of every
+    ``mini_batch``-sequence mini-batch (contiguous, so gloo never scatters strided views).
+
+    Per-prompt tensors (`GROUP_KEYS`) follow their sequences when each slice is whole groups, and are
+    dropped otherwise (the trainer then uses the flat layout). With ``dp == 1`` the batch is returned
+    as it is."""
+    if dp == 1:
+        return [batch]
+    rows = batch["responses"].shape[0]
+    if mini_batch % dp or rows % mini_batch:
+        raise ValueError(f"{rows} sequences in mini-batches of {mini_batch} do not split over DP {dp}")
+    part = mini_batch // dp
+    groups = batch["prompt_ids"].shape[0] if "prompt_ids" in batch else 0
+    n = rows // groups if groups else 0
+    keep_groups = bool(n) and part % n == 0
+    out = []
+    for d in range(dp):
+        idx = torch.cat([torch.arange(m + d * part, m + (d + 1) * part) for m in range(0, rows, mini_batch)])
+        shard = {k: v[idx].contiguous() for k, v in batch.items() if isinstance(v, torch.Tensor) and k not in GROUP_KEYS}
+        if keep_groups:
+            gidx = torch.unique_consecutive(idx // n)
+            shard.update({k: batch[k][gidx].contiguous() for k in GROUP_KEYS if k in batch})
+        out.append(shard)
+    return out
+
+
+def merge_dp(parts: list[torch.Tensor], mini_batch: int) -> torch.Tensor:
+    """Inverse of `dp_shards` for per-sequence results (log-probs, values): rows back in batch order."""
+    dp = len(parts)
+    if dp == 1:
+        return parts[0]
+    part = mini_batch // dp
+    rows = sum(p.shape[0] for p in parts)
+    chunks = []
+    for i, m in enumerate(range(0, rows, mini_batch)):
+        chunks.extend(p[i * part:(i + 1) * part] for p in parts)
+    return torch.cat(chunks)

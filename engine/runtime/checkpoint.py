@@ -1,6 +1,7 @@
 """Atomic checkpoints: write into a temporary folder, fsync, then `os.replace` it into place.
 
-Layout: ``RUN/checkpoints/step_000005/{state.pt, meta.json}``. A checkpoint folder either exists
+Layout: ``RUN/checkpoints/step_000005/{trainer/, state.pt, meta.json}`` (``trainer/``: what each
+trainer rank wrote; ``state.pt``: the driver's RNG and data position). A checkpoint folder either exists
 complete or not at all; a crash mid-write leaves only a ``.tmp-*`` folder, which is ignored and
 cleaned up. ``meta.json`` is written last inside the temporary folder and names the step.
 """
@@ -13,7 +14,7 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -51,10 +52,12 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save_checkpoint(ckpt_root: str | Path, step: int, state: dict[str, Any], meta: dict[str, Any],
-                    keep_last: int = 2) -> Path:
+                    keep_last: int = 2, write: Optional[Callable[[Path], None]] = None) -> Path:
     """Write ``state`` (torch-serialisable) and ``meta`` (JSON) for ``step`` atomically.
 
-    Returns the final folder. Older checkpoints beyond ``keep_last`` are removed afterwards.
+    ``write(folder)`` adds more to the checkpoint before it is complete (the trainer ranks write
+    their shards into ``folder/trainer``). Returns the final folder. Older checkpoints beyond
+    ``keep_last`` are removed afterwards.
     """
     root = Path(ckpt_root)
     root.mkdir(parents=True, exist_ok=True)
@@ -63,6 +66,8 @@ def save_checkpoint(ckpt_root: str | Path, step: int, state: dict[str, Any], met
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
+    if write is not None:
+        write(tmp)
     with open(tmp / "state.pt", "wb") as f:
         torch.save(state, f)
         f.flush()

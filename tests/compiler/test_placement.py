@@ -108,10 +108,22 @@ def test_simplerl_reference_fsdp_dp16_vllm_tp2():
     # (log-prob micro-batch 4: at 9216 tokens and TP1, 8 sequences of forward-only logits alone are
     # 8 x 9216 x 152064 x 6 B = 62.6 GiB; the paper's runs had far shorter mean responses)
     torch = dict(backend="torch", log_prob_micro_batch_size=4)
-    p = plan_of(spec("qwen2.5-7b", 2, 8, trainer=torch, rollout=dict(tensor_parallel=2)))
-    assert p.feasible, p.reasons
-    assert (p.trainer.backend, p.trainer.data_parallel, p.trainer.tensor_parallel) == ("torch", 16, 1)
-    assert (p.rollout.tensor_parallel, p.rollout.replicas) == (2, 8)
+    s = spec("qwen2.5-7b", 2, 8, trainer=torch, rollout=dict(tensor_parallel=2))
+    res = search(Inputs.from_spec(s, CATALOG[s.model.name]))  # the memory model of the FSDP layout fits
+    assert res.feasible, res.reasons
+    assert (res.best.dp, res.best.tp, res.best.rtp, res.best.replicas) == (16, 1, 2, 8)
+    # ... but this runtime's torch trainer has no data parallelism: the plan is refused, saying why
+    p = plan_of(s)
+    assert not p.feasible and p.trainer is None
+    assert any(r.startswith("trainer.backend: the torch trainer runs on one device") and "16 GPUs" in r for r in p.reasons)
+
+
+def test_hf_torch_dp16_plan_is_refused_with_the_reason():
+    # the example: hf generator + torch trainer planned over 16 GPUs would run one role per third of a GPU
+    s = spec("qwen2.5-7b", 2, 8, trainer=dict(backend="torch", offload=True), rollout=dict(backend="hf", micro_batch_size=8))
+    p = plan_of(s)
+    assert not p.feasible
+    assert {r.split(":")[0] for r in p.reasons} == {"trainer.backend", "rollout.backend"}
 
 
 def test_fixed_values_are_honoured():
@@ -220,9 +232,15 @@ def test_cpu_plan():
     assert any("host RAM" in n for n in p.notes)
 
 
-def test_cpu_plan_with_gpu_backends_is_infeasible():
-    p = plan_of(spec("qwen2.5-0.5b", cluster=dict(accelerator="cpu")))
-    assert not p.feasible and any(r.startswith("trainer.backend") for r in p.reasons)
+def test_cpu_plan_with_megatron_processes_carries_the_mesh():
+    p = plan_of(spec("qwen2.5-0.5b", cluster=dict(accelerator="cpu", processes=4),
+                     trainer=dict(tensor_parallel=2), algorithm=dict(ppo_mini_batch_size=32), train_batch_size=32))
+    assert p.feasible, p.reasons
+    assert (p.trainer.tensor_parallel, p.trainer.pipeline_parallel, p.trainer.data_parallel) == (2, 1, 2)
+    assert [(d.rank, d.mesh.tp, d.mesh.dp) for d in p.devices] == [(0, 0, 0), (1, 1, 0), (2, 0, 1), (3, 1, 1)]
+    assert "generator" in p.devices[0].roles and p.devices[1].roles == ["trainer"]
+    assert p.rollout.replica_groups == [[0]] and p.weight_sync.method == "in_process"
+    assert not plan_of(spec("qwen2.5-0.5b", cluster=dict(accelerator="cpu"), trainer=dict(fp8="blockwise"))).feasible
 
 
 def test_illegal_fixed_values_give_infeasible_plan():

