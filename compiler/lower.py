@@ -108,13 +108,14 @@ def _weight_sync(spec: ExperimentSpec, trainer: TrainerPlan, rollout: RolloutPla
 
 
 def _bundles(devices: list[DevicePlan]) -> list[list[BundlePlan]]:
-    """One bundle per used GPU (1 GPU, 1 CPU), grouped per node; colocated roles share a bundle."""
+    """One bundle per used GPU, grouped per node; colocated roles share a bundle. Bundles reserve no CPU:
+    the workers ask for none (torch threads are set from the spec), so a GPU node of any CPU count places."""
     nodes: dict[int, list[BundlePlan]] = {}
     for d in devices:
         roles = [r for r in d.roles if r != "reward"]
         if roles:
             nodes.setdefault(d.node, []).append(BundlePlan(node=d.node, index=d.index, rank=d.rank,
-                                                           resources={"GPU": 1.0, "CPU": 1.0}, roles=roles))
+                                                           resources={"GPU": 1.0}, roles=roles))
     return [nodes[n] for n in sorted(nodes)]
 
 
@@ -247,5 +248,5 @@ def _cpu_plan(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str], 
         spec=spec, sources=list(sources), architecture=arch, accelerator="cpu", placement=spec.placement, nodes=1,
         gpus_per_node=0, feasible=feasible, reasons=_reasons(problems), notes=notes, trainer=trainer, rollout=rollout,
         devices=devices, estimates=Estimates(tokens_per_step=_tokens_per_step(spec), params_b=_r(P / 1e9, 6)),
-        weight_sync=_weight_sync(spec, trainer, rollout), bundles=[], offload=OffloadPlan(),
+        weight_sync=_weight_sync(spec, trainer, rollout), bundles=[], offload=_offload(spec, Inputs.from_spec(spec, arch)),
     )

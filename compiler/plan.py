@@ -17,6 +17,19 @@ from schemas import Architecture, ExperimentSpec
 #: Bumped whenever a field the runtime reads changes; `Plan.from_json` refuses other versions.
 PLAN_VERSION = 2
 
+#: Plan fields the runtime does not act on: estimates, explanations and derived values kept for
+#: people (`engine plan`) and for the compiler's own checks. Every other field is executed (a test
+#: checks that the runtime reads it). Dotted paths; a list's items are addressed through its name.
+INFORMATIONAL = frozenset({
+    "version", "sources", "reasons", "notes", "nodes", "gpus_per_node", "estimates",
+    "devices.node", "devices.index", "devices.roles", "devices.memory_gib", "devices.capacity_gib",
+    "devices.stage", "devices.trainer_rank", "devices.mesh.tp", "devices.mesh.pp", "devices.replica",
+    "devices.peak_phase", "devices.phases_gib",
+    "trainer.gradient_accumulation",
+    "rollout.replicas", "rollout.kv_cache_tokens", "rollout.concurrency",
+    "weight_sync.source_rank", "weight_sync.receivers", "bundles.node", "bundles.index",
+})
+
 Role = Literal["trainer", "generator", "reference", "critic", "reward"]
 
 

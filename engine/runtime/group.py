@@ -205,3 +205,40 @@ def spawn(cls: type, args: tuple, *, options: Optional[dict[str, Any]] = None, r
 
     opts = {"num_cpus": 0, "num_gpus": 0, "max_concurrency": 1, **(options or {})}
     return RayHandle(ray.remote(cls).options(**opts).remote(*args))
+
+
+class Probe:
+    """A weightless actor that reports where Ray put it (``engine.runtime.group.probe_placement``)."""
+
+    def where(self) -> dict[str, Any]:
+        import os
+
+        import ray
+
+        ctx = ray.get_runtime_context()
+        return {"gpu_ids": [str(g) for g in ray.get_gpu_ids()], "node_id": ctx.get_node_id(),
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid()}
+
+
+def probe_placement(plan: Any, timeout_s: float = 60.0) -> list[dict[str, Any]]:
+    """Place one probe actor per (device, role) of the plan exactly as the run would place its workers,
+    and report where each landed: ``{"rank", "role", "group", "bundle", "gpu_ids", ...}``. Checks a
+    cluster before any model is loaded; raises `PlacementError` when the bundles cannot be placed."""
+    import ray
+    from ray.util.placement_group import remove_placement_group
+
+    groups = placement_groups(plan, timeout_s)
+    try:
+        out = []
+        for node in plan.bundles:
+            for b in node:
+                g, i, _ = bundle_of(plan, b.rank)
+                for role in b.roles:
+                    actor = ray.remote(Probe).options(**actor_options(plan, groups, b.rank)).remote()
+                    out.append({"rank": b.rank, "node": b.node, "index": b.index, "role": role, "group": g,
+                                "bundle": i, **ray.get(actor.where.remote())})
+                    ray.kill(actor)
+        return out
+    finally:
+        for g in groups:
+            remove_placement_group(g)

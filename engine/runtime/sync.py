@@ -21,9 +21,10 @@ class StepOrder:
     """Issues the colocated sequence on a run's roles (`engine.runtime.roles.Roles`)."""
 
     def __init__(self, plan: Any) -> None:
-        ro = plan.rollout
-        self.sleep_level = ro.sleep_level if plan.placement == "colocated" else 0
-        self.offload_trainer = bool(plan.trainer.offload)
+        # what leaves the devices when (`plan.offload`): the generator while the trainer updates, the
+        # trainer's optimizer state while the generator samples
+        self.sleep_level = plan.rollout.sleep_level if plan.offload.train else 0
+        self.offload_trainer = bool(plan.offload.generation) and plan.trainer.offload
         self.bucket_bytes = plan.weight_sync.bucket_bytes
 
     def after_generation(self, roles: Any) -> None:
