@@ -119,6 +119,12 @@ def check_spec(spec: ExperimentSpec, arch: Architecture) -> list[Problem]:
                            f"and this plan spans {where}",
                            "use trainer.backend: megatron for TP/PP/DP across devices, or "
                            + ("cluster.processes: 1" if cpu else "cluster.nodes: 1 and cluster.gpus_per_node: 1")))
+    if spec.algorithm.advantage == "gae" and tr.backend == "megatron":
+        out.append(Problem("algorithm.advantage", "gae needs a critic, which only the torch trainer has",
+                           "use algorithm.advantage: grpo or dr_grpo with trainer.backend: megatron, or trainer.backend: torch"))
+    if tr.context_parallel > 1 and tr.backend == "megatron":
+        out.append(Problem("trainer.context_parallel", "context parallelism is planned but not executed by this runtime's "
+                           "Megatron trainer", "use trainer.context_parallel: 1"))
     if ro.backend == "hf" and not cpu and world > 1:
         out.append(Problem("rollout.backend", f"the hf generator runs one replica on one device, and this plan spans {world} GPUs",
                            "use rollout.backend: vllm (replicas and TP across GPUs), or one GPU"))

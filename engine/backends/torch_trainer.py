@@ -172,7 +172,7 @@ class TorchTrainer:
 
         Returns metrics that do not depend on the micro-batch size: per-token quantities (pg_loss,
         entropy, kl, pg_clipfrac, ppo_kl) are means over every response token of the batch;
-        grad_norm and the critic's values are means over optimizer steps; ``actor/skipped_steps``
+        grad_norm and the critic's values are means over optimizer steps; ``trainer/skipped_steps``
         counts the steps skipped for a non-finite gradient norm.
 
         Without ``old_log_probs`` the update is taken as on-policy (one mini-batch, one epoch): the
@@ -219,18 +219,18 @@ class TorchTrainer:
                     if cfg.kl_coef > 0:
                         kl = kl_per_token(logp, mb["ref_log_probs"], cfg.kl_estimator, cfg.kl_clamp)
                         per_tok = per_tok + cfg.kl_coef * kl
-                        add_tokens("actor/kl", kl.detach(), m)
+                        add_tokens("trainer/kl", kl.detach(), m)
                     loss = aggregate(per_tok, m, cfg.loss_agg, norm)
                     loss.backward()
                     with torch.no_grad():
-                        add_tokens("actor/pg_loss", pg, m)
-                        add_tokens("actor/entropy", ent, m)
-                        add_tokens("actor/pg_clipfrac", clipped, m)
-                        add_tokens("actor/ppo_kl", old - logp, m)
+                        add_tokens("trainer/pg_loss", pg, m)
+                        add_tokens("trainer/entropy", ent, m)
+                        add_tokens("trainer/pg_clipfrac", clipped, m)
+                        add_tokens("trainer/ppo_kl", old - logp, m)
                 gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_cfg.grad_clip)
                 if math.isfinite(float(gn)):
                     self.opt.step()
-                    add("actor/grad_norm", gn)
+                    add("trainer/grad_norm", gn)
                 else:
                     skipped += 1
                 self.sched.step()
@@ -240,8 +240,8 @@ class TorchTrainer:
                     for k, v in critic_metrics.items():
                         add(k, v)
         out = {k: sums[k] / counts[k] for k in sums}
-        out["actor/lr"] = self.sched.get_last_lr()[0]
-        out["actor/skipped_steps"] = float(skipped)
+        out["trainer/lr"] = self.sched.get_last_lr()[0]
+        out["trainer/skipped_steps"] = float(skipped)
         if self.critic is not None:
             out["critic/skipped_steps"] = float(critic_skipped)
         return out

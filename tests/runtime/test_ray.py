@@ -22,7 +22,7 @@ def test_one_step_through_ray_actors(tmp_path):
         assert ray.is_initialized()
         assert summary["complete"] and summary["steps_done"] == 1
         rec = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
-        assert rec["step"] == 1 and 0.0 <= rec["reward/mean"] <= 1.0 and rec["actor/grad_norm"] > 0
+        assert rec["step"] == 1 and 0.0 <= rec["reward/mean"] <= 1.0 and rec["trainer/grad_norm"] > 0
         assert (tmp_path / "run" / "final" / "config.json").exists()
     finally:
         ray.shutdown()

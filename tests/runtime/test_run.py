@@ -28,7 +28,7 @@ def test_run_writes_the_run_folder(tmp_path, capsys):
     assert [r["step"] for r in records] == [1, 2]
     for key in ("reward/mean", "reward/accuracy", "response_length/mean", "response_length/max",
                 "response_length/min", "response_length/clip_ratio", "response_length/stopped_length",
-                "actor/entropy", "actor/kl", "actor/grad_norm", "perf/tokens_per_s", "time/step_s"):
+                "trainer/entropy", "trainer/kl", "trainer/grad_norm", "perf/tokens_per_s", "time/step_s"):
         assert key in records[0], key
     assert "val/accuracy" in records[1]
 

@@ -55,11 +55,11 @@ def test_logged_metrics_do_not_depend_on_the_micro_batch_size(tiny_model, tokeni
         batch["old_log_probs"] = tr.compute_log_probs(batch) + 0.3 * batch["response_mask"]  # ratios off 1: clipping
         batch["ref_log_probs"] = batch["old_log_probs"] - 0.1
         results.append(tr.update(batch))
-    keys = ("actor/pg_loss", "actor/entropy", "actor/kl", "actor/pg_clipfrac", "actor/ppo_kl", "actor/grad_norm")
+    keys = ("trainer/pg_loss", "trainer/entropy", "trainer/kl", "trainer/pg_clipfrac", "trainer/ppo_kl", "trainer/grad_norm")
     for key in keys:
         assert abs(results[0][key] - results[1][key]) < 1e-5 * max(1.0, abs(results[0][key])), key
-    assert 0 < results[0]["actor/pg_clipfrac"] < 1
-    assert results[0]["actor/skipped_steps"] == 0.0
+    assert 0 < results[0]["trainer/pg_clipfrac"] < 1
+    assert results[0]["trainer/skipped_steps"] == 0.0
 
 
 def test_non_finite_gradient_skips_the_optimizer_step(tiny_model, tokenizer):
@@ -68,7 +68,7 @@ def test_non_finite_gradient_skips_the_optimizer_step(tiny_model, tokenizer):
     batch["advantages"] = batch["advantages"] * float("nan")
     before = [p.detach().clone() for p in tr.model.parameters()]
     metrics = tr.update(batch)
-    assert metrics["actor/skipped_steps"] == 1.0 and "actor/grad_norm" not in metrics
+    assert metrics["trainer/skipped_steps"] == 1.0 and "trainer/grad_norm" not in metrics
     assert all(torch.equal(p, q) for p, q in zip(before, tr.model.parameters()))
 
 
@@ -89,7 +89,7 @@ def test_update_raises_log_prob_of_positive_advantage(tiny_model, tokenizer):
     m = batch["response_mask"]
     assert ((after - before) * m)[0].sum() > 0  # advantage +1
     assert ((after - before) * m)[1].sum() < 0  # advantage -1
-    assert {"actor/pg_loss", "actor/entropy", "actor/grad_norm", "actor/pg_clipfrac"} <= metrics.keys()
+    assert {"trainer/pg_loss", "trainer/entropy", "trainer/grad_norm", "trainer/pg_clipfrac"} <= metrics.keys()
 
 
 def test_state_dict_round_trip(tiny_model, tokenizer):
