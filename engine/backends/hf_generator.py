@@ -186,9 +186,18 @@ class HFGenerator:
 
 def build(ctx: Any, shared_model: Optional[torch.nn.Module] = None) -> HFGenerator:
     """The hf generator for a plan (`engine.backends.registry`): on ``shared_model`` (an in-process
-    trainer's module: no weight copies) or on its own copy of the model in the spec's dtype."""
+    trainer's module: no weight copies) or on its own copy of the model in the spec's dtype (random
+    values with ``ctx.dummy_weights``, until the first weight sync)."""
     from engine.modeling import load_model, load_tokenizer
 
     dtype = torch.bfloat16 if ctx.plan.spec.model.dtype == "bfloat16" and ctx.device != "cpu" else torch.float32
-    model = shared_model if shared_model is not None else load_model(ctx.model_path, dtype=dtype, device=ctx.device)
+    if shared_model is not None:
+        model = shared_model
+    elif ctx.dummy_weights:  # the right shapes, random values: the first weight sync brings the real ones
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(ctx.model_path, local_files_only=True)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype).to(ctx.device)
+    else:
+        model = load_model(ctx.model_path, dtype=dtype, device=ctx.device)
     return HFGenerator(model, load_tokenizer(ctx.tokenizer_path), ctx.plan.spec.rollout.micro_batch_size, ctx.device)

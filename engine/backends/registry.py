@@ -31,6 +31,9 @@ class BackendContext:
     rank / world_size: this process's rank in its role's group (torch.distributed is already
     initialised by the worker group when world_size > 1). device: "cpu" or "cuda[:i]". frozen: a
     trainer that only computes log-probs (the reference policy): no optimizer state, no critic.
+    dummy_weights: a generator that does not load the folder's weights (random init of the right
+    shapes); the trainer's first weight sync fills them, so a broken sync cannot hide behind weights
+    that happen to be right already.
     """
 
     plan: Any
@@ -40,6 +43,7 @@ class BackendContext:
     rank: int = 0
     world_size: int = 1
     frozen: bool = False
+    dummy_weights: bool = False
 
 
 def _load(table: dict[str, str], name: str, role: str):
@@ -57,5 +61,6 @@ def build_trainer(ctx: BackendContext) -> Trainer:
 
 
 def build_generator(ctx: BackendContext, shared_model: Optional[Any] = None) -> Generator:
-    """The plan's generator backend (``shared_model``: an in-process trainer's module, hf only)."""
+    """The plan's generator backend (``shared_model``: an in-process trainer's HF module, which the hf
+    generator samples from directly)."""
     return _load(GENERATORS, ctx.plan.rollout.backend, "generator")(ctx, shared_model)

@@ -267,6 +267,10 @@ class TorchTrainer:
         return {"critic/value_loss": total, "critic/grad_norm": float(gn)}, True
 
     # -- weights and state ---------------------------------------------------------------------------
+    def hf_module(self) -> torch.nn.Module:
+        """The policy as the HF module it is (an in-process hf generator samples from it directly)."""
+        return self.model
+
     def weight_names(self) -> list[str]:
         """HF names of the policy parameters, the manifest of `weight_stream`."""
         return [n for n, _ in self.model.named_parameters()]

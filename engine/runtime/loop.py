@@ -237,6 +237,10 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
     inp = StepInputs(plan, train_set, sampling_params(spec, files.end_token_ids, logprobs=gate),
                      files.tokenizer.pad_token_id, StepOrder(plan))
     try:
+        # the generator's first weights come from the trainer (``sync_skip``: a deliberately broken sync,
+        # for the parity gate's own test)
+        roles.push_weights(plan.weight_sync.bucket_bytes, skip=sync_skip)
+        roles.generator_call("reset_prefix_cache")
         if spec.data.min_pass_rate is not None or spec.data.max_pass_rate is not None:
             inp.train_set = train_set = select_by_pass_rate(train_set, roles, spec, inp.sampling,
                                                             run_dir / "pass_rates.json", log)
@@ -257,15 +261,13 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
                 state, meta = loaded
                 start = int(meta["step"])
                 roles.load_trainer(str(ckpt_root / f"step_{start:06d}" / "trainer"))
-                inp.order.after_update(roles)
+                inp.order.after_update(roles)  # the checkpoint's weights into the generator
                 C.set_rng_state(state["rng"])
                 log(f"resumed from {ckpt_root / f'step_{start:06d}'} (step {start})")
             else:
                 log("no checkpoint found: starting from step 0")
         elif C.list_checkpoints(ckpt_root):
             raise FileExistsError(f"{run_dir} already has checkpoints; continue it with `engine run {run_dir} --resume`")
-        if sync_skip:  # a deliberately broken sync, for the parity gate's own test
-            roles.push_weights(plan.weight_sync.bucket_bytes, skip=sync_skip)
 
         tracker = None
         if spec.tracking.backend == "aim":

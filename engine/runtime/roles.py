@@ -54,7 +54,7 @@ class Roles:
             if hosted:
                 self.generators = [handles[0]]
         if not self.generators:
-            self.generators = [spawn(GeneratorWorker, (setup, j), options=self._options(group[0]), remote=self.remote)
+            self.generators = [spawn(GeneratorWorker, (setup, j, training), options=self._options(group[0]), remote=self.remote)
                                for j, group in enumerate(plan.rollout.replica_groups)]
         self.reward = LocalHandle(RewardWorker(setup, files.end_token_strings))
         a = plan.spec.algorithm

@@ -87,8 +87,10 @@ class TrainerWorker:
         # the reference policy: the base model, frozen, with the trainer's backend and layout
         self.reference = build_trainer(replace(ctx, frozen=True)) if self.hosts_reference else None
         if self.hosts_generator:
-            shared = getattr(self.trainer, "model", None) if self.plan.rollout.backend == "hf" and self.world == 1 else None
-            self.generator = build_generator(ctx, shared if isinstance(shared, torch.nn.Module) else None)
+            # the generator starts without weights of its own: the first sync brings the trainer's
+            hf_module = getattr(self.trainer, "hf_module", None)
+            shared = hf_module() if callable(hf_module) and self.plan.rollout.backend == "hf" else None
+            self.generator = build_generator(replace(ctx, dummy_weights=True), shared)
 
     # -- trainer ------------------------------------------------------------------------------------
     def compute_log_probs(self, batch: dict, with_entropy: bool = False) -> Any:
@@ -176,12 +178,14 @@ def _ray_gpu_ids() -> list[str]:
 class GeneratorWorker:
     """A generator replica in its own worker (GPU replicas, split placement)."""
 
-    def __init__(self, setup: WorkerSetup, replica: int = 0) -> None:
+    def __init__(self, setup: WorkerSetup, replica: int = 0, dummy_weights: bool = False) -> None:
+        """``dummy_weights``: start without loading the model's weights (a training run's first sync
+        brings the trainer's)."""
         _prepare(setup)
         plan = setup.plan()
         self.replica = replica
         self.generator: Generator = build_generator(BackendContext(plan, setup.model_path, setup.tokenizer_path,
-                                                                   setup.device))
+                                                                   setup.device, dummy_weights=dummy_weights))
 
     def generate(self, prompt_ids, n, params, seed) -> Generation:
         return self.generator.generate(prompt_ids, n, params, seed)

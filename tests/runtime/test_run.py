@@ -40,7 +40,7 @@ def test_run_writes_the_run_folder(tmp_path, capsys):
     aim_run = repo.get_run(hashes[0])
     assert aim_run is not None
     names = {m.name for m in aim_run.metrics()}
-    assert {"reward.mean", "response_length.clip_ratio", "actor.kl"} <= names
+    assert {"reward.mean", "response_length.clip_ratio", "trainer.kl"} <= names
     assert aim_run["spec"]["name"] == "tiny" and aim_run["plan"]["accelerator"] == "cpu"
     from aim.storage.context import Context
 
