@@ -10,7 +10,10 @@ vocabulary. With ``z = logits / temperature`` and padded ids (>= the real vocabu
 Three all-reduces of [B, T] tensors instead of an all-gather of [B, T, V]. The sums use Megatron's
 `reduce_from_tensor_model_parallel_region` (all-reduce forward, identity backward): every TP rank
 computes the same replicated loss, so each rank's gradient to its own slice is already complete.
-The max is a constant shift and carries no gradient.
+The max is a constant shift and carries no gradient. The one replicated value that feeds per-rank
+terms summed later (lse inside p = exp(z - lse) of the entropy) goes through
+`copy_to_tensor_model_parallel_region` (identity forward, all-reduce backward), so its gradient
+collects every rank's share.
 """
 
 from __future__ import annotations
@@ -26,6 +29,16 @@ def _tp_sum(x: torch.Tensor, group) -> torch.Tensor:
     from megatron.core.tensor_parallel.mappings import reduce_from_tensor_model_parallel_region
 
     return reduce_from_tensor_model_parallel_region(x, group=group)
+
+
+def _tp_copy(x: torch.Tensor, group) -> torch.Tensor:
+    """Identity forward, all-reduce backward: a replicated value used in per-rank terms that are
+    summed afterwards gets the gradient of every rank's terms."""
+    if group is None or torch.distributed.get_world_size(group) == 1:
+        return x
+    from megatron.core.tensor_parallel.mappings import copy_to_tensor_model_parallel_region
+
+    return copy_to_tensor_model_parallel_region(x, group=group)
 
 
 def _tp_max(x: torch.Tensor, group) -> torch.Tensor:
@@ -68,7 +81,7 @@ def vocab_parallel_log_probs(logits: torch.Tensor, tokens: torch.Tensor, vocab_s
     logp = _tp_sum(picked, group) - lse
     if not with_entropy:
         return logp, None
-    p = (z - lse[..., None]).exp()
+    p = (z - _tp_copy(lse, group)[..., None]).exp()
     pz = p * finite
     entropy = lse - _tp_sum(pz.sum(-1), group)
     return logp, entropy

@@ -351,7 +351,10 @@ class MegatronTrainer:
         tp, pp, dp = self.layout.tensor_parallel, self.layout.pipeline_parallel, self.data_parallel
         rng = ShardedObject("rng_state", self._rng_state(), (pp, tp, dp), (self.pp_rank, self.tp_rank, self.dp_rank),
                             replica_id=0)
-        return {"model": model_sd, "optimizer": self.optimizer.sharded_state_dict(model_sd, is_loading=is_loading),
+        # dp_reshardable: every rank writes and reads its own optimizer shard, no gathering
+        meta = {"distrib_optim_sharding_type": "dp_reshardable"}
+        return {"model": model_sd,
+                "optimizer": self.optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=meta),
                 "rng_state": rng, "trainer_steps": self.steps}
 
     def _rng_state(self) -> dict[str, Any]:
@@ -376,6 +379,7 @@ class MegatronTrainer:
         torch.distributed.barrier()
 
     @_compat
+    @torch.no_grad()
     def load_checkpoint(self, folder: str) -> None:
         """Inverse of `save_checkpoint` (same TP/PP/DP layout, or one dist_checkpointing can reshard)."""
         from megatron.core import dist_checkpointing
@@ -384,6 +388,7 @@ class MegatronTrainer:
         state = dist_checkpointing.load(self._sharded_state(is_loading=True), folder)
         self.model.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self._restore_adam_steps()
         rng = state["rng_state"]
         torch.set_rng_state(rng["cpu"])
         get_cuda_rng_tracker().set_states(rng["tracker"])
@@ -391,6 +396,25 @@ class MegatronTrainer:
             torch.cuda.set_rng_state(rng["cuda"])
         self.steps = int(state["trainer_steps"])
         self._set_lr(self._lr_at(self.steps))
+
+
+    def _restore_adam_steps(self) -> None:
+        """Megatron's checkpoint keeps Adam's step count per parameter *group* (what TE/Apex FusedAdam
+        read); torch.optim.AdamW (its CPU fallback) reads a per-parameter ``state['step']``, which the
+        load leaves as it was. Copy the group's count into every parameter's state."""
+        for opt in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
+            inner = getattr(opt, "optimizer", None)
+            if not isinstance(inner, torch.optim.Optimizer):
+                continue
+            for group in inner.param_groups:
+                if "step" not in group:
+                    continue
+                for p in group["params"]:
+                    st = inner.state.get(p)
+                    if st and "step" in st:
+                        old = st["step"]
+                        st["step"] = (torch.tensor(float(group["step"]), dtype=old.dtype, device=old.device)
+                                      if isinstance(old, torch.Tensor) else group["step"])
 
 
 def layout_from_plan(plan: Any, device: str) -> ModelLayout:
