@@ -5,9 +5,10 @@
 Same model (the quickstart's tiny Qwen2 shape, random init, saved to a temporary HF folder), the same
 packed batch (``--rows`` sequences: 8 per prompt, prompts of 8-24 tokens, responses of ``--resp``
 tokens), the same PPO/GRPO loss (engine.algorithm.losses: clip 0.2, token-mean, k3 KL 1e-4, entropy
-1e-3), one AdamW step per update, micro-batch = the whole batch. Reports the median over ``--steps``
-updates after one warm-up update, and the old-log-prob forward time. Not a test: numbers depend on the
-machine's load. Results: bench/results/megatron_trainer.json and .md.
+1e-3), one AdamW step per update, micro-batch = the whole batch. The trainers take turns update by
+update (fair under a shared machine's load). Reports the median over ``--steps`` updates after one
+warm-up update, and the first old-log-prob forward (which includes warm-up). Not a test: numbers
+depend on the machine's load. Results: bench/results/megatron_trainer.json and .md.
 """
 
 from __future__ import annotations
@@ -45,18 +46,23 @@ def make_batch(rows: int, resp: int, seed: int = 0) -> dict[str, torch.Tensor]:
     return {k: v for k, v in b.items() if k not in ("prompt_ids", "prompt_mask")}  # the same flat layout for both
 
 
-def time_trainer(tr, batch: dict[str, torch.Tensor], steps: int) -> dict[str, float]:
-    t0 = time.perf_counter()
-    old = tr.compute_log_probs(batch)
-    lp_s = time.perf_counter() - t0
-    b = dict(batch, old_log_probs=old, ref_log_probs=old)
-    tr.update(b)  # warm-up
-    times = []
-    for _ in range(steps):
+def time_trainers(trainers: dict, batch: dict[str, torch.Tensor], steps: int) -> dict[str, dict[str, float]]:
+    """Per trainer: median and min update time and the old-log-prob forward time (s). The trainers take
+    turns step by step, so a shared machine's load falls on all of them alike."""
+    batches, lp, times = {}, {}, {name: [] for name in trainers}
+    for name, tr in trainers.items():
         t0 = time.perf_counter()
-        tr.update(b)
-        times.append(time.perf_counter() - t0)
-    return {"update_s_median": statistics.median(times), "update_s_min": min(times), "log_probs_s": lp_s}
+        old = tr.compute_log_probs(batch)
+        lp[name] = time.perf_counter() - t0
+        batches[name] = dict(batch, old_log_probs=old, ref_log_probs=old)
+        tr.update(batches[name])  # warm-up
+    for _ in range(steps):
+        for name, tr in trainers.items():
+            t0 = time.perf_counter()
+            tr.update(batches[name])
+            times[name].append(time.perf_counter() - t0)
+    return {name: {"update_s_median": statistics.median(times[name]), "update_s_min": min(times[name]),
+                   "log_probs_s": lp[name]} for name in trainers}
 
 
 def main() -> None:
@@ -85,10 +91,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         torch.manual_seed(0)
         AutoModelForCausalLM.from_config(hf_config(ARCH), dtype=torch.float32).save_pretrained(d)
-        results["torch"] = time_trainer(TorchTrainer(load_model(d), optim, loss, sizes), batch, args.steps)
-        for recompute in ("none", "full"):
-            tr = MegatronTrainer(ARCH, d, ModelLayout(recompute=recompute), optim, loss, sizes)
-            results[f"megatron (recompute={recompute})"] = time_trainer(tr, batch, args.steps)
+        trainers = {"torch": TorchTrainer(load_model(d), optim, loss, sizes)}
+        trainers["megatron (TP=1, recompute=none)"] = MegatronTrainer(ARCH, d, ModelLayout(recompute="none"), optim,
+                                                                      loss, sizes)
+        results = time_trainers(trainers, batch, args.steps)
     tokens = int(batch["attention_mask"].sum())
     meta = {"rows": args.rows, "response_tokens": args.resp, "tokens_per_batch": tokens, "threads": args.threads,
             "steps": args.steps, "torch": torch.__version__, "python": platform.python_version(),
@@ -96,7 +102,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "megatron_trainer.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    lines = ["| trainer | update (s, median) | update (s, min) | log-prob forward (s) |", "|---|---|---|---|"]
+    lines = ["| trainer | update (s, median) | update (s, min) | first log-prob forward (s) |", "|---|---|---|---|"]
     for name, r in results.items():
         lines.append(f"| {name} | {r['update_s_median']:.3f} | {r['update_s_min']:.3f} | {r['log_probs_s']:.3f} |")
     md = "\n".join(lines) + f"\n\n{tokens} tokens per batch, {args.threads} threads, `{meta['command']}`\n"
