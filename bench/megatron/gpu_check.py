@@ -1,9 +1,13 @@
 """GPU check (prepared, one short run): a Qwen2.5-0.5B-shaped random-init model trained in bf16 for a few
 RL updates through the Megatron trainer; measured peak memory beside the compiler's estimate, tokens/s, MFU.
 
-    # on the GPU machine, from the repo root (megatron-core and mbridge are pure Python wheels):
-    pip install --no-deps megatron-core==0.16.1 mbridge==0.15.1 psutil
-    PYTHONPATH=$PWD python bench/megatron/gpu_check.py [--steps 4] [--rows 16] [--prompt 512] [--resp 1024]
+    # here: the pure-Python wheels travel with the working tree (the GPU machine has no index)
+    pip download --no-deps -d wheels megatron-core==0.16.1 mbridge==0.15.1
+    # on the GPU machine, from the repo root (psutil only if its torch env lacks it):
+    pip install --no-deps wheels/*.whl
+    PYTHONPATH=$PWD timeout 500 python bench/megatron/gpu_check.py [--steps 4] [--rows 16] [--prompt 512] [--resp 1024]
+
+Without Transformer Engine on that machine the local layer spec runs on the GPU (bf16, no FP8).
 
 The plan is compiled from specs/qwen2.5-0.5b.yaml (one GPU) with the same lengths and micro-batch as the
 run, so the estimate (`plan.devices[0].phases_gib['train']`, GiB) and the measurement

@@ -94,6 +94,8 @@ class MegatronTrainer:
 
         tp, pp, dp = self.layout.tensor_parallel, self.layout.pipeline_parallel, self.data_parallel
         dist = torch.distributed
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # megatron-core allocates on the current device
         if not dist.is_initialized():
             if tp * pp * dp != 1:
                 raise RuntimeError(f"a TP{tp} PP{pp} DP{dp} trainer needs torch.distributed initialised by its "
