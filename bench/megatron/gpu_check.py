@@ -1,7 +1,8 @@
 """GPU check (prepared, one short run): a Qwen2.5-0.5B-shaped random-init model trained in bf16 for a few
 RL updates through the Megatron trainer; measured peak memory beside the compiler's estimate, tokens/s, MFU.
 
-    # here: the pure-Python wheels travel with the working tree (the GPU machine has no index)
+    # here: the wheels travel with the working tree (the GPU machine has no index; megatron-core's wheel
+    # is cp311 manylinux x86_64, so the GPU side needs Python 3.11)
     pip download --no-deps -d wheels megatron-core==0.16.1 mbridge==0.15.1
     # on the GPU machine, from the repo root (psutil only if its torch env lacks it):
     pip install --no-deps wheels/*.whl
