@@ -25,7 +25,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 import torch
 
-from engine.algorithm.losses import kl_per_token, ppo_clip_per_token
+from engine.algorithm.losses import kl_per_token, ppo_clip_per_token, tis_weights
 from engine.backends.base import WeightBucket
 from engine.backends.config import BatchConfig, LossConfig, OptimConfig, from_plan
 from engine.backends.manifest import bucketed
@@ -35,7 +35,7 @@ from engine.backends.megatron.logprobs import vocab_parallel_log_probs
 from engine.backends.megatron.model import ModelLayout, build_gpt, transformer_config
 
 #: Per-token statistics summed by the loss function: name -> index in the stats vector.
-_STATS = ("actor/pg_loss", "actor/entropy", "actor/pg_clipfrac", "actor/ppo_kl", "actor/kl")
+_STATS = ("trainer/pg_loss", "trainer/entropy", "trainer/pg_clipfrac", "trainer/ppo_kl", "trainer/kl")
 
 
 def _compat(method):
@@ -74,7 +74,9 @@ class MegatronTrainer:
 
     def __init__(self, arch: Any, model_path: str, layout: ModelLayout, optim: OptimConfig, loss: LossConfig,
                  sizes: BatchConfig, data_parallel: int = 1, seed: int = 0, temperature: float = 1.0,
-                 distributed_optimizer: bool = True) -> None:
+                 distributed_optimizer: bool = True, frozen: bool = False) -> None:
+        """``frozen``: the reference policy, forward only (no DDP, no optimizer), on the process groups
+        the trainer of the same rank already set up."""
         self.arch, self.layout, self.optim_cfg, self.loss_cfg, self.sizes = arch, layout, optim, loss, sizes
         self.device = torch.device(layout.device)
         self.temperature = float(temperature)
@@ -83,7 +85,7 @@ class MegatronTrainer:
         self.steps = 0  # optimizer steps taken (drives the warm-up)
         with compat_for(self.device):
             self._init_parallel(seed)
-            self._build(distributed_optimizer)
+            self._build(distributed_optimizer, frozen)
 
     # -- set-up ------------------------------------------------------------------------------------
     def _init_parallel(self, seed: int) -> None:
@@ -106,9 +108,12 @@ class MegatronTrainer:
         world = dist.get_world_size()
         if world != tp * pp * dp:
             raise RuntimeError(f"trainer group has {world} ranks but the plan is TP{tp} x PP{pp} x DP{dp}")
-        if ps.model_parallel_is_initialized():
-            ps.destroy_model_parallel()
-        ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+        same = (ps.model_parallel_is_initialized() and ps.get_tensor_model_parallel_world_size() == tp
+                and ps.get_pipeline_model_parallel_world_size() == pp)
+        if not same:  # a second model on this rank (the reference) shares the groups already made
+            if ps.model_parallel_is_initialized():
+                ps.destroy_model_parallel()
+            ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
         rank = dist.get_rank()
         got = (ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank(),
                ps.get_data_parallel_rank())
@@ -119,7 +124,7 @@ class MegatronTrainer:
         torch.manual_seed(seed)
         model_parallel_cuda_manual_seed(seed)
 
-    def _build(self, distributed_optimizer: bool) -> None:
+    def _build(self, distributed_optimizer: bool, frozen: bool = False) -> None:
         from megatron.core.distributed import (DistributedDataParallel, DistributedDataParallelConfig,
                                                finalize_model_grads)
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
@@ -131,6 +136,10 @@ class MegatronTrainer:
         module = build_gpt(self.arch, self.layout, self.config)
         self.bridge = WeightBridge(self.arch, self.config, self.layout, self.hf_config)
         self.bridge.load_hf(module, self.model_path)
+        if frozen:
+            module.requires_grad_(False)
+            self.model, self.optimizer = module, None
+            return
         ddp_cfg = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
                                                 use_distributed_optimizer=distributed_optimizer)
         self.model = DistributedDataParallel(config=self.config, ddp_config=ddp_cfg, module=module)
@@ -232,6 +241,8 @@ class MegatronTrainer:
         logp, ent = self._response_log_probs(logits, mb, with_entropy=True)
         old = mb["old_log_probs"] if "old_log_probs" in mb else logp.detach()
         pg, clipped = ppo_clip_per_token(logp, old, mb["advantages"], cfg.clip_low, cfg.clip_high)
+        if cfg.rollout_correction == "tis":
+            pg = pg * tis_weights(old, mb["rollout_log_probs"], cfg.tis_cap)
         per_tok = pg
         if cfg.entropy_coef > 0:
             per_tok = per_tok - cfg.entropy_coef * ent
@@ -285,11 +296,11 @@ class MegatronTrainer:
         tokens = float(stats[-1])
         out = {name: float(stats[i]) / tokens for i, name in enumerate(_STATS) if tokens > 0}
         if self.loss_cfg.kl_coef <= 0:
-            out.pop("actor/kl", None)
+            out.pop("trainer/kl", None)
         if grad_norms:
-            out["actor/grad_norm"] = sum(grad_norms) / len(grad_norms)
-        out["actor/lr"] = self._lr_at(self.steps)
-        out["actor/skipped_steps"] = float(skipped)
+            out["trainer/grad_norm"] = sum(grad_norms) / len(grad_norms)
+        out["trainer/lr"] = self._lr_at(self.steps)
+        out["trainer/skipped_steps"] = float(skipped)
         return out
 
     def _checked_step(self) -> Optional[float]:
@@ -435,4 +446,4 @@ def build(ctx: Any) -> MegatronTrainer:
     optim, loss, sizes = from_plan(plan)
     return MegatronTrainer(plan.architecture, ctx.model_path, layout_from_plan(plan, ctx.device), optim, loss, sizes,
                            data_parallel=plan.trainer.data_parallel, seed=plan.spec.seed,
-                           distributed_optimizer=plan.trainer.distributed_optimizer)
+                           distributed_optimizer=plan.trainer.distributed_optimizer, frozen=ctx.frozen)
