@@ -31,7 +31,7 @@ import time
 from typing import Any, Iterable, Optional, Sequence
 
 from engine.backends.base import SLEEP_LEVELS, WAKE_TAGS, Generation, SamplingParams, WeightBucket
-from engine.backends.manifest import WeightSyncError, check_manifest
+from engine.backends.manifest import check_manifest
 from engine.backends.weight_transfer import pack_bytes
 
 #: The worker extension vLLM mixes into its workers (see `engine.backends.vllm_worker`).
@@ -162,6 +162,7 @@ class VLLMGenerator:
         """Stream HF-named buckets into every worker, one `collective_rpc` message per bucket; check
         the manifest on what the workers received; reset the prefix cache. Returns tensors received."""
         self.events.append("update_weights")
+        self._stale = True  # until the whole stream is in and matches its manifest
         self.llm.collective_rpc("engine_begin_update", args=(list(expected) if expected is not None else None,))
         try:
             for bucket in buckets:
@@ -173,11 +174,7 @@ class VLLMGenerator:
 
     def _after_update(self, received: list[str], expected: Optional[Sequence[str]]) -> int:
         if expected is not None:
-            try:
-                check_manifest(expected, received)
-            except WeightSyncError:
-                self._stale = True
-                raise
+            check_manifest(expected, received)  # raises naming what is wrong; the engine stays stale
         self._stale = False
         self.reset_prefix_cache()
         return len(received)
@@ -195,6 +192,7 @@ class VLLMGenerator:
         """Split placement: receive one weight stream from the broadcast group (every worker pulls and
         loads the buckets itself), check the manifest, reset the prefix cache."""
         self.events.append("update_weights")
+        self._stale = True
         received = self.llm.collective_rpc("engine_receive_broadcast",
                                            args=(list(expected) if expected is not None else None,))[0]
         return self._after_update(received, expected)

@@ -7,12 +7,10 @@ One engine per session (see conftest.py); the tests restore its weights to B whe
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 
-from conftest import MAX_NEW, free_port
+from vllm_testlib import MAX_NEW, free_port
 from engine.backends.base import SamplingParams
 from engine.backends.hf_generator import HFGenerator
 from engine.backends.manifest import WeightSyncError, bucketed
