@@ -130,8 +130,8 @@ class VLLMGenerator:
 
         if self._stale:
             raise RuntimeError(
-                "the vLLM generator's last weight update failed its manifest check; its weights are "
-                "not the policy's and it will not sample until a complete update succeeds")
+                "the vLLM generator's last weight update did not complete or failed its manifest check; "
+                "its weights are not the policy's and it will not sample until a complete update succeeds")
         t0 = time.perf_counter()
         prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids]
         sps = [self._sampling(n, params, s) for s in call_seeds(seed, len(prompt_ids))]
