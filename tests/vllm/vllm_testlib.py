@@ -78,9 +78,10 @@ class Remote:
     def close(self) -> None:
         if self.proc.poll() is None:
             try:
-                self.call(op="quit")
-                self.proc.wait(timeout=60)
-            except Exception:
+                self.send(op="quit")
+                self.proc.wait(timeout=15)
+            except Exception:  # a test process: do not wait for a slow engine shutdown
                 self.proc.kill()
+                self.proc.wait()
 
 
