@@ -55,7 +55,9 @@ class Remote:
     """The generator process: send a JSON command, read its ``@@`` reply."""
 
     def __init__(self, model_dir: Path) -> None:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
+        # vLLM logs to stdout unless told not to configure logging: keep stdout for the replies, so the
+        # pipe never fills while the test is busy elsewhere
+        env = dict(os.environ, PYTHONPATH=str(REPO), VLLM_CONFIGURE_LOGGING="0")
         self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("remote_generator.py")), str(model_dir)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      text=True, env=env, cwd=str(REPO))
