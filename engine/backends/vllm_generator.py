@@ -259,6 +259,8 @@ def build(ctx: Any, shared_model: Any = None) -> VLLMGenerator:
 
     config = AutoConfig.from_pretrained(ctx.model_path, local_files_only=True)
     kw = engine_kwargs(ctx.plan, ctx.device, config)
+    if getattr(ctx, "dummy_weights", False):  # random values of the right shapes; the first sync brings the weights
+        kw["load_format"] = "dummy"
     if kw["tensor_parallel_size"] > 1 and not str(ctx.device).startswith("cuda"):
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_threads_bind(kw["tensor_parallel_size"]))
     cpu = not str(ctx.device).startswith("cuda")
