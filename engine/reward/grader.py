@@ -7,8 +7,8 @@ from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .config import GradeResult, RewardConfig, compute_reward
-from .equivalence import is_equivalent, quick_verdict
-from .extract import extract_answer_info
+from .equivalence import gold_choice, is_equivalent, quick_verdict
+from .extract import extract_answer_info, gold_answer
 
 _VERDICT_CACHE_SIZE = 100_000
 
@@ -19,6 +19,26 @@ def _gold_text(gt) -> str:
     if isinstance(gt, (list, tuple)):  # several acceptable forms written as a list: join as a list
         return ", ".join(str(x) for x in gt)
     return str(gt)
+
+
+_GOLD_CACHE: "OrderedDict[str, Tuple[str, bool]]" = OrderedDict()
+
+
+def _gold_info(gt) -> Tuple[str, bool]:
+    """(gold answer, is a multiple-choice letter), cached: golds repeat across rollouts."""
+    text = _gold_text(gt)
+    hit = _GOLD_CACHE.get(text)
+    if hit is not None:
+        return hit
+    try:
+        ans = gold_answer(text)
+        info = (ans, gold_choice(ans) is not None)
+    except Exception:  # noqa: BLE001
+        info = (text, False)
+    _GOLD_CACHE[text] = info
+    if len(_GOLD_CACHE) > 65_536:
+        _GOLD_CACHE.popitem(last=False)
+    return info
 
 
 class Grader:
@@ -95,15 +115,16 @@ class Grader:
         pending: "OrderedDict[Tuple[str, str], List[int]]" = OrderedDict()
         st = self._stats
         for i in range(n):
+            gold, choice = _gold_info(ground_truths[i])
             try:
-                ans, bx = extract_answer_info(responses[i], self.end_tokens, self.assistant_marker)
+                ans, bx = extract_answer_info(responses[i], self.end_tokens, self.assistant_marker,
+                                              choice=choice)
             except Exception:  # noqa: BLE001
                 ans, bx = None, False
             extracted[i], boxed[i] = ans, bx
             if ans is None:
                 status[i] = "no_answer"
                 continue
-            gold = _gold_text(ground_truths[i])
             key = (ans, gold)
             if key in self._cache:
                 self._cache.move_to_end(key)
