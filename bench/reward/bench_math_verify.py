@@ -153,9 +153,12 @@ def typical_pairs():
         text, _, ans = r["answer"].rpartition("####")
         resp.append(text.strip() + f"\nThe answer is {ans.strip()}.")
         gold.append(ans.strip())
-    for r in _rows("minerva_math.jsonl"):
-        resp.append(r["solution"])
-        gold.append(str(r.get("answer", "")))
+    from engine.reward.extract import last_boxed
+    for r in _rows("minerva_math.jsonl"):   # no answer field: the gold is the solution's box
+        g = last_boxed(r["solution"])
+        if g:
+            resp.append(r["solution"])
+            gold.append(g)
     for r in _rows("olympiadbench.jsonl"):
         resp.append("\n".join(r["solution"]) if isinstance(r["solution"], list) else str(r["solution"]))
         gold.append(", ".join(x.strip().strip("$") for x in r["final_answer"]))

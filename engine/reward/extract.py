@@ -107,7 +107,8 @@ def _is_separator_gap(gap: str) -> bool:
     """Whether the text between two boxes only separates them (``and``, ``,``, ``\\quad``...)."""
     if len(gap) > MAX_BOX_GAP_CHARS or "\n\n" in gap or re.search(r"[.!?](?:\s|\\n)", gap):
         return False   # a sentence ends between them: two statements, not one list
-    if gap.strip(" \t$()[]\\") and not re.search(r"\b(?:and|or)\b|[,;&]|\\q?quad", gap):
+    if re.search(r"[A-Za-z]{2,}", re.sub(r"\\[A-Za-z]+", "", gap)) and \
+            not re.search(r"\b(?:and|or)\b|[,;&]|\\q?quad", gap):
         return False   # words between the boxes, but no separator
     return not _RETRACT_RE.search(gap)
 
@@ -147,43 +148,52 @@ def _unbox(answer: str) -> str:
     return answer
 
 
+_DELIM_RE = re.compile(r"\\[\[(]|\\.|\$\$|\$")
+_INLINE_END_RE = re.compile(r"\\.|\$|\n")
+
+
 def math_spans(text: str) -> List[Tuple[int, int, str]]:
     """Math spans ``(start, end, content)`` left to right: ``$$..$$``, ``\\[..\\]`` (may span
     lines), ``$..$`` and ``\\(..\\)`` (one line). An unpaired ``$`` is a dollar sign."""
     out = []
     i, n = 0, len(text)
     while i < n:
-        c = text[i]
-        if c == "\\" and i + 1 < n:
-            nxt = text[i + 1]
-            if nxt in "[(":
-                close = "\\]" if nxt == "[" else "\\)"
-                j = text.find(close, i + 2)
-                if j >= 0 and (nxt == "[" or "\n" not in text[i + 2:j].strip(" \t")):
-                    out.append((i, j + 2, text[i + 2:j]))
-                    i = j + 2
-                    continue
-            i += 2
-            continue
-        if c == "$":
-            if text.startswith("$$", i):
-                j = text.find("$$", i + 2)
-                if j >= 0:
-                    out.append((i, j + 2, text[i + 2:j]))
-                    i = j + 2
-                    continue
-                i += 2
+        m = _DELIM_RE.search(text, i)
+        if not m:
+            break
+        d = m.group(0)
+        if d in ("\\[", "\\("):
+            close = "\\]" if d == "\\[" else "\\)"
+            j = text.find(close, m.end())
+            if j >= 0 and (d == "\\[" or "\n" not in text[m.end():j].strip(" \t")):
+                out.append((m.start(), j + 2, text[m.end():j]))
+                i = j + 2
+            else:
+                i = m.end()
+        elif d == "$$":
+            j = text.find("$$", m.end())
+            if j < 0:
+                i = m.end()
                 continue
-            j = i + 1
-            while j < n and text[j] != "$" and text[j] != "\n":
-                j += 2 if text[j] == "\\" else 1
-            if j < n and text[j] == "$":
-                out.append((i, j + 1, text[i + 1:j]))
-                i = j + 1
+            out.append((m.start(), j + 2, text[m.end():j]))
+            i = j + 2
+        elif d == "$":
+            k = m.end()
+            while True:
+                e = _INLINE_END_RE.search(text, k)
+                if e is None or e.group(0) == "\n":
+                    e = None
+                    break
+                if e.group(0) == "$":
+                    break
+                k = e.end()
+            if e is None:
+                i = m.end()
                 continue
-            i += 1
-            continue
-        i += 1
+            out.append((m.start(), e.end(), text[m.end():e.start()]))
+            i = e.end()
+        else:   # an escaped character (\$, \\)
+            i = m.end()
     return out
 
 
@@ -358,7 +368,9 @@ def extract_answer_info(response: str, end_tokens: Sequence[str] = (),
     if _has_math_delimiters(text):
         return None, False
     bare = text.strip()
-    if bare and len(bare) <= 80 and "\n" not in bare and not _has_words(bare):
+    if bare and len(bare) <= 80 and "\n" not in bare and \
+            (re.fullmatch(r"[A-Za-z]+", bare) or
+             not re.search(r"[A-Za-z]{2,}", re.sub(r"or|and", " ", _LATEX_WORDS_RE.sub(" ", bare)))):
         return bare, False   # the whole response is a bare answer: "-\frac{10}{9}", "1000,99"
     num = _last_number(text)
     return (num, False) if num is not None else (None, False)
@@ -368,6 +380,12 @@ def gold_answer(gold: str) -> str:
     """A gold written as a solution (a box, or several sentences) is reduced to its answer the
     way a response is; a plain gold is returned as it is."""
     if "\\boxed" in gold or "\\fbox" in gold or (len(gold) > 40 and _is_sentence(gold)):
+        if not _boxes(unescape_double(gold)):
+            m = None
+            for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", unescape_double(gold)):
+                pass
+            if m is not None:   # a gold with an unclosed box: the text after it
+                return unescape_double(gold)[m.end():].strip() or gold
         ans, _ = extract_answer_info(gold)
         if ans:
             return ans

@@ -48,7 +48,7 @@ _THOUSANDS_RE = re.compile(r"-?(?!0,)\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _MC_RE = re.compile(r"^\(?([A-E])\)?(?:$|[\s.:),])")
 #: Commands that are double-escaped in JSON-escaped output (``\\frac`` for ``\frac``).
 _DOUBLE_ESCAPED_RE = re.compile(
-    r"\\\\(?=(?:frac|dfrac|tfrac|cfrac|sqrt|boxed|fbox|le|ge|leq|geq|lt|gt|ne|neq|pi|left|right|"
+    r"(?<!\\)\\\\(?=(?:frac|dfrac|tfrac|cfrac|sqrt|boxed|fbox|le|ge|leq|geq|lt|gt|ne|neq|pi|left|right|"
     r"text|textbf|mathrm|mathbf|cdot|times|infty|cup|cap|in|pm|mp|sin|cos|tan|log|ln|approx|circ|"
     r"quad|qquad|dots|ldots|cdots|binom|angle|begin|end|div|sum|prod|alpha|beta|theta|lambda|"
     r"displaystyle|emptyset|varnothing)(?![A-Za-z])|[%$])")
