@@ -54,12 +54,16 @@ def _unlabel_text(key: str) -> str:
 
 
 def _numbers_verdict(pkey: str, gkey: str, np_: Normalized, ng: Normalized) -> Optional[bool]:
-    # a decimal comma (3,5) is read only against a single number: "1,3" against "3, 1" is a list
-    lg = literal_number(gkey) or (decimal_comma(ng.text) if "," not in np_.text else None)
-    if lg is None:
-        return None
-    lp = literal_number(pkey) or (decimal_comma(np_.text) if "," not in ng.text else None)
-    if lp is None:
+    # a decimal comma (2,74) is read only against a decimal written with as many digits
+    # (2.74); otherwise "1,3" or "-3,0" is a list of two answers
+    lg, lp = literal_number(gkey), literal_number(pkey)
+    if lg is None and lp is not None and lp.decimals:
+        lg = decimal_comma(ng.text)
+        lg = lg if lg is not None and lg.decimals == lp.decimals else None
+    if lp is None and lg is not None and lg.decimals:
+        lp = decimal_comma(np_.text)
+        lp = lp if lp is not None and lp.decimals == lg.decimals else None
+    if lg is None or lp is None:
         return None
     return numbers_equal_with_percent(lp.value, lg.value, lp.decimals, lg.decimals,
                                       np_.percent, ng.percent)

@@ -369,8 +369,7 @@ def extract_answer_info(response: str, end_tokens: Sequence[str] = (),
         return None, False
     bare = text.strip()
     if bare and len(bare) <= 80 and "\n" not in bare and \
-            (re.fullmatch(r"[A-Za-z]+", bare) or
-             not re.search(r"[A-Za-z]{2,}", re.sub(r"or|and", " ", _LATEX_WORDS_RE.sub(" ", bare)))):
+            not re.search(r"[A-Za-z]{2,}", re.sub(r"or|and", " ", _LATEX_WORDS_RE.sub(" ", bare))):
         return bare, False   # the whole response is a bare answer: "-\frac{10}{9}", "1000,99"
     num = _last_number(text)
     return (num, False) if num is not None else (None, False)

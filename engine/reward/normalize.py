@@ -309,6 +309,11 @@ def literal_number(key: str) -> Optional[LiteralNumber]:
     return None
 
 
+def _significant_digits(v: Fraction, decimals: int) -> int:
+    digits = str(abs(v.numerator * 10 ** decimals // v.denominator)).lstrip("0")
+    return len(digits)
+
+
 def _terminating(v: Fraction) -> bool:
     d = v.denominator
     for p in (2, 5):
@@ -335,7 +340,11 @@ def rationals_equal(pred: Fraction, gold: Fraction, pred_decimals: Optional[int]
             return False
         return abs(pred - gold) * 2 * 10 ** gold_decimals <= 1
     if pred_decimals is not None and gold_decimals is None and not _terminating(gold):
-        return abs(pred - gold) <= Fraction(1, 10 ** 6) * abs(gold)
+        if abs(pred - gold) <= Fraction(1, 10 ** 6) * abs(gold):
+            return True
+        # 0.333 for 1/3: the gold rounded to the prediction's digits, with 3 significant digits
+        return _significant_digits(pred, pred_decimals) >= 3 and \
+            abs(pred - gold) * 2 * 10 ** pred_decimals <= 1
     return False
 
 
