@@ -38,7 +38,7 @@ _NUMBER_RE = re.compile(r"(?<![\w\\{}^_.,])[-−]?(?:(?:\d{1,3}(?:,\d{3})+|\d{1,
                         r"(?![\d.,]\d)")
 _WORD_AFTER_RE = re.compile(r"[A-Za-z]+")
 _CODE_RE = re.compile(r"__\w+__|\bimport\s|\beval\s*\(|\bexec\s*\(|\blambda\b|os\.system|subprocess|"
-                      r"\bopen\s*\(|getattr\s*\(")
+                      r"\bopen\s*\(\s*['\"]|getattr\s*\(")
 _RETRACT_RE = re.compile(r"\b(?:no|not|wait|wrong|but|however|instead|actually|incorrect|mistake|"
                          r"recheck|check|oops|hmm)\b", re.IGNORECASE)
 _CHOICE_TOKEN_RE = re.compile(r"(?<![A-Za-z0-9\\])\(?([A-E])\)?(?![A-Za-z0-9])")
@@ -352,8 +352,6 @@ def extract_answer_info(response: str, end_tokens: Sequence[str] = (),
     phrase = _after_phrase(text)
     if phrase is not None:
         return phrase[:MAX_ANSWER_CHARS], False
-    if _CODE_RE.search(text):
-        return None, False  # injection text: no guessing
     spans = math_spans(text)
     if spans:
         # a number in the prose after the last span is the later statement ("so it takes 5 steps")
@@ -365,8 +363,8 @@ def extract_answer_info(response: str, end_tokens: Sequence[str] = (),
             ans = _statement_value(ans) or ""
         if ans and not ans.startswith("\\begin{array}"):
             return ans[:MAX_ANSWER_CHARS], False
-    if _has_math_delimiters(text):
-        return None, False
+    if _has_math_delimiters(text) or _CODE_RE.search(text):
+        return None, False   # LaTeX prose without a span, or injection text: no guessing
     bare = text.strip()
     if bare and len(bare) <= 80 and "\n" not in bare and \
             not re.search(r"[A-Za-z]{2,}", re.sub(r"or|and", " ", _LATEX_WORDS_RE.sub(" ", bare))):
