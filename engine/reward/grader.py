@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from functools import lru_cache
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .config import GradeResult, RewardConfig, compute_reward
@@ -21,24 +22,18 @@ def _gold_text(gt) -> str:
     return str(gt)
 
 
-_GOLD_CACHE: "OrderedDict[str, Tuple[str, bool]]" = OrderedDict()
+@lru_cache(maxsize=65_536)
+def _gold_answer_info(text: str) -> Tuple[str, bool]:
+    try:
+        ans = gold_answer(text)
+        return ans, gold_choice(ans) is not None
+    except Exception:  # noqa: BLE001
+        return text, False
 
 
 def _gold_info(gt) -> Tuple[str, bool]:
     """(gold answer, is a multiple-choice letter), cached: golds repeat across rollouts."""
-    text = _gold_text(gt)
-    hit = _GOLD_CACHE.get(text)
-    if hit is not None:
-        return hit
-    try:
-        ans = gold_answer(text)
-        info = (ans, gold_choice(ans) is not None)
-    except Exception:  # noqa: BLE001
-        info = (text, False)
-    _GOLD_CACHE[text] = info
-    if len(_GOLD_CACHE) > 65_536:
-        _GOLD_CACHE.popitem(last=False)
-    return info
+    return _gold_answer_info(_gold_text(gt))
 
 
 class Grader:
