@@ -27,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["none", "strict", "independent"], default="none",
                    help="reward format mode (default: none)")
     p.add_argument("--workers", type=int, default=RewardConfig.workers,
-                   help="verification processes; 0 = in-process (default: %(default)s)")
+                   help="most verification processes, capped at the CPUs available and started only "
+                        "when an item needs one; 0 = in-process (default: %(default)s)")
     p.add_argument("--timeout-s", type=float, default=RewardConfig.timeout_s,
                    help="per-verification timeout in seconds (default: %(default)s)")
     p.add_argument("--format-penalty", type=float, default=RewardConfig.format_penalty)

@@ -21,7 +21,9 @@ class RewardConfig:
         ``independent`` correct & boxed 1.0; correct, unboxed 0.5; wrong, boxed -0.5;
                         neither -> ``format_penalty``.
     timeout_s: hard wall-clock limit of one symbolic verification (seconds); a timeout is wrong.
-    workers: size of the verification process pool; 0 verifies in-process (size bounds only).
+    workers: most verification processes; the pool is capped at the CPUs this process may use and
+        starts a worker only when items need the symbolic stage (one per 128 queued items).
+        0 verifies in-process (size bounds only).
     """
 
     format: FormatMode = "none"

@@ -23,11 +23,50 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import List, Optional
 
-from .normalize import (MAX_SYMBOLIC_CHARS, Normalized, literal_number, multiple_choice_letter,
-                        normalize, numbers_equal_with_percent, rationals_equal)
+from .normalize import (MAX_SYMBOLIC_CHARS, Normalized, decimal_comma, literal_number,
+                        multiple_choice_letter, normalize, numbers_equal_with_percent, rationals_equal)
 
-_MC_GOLD_RE = re.compile(r"\(?([A-E])\)?")
-_LHS_NAME_RE = re.compile(r"^[A-Za-z](?:_\{?\w{1,3}\}?)?=")
+_MC_GOLD_RE = re.compile(r"\(?([A-E])\)?|\(([A-E])\)\s.*|([A-E])\s+[A-Z][a-z].*|([A-E])[.)]\s.*")
+_SUBSCRIPT_RE = re.compile(r"_\{[^{}]*\}|_\w")
+_TOP_EQ_RE = re.compile(r"(?<![<>!\\])=(?!=)")
+
+
+def gold_choice(gold: str) -> Optional[str]:
+    """The letter of a multiple-choice gold (``C``, ``(C)``, ``(D) Alina``, ``C Cecile``), or None."""
+    m = _MC_GOLD_RE.fullmatch(normalize(gold).text)
+    if not m:
+        return None
+    return next(x for x in m.groups() if x)
+
+
+def _unlabel_text(key: str) -> str:
+    """``(p,q)=(3,2)`` -> ``(3,2)``: a single ``=`` whose left side has no number outside
+    subscripts is a label; ``x+1=3`` is an equation and stays."""
+    parts = _TOP_EQ_RE.split(key)
+    if len(parts) != 2 or re.search(r"[<>]|\\(?:le|ge|ne)(?![a-z])", key):
+        return key
+    lhs, rhs = parts
+    if not rhs or re.search(r"\d", _SUBSCRIPT_RE.sub("", lhs)) or not re.search(r"[A-Za-z]", lhs):
+        return key
+    if "," in lhs and not lhs.startswith("("):
+        return key  # "a=4,b=5" style lists are handled item by item by the symbolic stage
+    return rhs
+
+
+def _numbers_verdict(pkey: str, gkey: str, np_: Normalized, ng: Normalized) -> Optional[bool]:
+    # a decimal comma (2,74) is read only against a decimal written with as many digits
+    # (2.74); otherwise "1,3" or "-3,0" is a list of two answers
+    lg, lp = literal_number(gkey), literal_number(pkey)
+    if lg is None and lp is not None and lp.decimals:
+        lg = decimal_comma(ng.text)
+        lg = lg if lg is not None and lg.decimals == lp.decimals else None
+    if lp is None and lg is not None and lg.decimals:
+        lp = decimal_comma(np_.text)
+        lp = lp if lp is not None and lp.decimals == lg.decimals else None
+    if lg is None or lp is None:
+        return None
+    return numbers_equal_with_percent(lp.value, lg.value, lp.decimals, lg.decimals,
+                                      np_.percent, ng.percent)
 
 
 def quick_verdict(pred: str, gold: str) -> Optional[bool]:
@@ -39,21 +78,17 @@ def quick_verdict(pred: str, gold: str) -> Optional[bool]:
         return np_.key == ng.key and bool(np_.key)
     if np_.key == ng.key:
         return True
-    m = _MC_GOLD_RE.fullmatch(ng.key)
-    if m:
-        return multiple_choice_letter(np_) == m.group(1)
-    pkey = np_.key
-    if "=" not in ng.key:
-        pkey = _LHS_NAME_RE.sub("", pkey, count=1)
-        if pkey == ng.key:
-            return True
-    lg = literal_number(ng.key)
-    if lg is not None:
-        lp = literal_number(pkey)
-        if lp is not None:
-            return numbers_equal_with_percent(lp.value, lg.value, lp.decimals, lg.decimals,
-                                              np_.percent, ng.percent)
-    return None
+    letter = gold_choice(gold)
+    if letter is not None:
+        return multiple_choice_letter(np_) == letter
+    pkey, gkey = np_.key, ng.key
+    if "=" not in gkey:
+        pkey = _unlabel_text(pkey)
+    if "=" not in pkey:
+        gkey = _unlabel_text(gkey)
+    if pkey == gkey:
+        return True
+    return _numbers_verdict(pkey, gkey, np_, ng)
 
 
 def is_equivalent(predicted: str, gold: str) -> bool:
@@ -105,11 +140,114 @@ def symbolic_equal(np_: Normalized, ng: Normalized) -> bool:
         return False
 
 
-def _is_name(node) -> bool:
-    if node.kind != "expr":
+_REL_KINDS = ("rel", "chain", "approx")
+_MIRROR = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "=": "=", "!=": "!="}
+
+
+def _constant(node) -> bool:
+    return node.kind == "expr" and not node.expr.free_symbols
+
+
+def _readings(node, ctx: "_Ctx", gold: bool = False) -> List:
+    """What a relation answer says when compared with a gold that is not a relation:
+
+    * ``x = 3``, ``(p,q) = (3,2)``, ``2 = x``: the side that is not a label;
+    * ``2 + 3 = 5`` (a constant on the left) and chains ``x = 5+5+1 = 11``: the last side;
+    * ``x \\ge 5``, ``-x > -1``, ``0 < f(x) < 1``: the interval it describes;
+    * ``\\frac{\\sqrt3}{3} \\approx 0.577``: the exact side, and the decimal when it is close to it.
+    """
+    from .parser import Node
+    if node.kind == "approx":
+        exact, approx = node.items
+        out = [exact] + (_readings(exact, ctx, gold) if exact.kind in _REL_KINDS else [])
+        if approx.kind == "expr" and (exact.label or _close_enough(exact, approx)):
+            out.append(approx)   # x \approx 11, or a decimal close to the exact side
+        return out
+    if node.kind == "chain":
+        if all(op == "=" for op in node.ops):
+            first, last = node.items[0], node.items[-1]
+            return [last] if not first.label else [last, Node("rel", open="=", items=[first, last])]
+        iv = _chain_interval(node)
+        return [iv] if iv is not None else []
+    lhs, rhs = node.items
+    if node.open == "=":
+        if lhs.label and not rhs.label:
+            return [rhs]
+        if rhs.label and not lhs.label:
+            return [lhs]
+        if _constant(lhs) and not gold:   # "2 + 3 = 5": the answer is the last side; a gold
+            return [rhs]                   # "7 = 11a + c" is an equation to match
+        return []
+    iv = _rel_interval(node)
+    return [iv] if iv is not None else []
+
+
+def _close_enough(exact, approx) -> bool:
+    """The decimal after ``\\approx`` is within 1% of the exact side (not an unrelated number)."""
+    e = exact
+    if e.kind == "chain":
+        e = e.items[-1]
+    elif e.kind == "rel":
+        e = e.items[1]
+    if e.kind != "expr" or e.expr.free_symbols or approx.expr.free_symbols:
         return False
-    e = node.expr
-    return bool(e.is_Symbol or (e.is_Mul and all(a.is_Symbol for a in e.args)))
+    va, vb = _numeric(e.expr), _numeric(approx.expr)
+    if va is None or vb is None:
+        return False
+    return _close(va, vb, 0.01, 1e-12)
+
+
+def _interval(lo, lo_open: bool, hi, hi_open: bool):
+    import sympy
+    from .parser import Node
+    lo_n = Node("expr", expr=lo) if not isinstance(lo, Node) else lo
+    hi_n = Node("expr", expr=hi) if not isinstance(hi, Node) else hi
+    return Node("brack", open="(" if lo_open or lo_n.expr == -sympy.oo else "[",
+                close=")" if hi_open or hi_n.expr == sympy.oo else "]", items=[lo_n, hi_n])
+
+
+def _rel_interval(node):
+    """``x >= 5`` -> ``[5, oo)``; ``-x > -1`` -> ``(-oo, 1)``: one variable, linear, constant bound."""
+    import sympy
+    op = node.open
+    if op not in ("<", ">", "<=", ">="):
+        return None
+    lhs, rhs = node.items
+    if lhs.kind != "expr" or rhs.kind != "expr":
+        return None
+    d = sympy.Add(lhs.expr, sympy.Mul(-1, rhs.expr))
+    syms = d.free_symbols
+    if len(syms) != 1:
+        return None
+    x = next(iter(syms))
+    try:
+        poly = sympy.Poly(d, x)
+    except (sympy.PolynomialError, ValueError, TypeError):
+        return None
+    if poly.degree() != 1:
+        return None
+    a, b = poly.all_coeffs()
+    if not (a.is_number and b.is_number) or a == 0:
+        return None
+    bound = -b / a
+    if a.is_negative:
+        op = _MIRROR[op]
+    if op in ("<", "<="):   # x < bound
+        return _interval(-sympy.oo, True, bound, op == "<")
+    return _interval(bound, op == ">", sympy.oo, True)
+
+
+def _chain_interval(node):
+    """``a < expr <= b`` (constant ends, one direction) -> ``(a, b]``."""
+    if len(node.items) != 3 or not _constant(node.items[0]) or not _constant(node.items[2]) \
+            or _constant(node.items[1]):
+        return None
+    o1, o2 = node.ops
+    if o1 in ("<", "<=") and o2 in ("<", "<="):
+        return _interval(node.items[0], o1 == "<", node.items[2], o2 == "<")
+    if o1 in (">", ">=") and o2 in (">", ">="):
+        return _interval(node.items[2], o2 == ">", node.items[0], o1 == ">")
+    return None
 
 
 def _compare(p, g, ctx: _Ctx) -> bool:
@@ -117,12 +255,20 @@ def _compare(p, g, ctx: _Ctx) -> bool:
         return p.kind == g.kind == _TEXT and p.text == g.text
     if p.kind == "expr" and g.kind == "expr":
         return _expr_equal(p, g, ctx)
-    if p.kind == "rel" and g.kind == "rel":
-        return _rel_equal(p, g, ctx)
-    if p.kind == "rel" and p.open == "=" and _is_name(p.items[0]):
-        return _compare(p.items[1], g, ctx)
-    if g.kind == "rel" and g.open == "=" and _is_name(g.items[0]):
-        return _compare(p, g.items[1], ctx)
+    if p.kind in _REL_KINDS and g.kind in _REL_KINDS:
+        if p.kind == "rel" and g.kind == "rel" and _rel_equal(p, g, ctx):
+            return True
+        if p.kind == "approx" or g.kind == "approx":
+            return any(_compare(a, b, ctx) for a in _rel_forms(p, ctx) for b in _rel_forms(g, ctx))
+        for a in _rel_forms(p, ctx):
+            for b in _rel_forms(g, ctx):
+                if (a is not p or b is not g) and _compare(a, b, ctx):
+                    return True
+        return False
+    if p.kind in _REL_KINDS:
+        return any(_compare(r, g, ctx) for r in _readings(p, ctx))
+    if g.kind in _REL_KINDS:
+        return any(_compare(p, r, ctx) for r in _readings(g, ctx, gold=True))
     unordered = ("list", "set")
     if p.kind in unordered and g.kind in unordered:
         return _unordered_equal(p.items, g.items, ctx)
@@ -132,8 +278,12 @@ def _compare(p, g, ctx: _Ctx) -> bool:
     # a tuple written without its parentheses
     if p.kind == "list" and g.kind == "brack" and g.open == "(" and g.close == ")":
         return _ordered_equal(p.items, g.items, ctx)
+    if g.kind == "list" and p.kind == "brack" and p.open == "(" and p.close == ")":
+        return _ordered_equal(p.items, g.items, ctx)
     if p.kind == "union" and g.kind == "union":
         return _unordered_equal(p.items, g.items, ctx)
+    if p.kind == "ratio" and g.kind == "ratio":
+        return _ordered_equal(p.items, g.items, ctx)
     if p.kind == "matrix" and g.kind == "matrix":
         if len(p.rows) != len(g.rows) or len(p.rows[0]) != len(g.rows[0]):
             return False
@@ -141,11 +291,48 @@ def _compare(p, g, ctx: _Ctx) -> bool:
     return False
 
 
+def _rel_forms(node, ctx: _Ctx) -> List:
+    """A relation compared with a relation: itself (chains as their label-first relation), or
+    the interval it describes."""
+    if node.kind == "approx":
+        return _readings(node, ctx)
+    if node.kind == "chain":
+        return [r for r in _readings(node, ctx) if r.kind in ("rel", "brack")]
+    out = [node]
+    iv = _rel_interval(node)
+    if iv is not None:
+        out.append(iv)
+    return out
+
+
 def _ordered_equal(ps: List, gs: List, ctx: _Ctx) -> bool:
     return len(ps) == len(gs) and all(_compare(a, b, ctx) for a, b in zip(ps, gs))
 
 
+def _node_key(node) -> str:
+    """A structural key: equal keys are the same written answer (used to drop repeats)."""
+    if node.kind == "expr":
+        return "e:" + str(node.expr)
+    inner = "|".join(_node_key(x) for x in node.items)
+    rows = "|".join(_node_key(x) for r in node.rows for x in r)
+    return f"{node.kind}:{node.open}:{node.close}:{node.text}:{inner}:{rows}"
+
+
+def _dedup(items: List) -> List:
+    seen, out = set(), []
+    for x in items:
+        k = _node_key(x)
+        if k not in seen:
+            seen.add(k)
+            out.append(x)
+    return out
+
+
 def _unordered_equal(ps: List, gs: List, ctx: _Ctx) -> bool:
+    """Order does not matter. Repeats in the prediction do not matter either, unless the gold
+    itself repeats an item (then multiplicity counts: ``1, 1, 2`` is not ``1, 2, 2``)."""
+    if len(_dedup(gs)) == len(gs):
+        ps = _dedup(ps)
     if len(ps) != len(gs):
         return False
     left = list(gs)
@@ -159,9 +346,6 @@ def _unordered_equal(ps: List, gs: List, ctx: _Ctx) -> bool:
     return True
 
 
-_MIRROR = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "=": "=", "!=": "!="}
-
-
 def _rel_equal(p, g, ctx: _Ctx) -> bool:
     pl, pr = p.items
     gl, gr = g.items
@@ -169,6 +353,9 @@ def _rel_equal(p, g, ctx: _Ctx) -> bool:
         return True
     if _MIRROR[p.open] == g.open and _compare(pl, gr, ctx) and _compare(pr, gl, ctx):
         return True
+    if p.open == g.open == "=" and pl.label and gl.label and not pr.label and not gr.label \
+            and _compare(pr, gr, ctx):
+        return True   # W(x) = 1 and W(n) = 1: the labels' names do not matter
     if p.open == g.open == "=" and all(n.kind == "expr" for n in (pl, pr, gl, gr)):
         # the same equation up to a constant factor: (pl - pr) = c (gl - gr), c != 0
         import sympy

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from functools import lru_cache
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .config import GradeResult, RewardConfig, compute_reward
-from .equivalence import is_equivalent, quick_verdict
-from .extract import extract_answer_info
+from .equivalence import gold_choice, is_equivalent, quick_verdict
+from .extract import extract_answer_info, gold_answer
 
 _VERDICT_CACHE_SIZE = 100_000
 
@@ -19,6 +20,20 @@ def _gold_text(gt) -> str:
     if isinstance(gt, (list, tuple)):  # several acceptable forms written as a list: join as a list
         return ", ".join(str(x) for x in gt)
     return str(gt)
+
+
+@lru_cache(maxsize=65_536)
+def _gold_answer_info(text: str) -> Tuple[str, bool]:
+    try:
+        ans = gold_answer(text)
+        return ans, gold_choice(ans) is not None
+    except Exception:  # noqa: BLE001
+        return text, False
+
+
+def _gold_info(gt) -> Tuple[str, bool]:
+    """(gold answer, is a multiple-choice letter), cached: golds repeat across rollouts."""
+    return _gold_answer_info(_gold_text(gt))
 
 
 class Grader:
@@ -95,15 +110,16 @@ class Grader:
         pending: "OrderedDict[Tuple[str, str], List[int]]" = OrderedDict()
         st = self._stats
         for i in range(n):
+            gold, choice = _gold_info(ground_truths[i])
             try:
-                ans, bx = extract_answer_info(responses[i], self.end_tokens, self.assistant_marker)
+                ans, bx = extract_answer_info(responses[i], self.end_tokens, self.assistant_marker,
+                                              choice=choice)
             except Exception:  # noqa: BLE001
                 ans, bx = None, False
             extracted[i], boxed[i] = ans, bx
             if ans is None:
                 status[i] = "no_answer"
                 continue
-            gold = _gold_text(ground_truths[i])
             key = (ans, gold)
             if key in self._cache:
                 self._cache.move_to_end(key)

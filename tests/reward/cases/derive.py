@@ -228,3 +228,173 @@ if __name__ == "__main__":
     cs = load_cases()
     print(len(cs), "cases;", Counter(c["type"] for c in cs))
     print("adversarial:", sum(c["adversarial"] for c in cs), "positives:", sum(c["expected"] for c in cs))
+
+
+# ---------------------------------------------------------------------------------------------
+# The kind corpus (issue 9): other graders' test-suite facts, hand-written cases by kind, and
+# cases derived at run time from the real benchmark golds. Every case has a kind and an origin.
+
+def suite_cases(include_excluded: bool = False) -> List[dict]:
+    """Facts (gold, response, verdict) from other graders' test suites (``suites.jsonl``).
+
+    Facts whose label depends on the suite's own options or contradicts the mathematics carry an
+    ``excluded`` reason and are left out unless ``include_excluded``.
+    """
+    out = []
+    for line in (HERE / "suites.jsonl").read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        if "excluded" in r and not include_excluded:
+            continue
+        out.append({"response": r["response"], "ground_truth": r["gold"], "expected": r["expected"],
+                    "type": r["kind"], "kind": r["kind"], "adversarial": False, "source": r["origin"],
+                    "origin": r["origin"]})
+    return out
+
+
+def kind_cases() -> List[dict]:
+    """``kinds.tsv``: ``label<TAB>kind<TAB>answer-or-R:response<TAB>gold<TAB>note``."""
+    out = []
+    for lineno, line in enumerate((HERE / "kinds.tsv").read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split("\t")
+        if len(parts) != 5:
+            raise ValueError(f"kinds.tsv:{lineno}: expected 5 tab-separated fields, got {len(parts)}")
+        label, kind, ans, gold, _note = parts
+        if label not in ("+", "-", "!"):
+            raise ValueError(f"kinds.tsv:{lineno}: bad label {label!r}")
+        resp = ans[2:] if ans.startswith("R:") else "The final answer is $\\boxed{" + ans + "}$."
+        origin = f"kinds.tsv:{lineno}"
+        out.append({"response": resp, "ground_truth": gold, "expected": label == "+", "type": kind,
+                    "kind": kind, "adversarial": label == "!", "source": origin, "origin": origin})
+    return out
+
+
+def _kc(answer_or_response: str, gold: str, expected: bool, kind: str, origin: str,
+        adversarial: bool = False, raw: bool = False) -> dict:
+    resp = answer_or_response if raw else "The final answer is $\\boxed{" + answer_or_response + "}$."
+    return {"response": resp, "ground_truth": gold, "expected": expected, "type": kind, "kind": kind,
+            "adversarial": adversarial, "source": origin, "origin": origin}
+
+
+_MIXED_RE = re.compile(r"(-?)(\d+)\s*\\[dt]?frac\{(\d+)\}\{(\d+)\}")
+_SIMPLE_INTERVAL_RE = re.compile(r"([\[(])\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*([\])])")
+_DEC_GOLD_RE = re.compile(r"(\d+)\.(\d{1,3})")
+
+
+def _strip_dollars(s: str) -> str:
+    return s.replace("$", "").strip()
+
+
+def benchmark_kind_cases() -> List[dict]:
+    """Kind cases built from the real golds in ``../shared/data/benchmarks`` (MATH500, OlympiadBench).
+
+    Labels follow from the construction: the same value written another way is a positive; a
+    value-changing edit (a mixed number read as a product, a swapped tuple, one of several
+    answers, an exact value that only rounds to a decimal gold) is a negative.
+    """
+    out: List[dict] = []
+    m5 = _rows("math500.jsonl")
+    for k, r in enumerate(m5):
+        gold = r["answer"].strip()
+        o = f"math500:{r.get('unique_id', k)}"
+        m = _MIXED_RE.fullmatch(gold)
+        if m:
+            sign, w, a, b = m.groups()
+            v = (int(w) + Fraction(int(a), int(b))) * (-1 if sign else 1)
+            out.append(_kc(f"\\frac{{{v.numerator}}}{{{v.denominator}}}", gold, True, "mixed_number", o))
+            if _terminating_fraction(v):
+                out.append(_kc(_decimal(v), gold, True, "mixed_number", o))
+            prod = int(w) * Fraction(int(a), int(b)) * (-1 if sign else 1)
+            if prod != v:
+                out.append(_kc(_plain(prod), gold, False, "mixed_number", o + ":read-as-product", True))
+            out.append(_kc(f"{sign}\\frac{{{a}}}{{{b}}}", gold, False, "mixed_number", o + ":fraction-part", True))
+        m = _SIMPLE_INTERVAL_RE.fullmatch(gold)
+        if m and "\\cup" not in gold:
+            lo_b, lo, hi, hi_b = m.groups()
+            if float(lo) < float(hi):
+                lop = "<" if lo_b == "(" else "\\le"
+                hip = "<" if hi_b == ")" else "\\le"
+                out.append(_kc(f"{lo} {lop} x {hip} {hi}", gold, True, "ineq_interval", o))
+                flip = "\\le" if lop == "<" else "<"
+                out.append(_kc(f"{lo} {flip} x {hip} {hi}", gold, False, "ineq_interval", o + ":bracket", True))
+        if gold.startswith("\\text{") and gold.endswith("}") and "(" not in gold:
+            word = gold[6:-1].strip()
+            if word and re.fullmatch(r"[A-Za-z ]+", word):
+                out.append(_kc(word, gold, True, "text", o))
+                out.append(_kc(f"\\text{{{word.upper()}}}", gold, True, "text", o + ":case"))
+                out.append(_kc(word + "s", gold, False, "text", o + ":plural", True))
+        m = _DEC_GOLD_RE.fullmatch(gold)
+        if m:  # an exact value that only rounds to the gold is wrong
+            d = len(m.group(2))
+            v = Fraction(gold)
+            near = v + Fraction(4, 10 ** (d + 1))
+            out.append(_kc(f"\\frac{{{near.numerator}}}{{{near.denominator}}}", gold, False, "rounding",
+                           o + ":rounds-to-gold", True))
+            out.append(_kc(f"\\frac{{{v.numerator}}}{{{v.denominator}}}", gold, True, "rounding", o))
+    ob = _rows("olympiadbench.jsonl")
+    multi = 0
+    for r in ob:
+        o = f"olympiadbench:{r.get('id')}"
+        finals = [_strip_dollars(x) for x in r.get("final_answer") or []]
+        if not finals:
+            continue
+        parts: List[str] = []
+        for f in finals:
+            parts.extend(p.strip() for p in _split_top_commas(f))
+        gold = ", ".join(finals)
+        if r.get("is_multiple_answer") and 2 <= len(parts) <= 6 and multi < 30 and \
+                all(len(p) < 40 and "=" not in p for p in parts):
+            multi += 1
+            boxes = " and ".join(f"$\\boxed{{{p}}}$" for p in reversed(parts))
+            out.append(_kc(f"The solutions are {boxes}.", gold, True, "multi_box", o, raw=True))
+            out.append(_kc(f"The solution is $\\boxed{{{parts[0]}}}$.", gold, False, "multi_box",
+                           o + ":one-of-several", True, raw=True))
+        m = re.fullmatch(r"\(([^(),]+),([^(),]+)\)", gold.replace(" ", ""))
+        if m and not r.get("is_multiple_answer"):
+            a, b = m.groups()
+            out.append(_kc(f"(x, y) = ({a}, {b})", gold, True, "labelled", o))
+            if a != b:
+                out.append(_kc(f"(x, y) = ({b}, {a})", gold, False, "labelled", o + ":swapped", True))
+    return out
+
+
+def _split_top_commas(s: str) -> List[str]:
+    parts, depth, cur = [], 0, []
+    for ch in s:
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    return [p for p in parts if p.strip()]
+
+
+def _terminating_fraction(v: Fraction) -> bool:
+    d = v.denominator
+    for p in (2, 5):
+        while d % p == 0:
+            d //= p
+    return d == 1
+
+
+def _decimal(v: Fraction) -> str:
+    s = f"{float(v):.10f}".rstrip("0").rstrip(".")
+    return s
+
+
+def _plain(v: Fraction) -> str:
+    if v.denominator == 1:
+        return str(v.numerator)
+    sign = "-" if v < 0 else ""
+    return f"{sign}\\frac{{{abs(v.numerator)}}}{{{v.denominator}}}"
+
+
+def corpus_cases() -> List[dict]:
+    """The whole kind corpus: suite facts + hand-written kinds + benchmark-derived kinds."""
+    return suite_cases() + kind_cases() + benchmark_kind_cases()
