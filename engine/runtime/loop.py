@@ -39,6 +39,7 @@ from engine.runtime.batch import pack_groups
 from engine.runtime.group import LocalHandle, init_ray, spawn, uses_ray
 from engine.runtime.resources import check_resources
 from engine.runtime.tracking import AimTracker, MetricsLog, Progress
+from engine.study import rollouts as R
 from engine.runtime.workers import ActorWorker, ReferenceWorker, RewardWorker, RolloutWorker, WorkerSetup
 
 #: Metrics that measure time or throughput (they differ between otherwise identical runs).
@@ -173,7 +174,7 @@ def load_prompts(path: str, spec: Any, tokenizer: Any, which: str, log: Callable
     else:
         rows = P.read_rows(path)
     template = P.template_text(d.prompt_template, d.custom_template)
-    ps = P.build_prompt_set(rows, tokenizer, template, d.max_prompt_length, d.prompt_key, d.levels)
+    ps = P.build_prompt_set(rows, tokenizer, template, d.max_prompt_length, d.prompt_key, d.levels, d.answer_key)
     r = ps.report
     log(f"data ({which}): {r['kept']}/{r['rows']} prompts kept; {r['bad_rows']} bad rows"
         + (f" {r['bad_row_reasons']}" if r['bad_rows'] else "")
@@ -202,11 +203,14 @@ def evaluate(workers: Workers, data: P.PromptSet, spec: Any, sampling: SamplingP
     truncated: list[bool] = []
     behaviour: dict[str, float] = {}  # ratio sums weighted by batch size (responses are not kept)
     bs = spec.evaluation.batch_size
+    saved = R.EvalCollector()  # study: saved rollouts
     for s in range(0, len(data), bs):
         gen = workers.rollout.call("generate", data.prompt_ids[s:s + bs], k, sampling,
                                    step_seed(spec.seed, step, f"{prefix}{s}"))
         gts = [g for g in data.ground_truths[s:s + bs] for _ in range(k)]
         res = _grade(workers, gen.texts, gts)
+        saved.add(data.texts[s:s + bs], gen.texts, res, gts, gen.finish_reasons,
+                  [len(r) for r in gen.response_ids])  # study: saved rollouts
         correct += res["correct"]
         rewards += res["reward"]
         boxed += res["boxed"]
@@ -214,6 +218,7 @@ def evaluate(workers: Workers, data: P.PromptSet, spec: Any, sampling: SamplingP
         truncated += [f == "length" for f in gen.finish_reasons]
         for key, ratio in behaviour_ratios(gen.texts, gen.response_ids).items():
             behaviour[key] = behaviour.get(key, 0.0) + ratio * len(gen.texts)
+    saved.write(R.active(), step, prefix, k)  # study: saved rollouts
     out = {f"{prefix}/{key}": value for key, value in summarize(correct, k).items()}
     out.update({f"{prefix}/reward": float(np.mean(rewards)), f"{prefix}/response_length": float(np.mean(lengths)),
                 f"{prefix}/clip_ratio": float(np.mean(truncated)), f"{prefix}/boxed_ratio": float(np.mean(boxed))})
@@ -412,6 +417,7 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
             run_info["aim_run_hash"] = tracker.hash
         _write_json(run_info_path, run_info)
         metrics_log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start)
+        R.activate(run_dir, spec.tracking, resume_step=start)  # study: saved rollouts
         progress = Progress(spec.trainer.total_steps, start, stream=progress_stream)
 
         n = spec.rollout.n
@@ -445,6 +451,7 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
             t_gen = time.perf_counter()
             graded = _grade(workers, gen.texts, gts)
             rewards = torch.tensor(graded["reward"], dtype=torch.float32)
+            R.save_step(step, train_set, idx, gen, graded, gts, n)  # study: saved rollouts
             t_reward = time.perf_counter()
 
             batch = pack_groups(prompts, gen.response_ids, n, tokenizer.pad_token_id)
@@ -512,6 +519,7 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
             tracker.close()
         return summary
     finally:
+        R.deactivate()  # study: saved rollouts
         workers.shutdown()
 
 
