@@ -128,6 +128,16 @@ def aha_moments(rows: list[dict], labels: Sequence[Labels], per_step: list[dict]
     return out
 
 
+def length_rise(per_step: list[dict], *, alpha: float = 0.01, rel_rise: float = 0.1, seed: int = 0) -> dict[str, Any]:
+    """The same change-point test on the mean response length per step (tokens): the step the
+    responses got clearly longer, when they did (a rise of at least ``rel_rise`` of the first
+    three steps' mean)."""
+    xs = [p["mean_length"] for p in per_step]
+    start = float(np.mean(xs[:3])) if xs else 0.0
+    return detect_rise(xs, [p["step"] for p in per_step], alpha=alpha, min_rise=max(rel_rise * start, 1e-9),
+                       seed=seed).to_dict()
+
+
 def _write_labels(path: Path, rows: list[dict], labels: Sequence[Labels]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -167,6 +177,7 @@ def analyze_run(run_dir: str | Path, judges: Sequence[Any], *, sample_per_step: 
                                "eval": summarise(eval_rows, el) if eval_rows else None}
         if train:
             rec["aha"] = aha_moments(train_rows, tl, train["per_step"], alpha=alpha, min_rise=min_rise, seed=seed)
+            result.setdefault("length_rise", length_rise(train["per_step"], alpha=alpha, seed=seed))
         result["judges"][judge.name] = rec
         _write_labels(out_dir / f"labels_{judge.name}.parquet", train_rows + eval_rows, labels)
     names = list(all_labels)
@@ -192,6 +203,8 @@ def format_analysis(result: dict[str, Any]) -> str:
         lines.append(f"{name}: {ratios}{extra}")
         for b, cp in (rec.get("aha") or {}).items():
             lines.append(f"  aha ({b}): {cp['reason']}")
+    if result.get("length_rise"):
+        lines.append(f"response length: {result['length_rise']['reason']}")
     for pair, ag in (result.get("agreement") or {}).items():
         lines.append(f"agreement {pair}: " + ", ".join(
             f"{b} {v['agreement']:.2f}" + (f" (kappa {v['kappa']:.2f})" if v["kappa"] is not None else "")

@@ -161,7 +161,9 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path, log=print)
             "spec_changes": spec_changes(runs[0]["plan"], r["plan"]),
             "aha": {b: {k: cp.get(k) for k in ("found", "step", "before", "after", "p_value", "confidence", "reason")}
                     for b, cp in ((rec or {}).get("aha") or {}).items()},
-            "examples": _key_examples(r, rec),
+            "examples": _key_examples(r, rec, (a or {}).get("length_rise")),
+            "length_rise": {k: (a or {}).get("length_rise", {}).get(k)
+                            for k in ("found", "step", "before", "after", "p_value", "reason")} if a else None,
             "judges": sorted(a["judges"]) if a else [],
             "agreement": (a or {}).get("agreement"),
         })
@@ -175,8 +177,9 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path, log=print)
     return report
 
 
-def _key_examples(run: dict, rec: Optional[dict], per_step: int = 2) -> list[dict]:
-    """Responses at the first step, the aha step(s) found and the last step (from the saved rollouts)."""
+def _key_examples(run: dict, rec: Optional[dict], length_rise: Optional[dict] = None, per_step: int = 2) -> list[dict]:
+    """Responses at the first step, the aha step(s) found, the step responses got longer (when
+    found) and the last step (from the saved rollouts)."""
     from engine.study.rollouts import read_rollouts, step_files
 
     files = step_files(run["dir"])
@@ -187,6 +190,8 @@ def _key_examples(run: dict, rec: Optional[dict], per_step: int = 2) -> list[dic
     for b, cp in ((rec or {}).get("aha") or {}).items():
         if cp.get("found") and cp.get("step") in files:
             picks.append((f"aha: {b}", cp["step"]))
+    if length_rise and length_rise.get("found") and length_rise.get("step") in files:
+        picks.append(("responses get longer", length_rise["step"]))
     picks.append(("last step", steps[-1]))
     out = []
     for why, step in picks:
@@ -240,6 +245,8 @@ def render_html(report: dict[str, Any]) -> str:
         parts.append(f"<h2>{e(r['label'])}</h2>")
         for b, a in r["aha"].items():
             parts.append(f"<p><b>aha ({e(b)})</b>: {e(a['reason'] or '')}</p>")
+        if r.get("length_rise") and r["length_rise"].get("reason"):
+            parts.append(f"<p><b>response length</b>: {e(r['length_rise']['reason'])}</p>")
         if r.get("agreement"):
             for pair, ag in r["agreement"].items():
                 parts.append(f"<p>judge agreement {e(pair)}: " + ", ".join(

@@ -260,9 +260,9 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [f"input: {report['input']['gsm8k']} GSM8K + {report['input']['math']} MATH problems; "
              f"{report['bad_rows']} bad rows" + (f" {report['bad_row_reasons']}" if report["bad_rows"] else "")]
     held = report["held_out"]
-    lines.append(f"held out (benchmark problems, {report['benchmark_problems']} known): {sum(held.values())} "
-                 + (str(held) if held else "") + f"; duplicates dropped: {report['duplicates']}")
+    lines.append(f"held out (benchmark problems, {report['benchmark_problems']} known): {sum(held.values())}"
+                 + (f" {held}" if held else "") + f"; duplicates dropped: {report['duplicates']}")
     for name, s in report["splits"].items():
-        levels = ", ".join(f"L{k} {v}" for k, v in s["by_level"].items())
+        levels = ", ".join(f"L{k} {v}" for k, v in s["by_level"].items()) or "empty"
         lines.append(f"{name:>6}: {s['rows']:>5} rows ({levels})  -> {report['files'].get(name, '')}")
     return "\n".join(lines)
