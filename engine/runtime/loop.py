@@ -39,8 +39,8 @@ from engine.runtime.batch import pack_groups
 from engine.runtime.group import LocalHandle, init_ray, spawn, uses_ray
 from engine.runtime.resources import check_resources
 from engine.runtime.tracking import AimTracker, MetricsLog, Progress
-from engine.study import rollouts as R
 from engine.runtime.workers import ActorWorker, ReferenceWorker, RewardWorker, RolloutWorker, WorkerSetup
+from engine.study import rollouts as R  # study: saved rollouts
 
 #: Metrics that measure time or throughput (they differ between otherwise identical runs).
 TIMING_KEYS = ("time/", "perf/")

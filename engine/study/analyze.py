@@ -73,7 +73,8 @@ def summarise(rows: list[dict], labels: Sequence[Labels]) -> dict[str, Any]:
         by_step[key].append(lab)
         lengths[key].append(int(r["length"]))
     per_step = []
-    for key in sorted(by_step, key=lambda k: (str(k).split("@")[0], int(str(k).split("@")[-1]))):
+    order = lambda k: ("", k) if isinstance(k, int) else (k.split("@")[0], int(k.split("@")[1]))  # noqa: E731
+    for key in sorted(by_step, key=order):  # by step number (set first for evaluation rows)
         labs = by_step[key]
         rec: dict[str, Any] = {"n": len(labs), "mean_length": float(np.mean(lengths[key]))}
         if isinstance(key, str):

@@ -91,7 +91,8 @@ def _eval_keys(metrics: Sequence[dict], suffix: str) -> list[str]:
 
 
 def _passk_keys(metrics: Sequence[dict]) -> list[str]:
-    return sorted({k for m in metrics for k in m if "/pass@" in k})
+    """Evaluation pass@k (``evaluation.samples`` > 1) and the training groups' pass@n."""
+    return sorted({k for m in metrics for k in m if "/pass@" in k or k == "reward/pass_at_n"})
 
 
 def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path, log=print) -> dict[str, Any]:
@@ -196,7 +197,7 @@ def _key_examples(run: dict, rec: Optional[dict], length_rise: Optional[dict] = 
     out = []
     for why, step in picks:
         rows = read_rollouts(files[step])
-        # the correct and the wrong response of one prompt, when there are both
+        # a correct and a wrong response of the step, when it has both
         chosen = [r for r in rows if r["correct"]][:1] + [r for r in rows if not r["correct"]][:1]
         for r in (chosen or rows[:per_step])[:per_step]:
             out.append({"why": why, "step": step, "prompt": r["prompt"][-300:], "response": r["response"][:800],

@@ -54,3 +54,28 @@ def test_short_and_constant_series():
 def test_seeded():
     x = _series(0.1, 0.2, change=15, steps=30, seed=7)
     assert detect_rise(x, seed=1).p_value == detect_rise(x, seed=1).p_value
+
+
+def test_analysis_orders_steps_numerically_and_finds_a_rise():
+    """Per-step ratios come out in step order (10 after 9, not after 1), so the change-point test
+    sees the series as it happened."""
+    from engine.study.analyze import length_rise, summarise
+
+    rows, labels = [], []
+    for step in range(1, 21):
+        for i in range(4):
+            long = step >= 11
+            rows.append({"step": step, "length": 20 if long else 8, "correct": True})
+            labels.append({"verification": long and i < 2, "backtracking": False, "subgoal_setting": False,
+                           "enumeration": False})
+    per = summarise(rows, labels)["per_step"]
+    assert [p["step"] for p in per] == list(range(1, 21))
+    rise = length_rise(per)
+    assert rise["found"] and rise["step"] == 11
+    from engine.study.analyze import aha_moments
+
+    rows = [{**r, "response": "x", "prompt": "p", "group": 0, "sample": 0} for r in rows]
+    aha = aha_moments(rows, labels, per)
+    assert aha["verification"]["found"] and aha["verification"]["step"] == 11
+    assert aha["verification"]["examples_after"][0]["labels"]["verification"] is True
+    assert not aha["backtracking"]["found"]

@@ -25,7 +25,8 @@ import pytest
 
 from engine.study.judge import BEHAVIOURS, LLMJudge
 
-pytestmark = [pytest.mark.slow,
+# vLLM starts in ~35 s on an idle 2-core machine, but can take minutes on a loaded one
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500),
               pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")]
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -64,9 +65,9 @@ def server(tmp_path_factory):
                              "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port),
                              "--dtype", "float32", "--max-model-len", "4096", "--max-num-seqs", "8",
                              "--gpu-memory-utilization", "0.1"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 540
+    deadline = time.time() + 1200
     try:
         while True:
             if proc.poll() is not None:
@@ -81,12 +82,23 @@ def server(tmp_path_factory):
                 pytest.fail("vLLM server did not start:\n" + (folder / "server.log").read_text()[-3000:])
             time.sleep(2)
         yield url
-    finally:
-        proc.terminate()
+    finally:  # the server and its engine-core child: the whole process group started above
+        import signal
+
+        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
         try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)  # a child left behind after the parent exited
+        except ProcessLookupError:
+            pass
         log.close()
 
 
