@@ -11,9 +11,8 @@ import pytest
 from tests.runtime.conftest import write_spec
 
 ROOT = Path(__file__).resolve().parents[2]
-#: ../shared/data beside the checkout (the main checkout's layout), else the machine's /work/shared/data.
-SHARED_DATA = next((p for p in (ROOT.parent / "shared" / "data", Path("/work/shared/data")) if p.is_dir()),
-                   ROOT.parent / "shared" / "data")
+#: $ENGINE_SHARED_DATA, else ../shared/data beside the checkout (as tests/reward/cases/derive.py finds it).
+SHARED_DATA = Path(os.environ.get("ENGINE_SHARED_DATA") or ROOT.parent / "shared" / "data")
 
 #: The tiny run: 4 steps of 4 prompts x 4 samples, evaluation of 8 val prompts at steps 0, 2 and 4.
 STEPS, BATCH, N, VAL = 4, 4, 4, 8
