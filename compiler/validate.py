@@ -287,7 +287,22 @@ def _check_data(spec: ExperimentSpec, loaded: LoadedSpec, check_files: bool) -> 
     if check_files:
         for key, value, hint in missing_data_files(spec):
             problems.append(loaded.problem(key, f"data file not found: {value}", hint))
+    problems += [loaded.problem(field, message, hint, at=key) for field, message, hint, key in data_column_problems(spec)]
     return problems
+
+
+def data_column_problems(spec: ExperimentSpec) -> list[tuple[str, str, str, str]]:
+    """(field, message, hint, file field) for each local data.train / data.val file whose first rows lack the
+    columns ``data.prompt_key`` / ``data.answer_key`` name (reads only those rows, no torch)."""
+    from engine.data.columns import column_problems
+
+    d = spec.data
+    out = []
+    for key, value in (("data.train", d.train), ("data.val", d.val)):
+        if value and _is_local_file(value) and Path(value).is_file():
+            for field, message, hint in column_problems(value, d.prompt_key, d.answer_key):
+                out.append((f"data.{field}" if field != "file" else key, f"{key}: {message}", hint, key))
+    return out
 
 
 def _check_rules(spec: ExperimentSpec, arch: Architecture, loaded: LoadedSpec) -> list[Problem]:

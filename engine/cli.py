@@ -6,6 +6,9 @@
     engine schema [...]                                      the spec schema (compiler.cli)
     engine grade [...]                                       grade answers (engine.reward.cli)
     engine eval SPEC.yaml | RUN_DIR [...]                    evaluate a model (engine.evaluation.cli)
+    engine data simplerl [...]                               SimpleRL-Zoo data splits (engine.study.cli)
+    engine analyze RUN_DIR [...]                             behaviours, judges, aha moment (engine.study.cli)
+    engine report RUN_DIR [...] --out DIR                    HTML + PNG report (engine.study.cli)
 
 Dispatch is lazy: `engine plan` and `engine schema` never import torch. Exit codes of `run`:
 0 done, 1 failed (e.g. the plan needs hardware that is not there), 2 invalid spec or usage,
@@ -20,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-USAGE = """usage: engine {run,plan,schema,grade,eval} ...
+USAGE = """usage: engine {run,plan,schema,grade,eval,data,analyze,report} ...
 
   run SPEC.yaml [key=value ...] [--run-dir DIR]   train: compile the spec and execute the plan
   run RUN_DIR --resume                            continue a run after a crash or Ctrl-C
@@ -28,6 +31,9 @@ USAGE = """usage: engine {run,plan,schema,grade,eval} ...
   schema                                          describe the spec fields
   grade                                           grade answers with the math reward
   eval SPEC.yaml | RUN_DIR [--model DIR]          evaluate a model on data.val and the benchmarks
+  data simplerl --gsm8k F --math D --out DIR      SimpleRL-Zoo easy/medium/hard + val parquet
+  analyze RUN_DIR [--judge-url URL --judge-model M]  behaviours per step, the aha moment
+  report RUN_DIR [RUN_DIR ...] --out DIR          HTML page + PNG plots, runs side by side
 """
 
 
@@ -133,6 +139,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from engine.evaluation.cli import eval_command
 
         code = eval_command(rest)
+    elif cmd in ("data", "analyze", "report"):
+        from engine.study import cli as study_cli
+
+        code = {"data": study_cli.data_command, "analyze": study_cli.analyze_command,
+                "report": study_cli.report_command}[cmd](rest)
     else:
         print(f"engine: unknown command {cmd!r}\n{USAGE}", file=sys.stderr)
         code = 2

@@ -27,6 +27,8 @@ class TrackingSpec(Section):
     backend: Literal["aim", "none"] = Field("aim", description="aim repo inside the run folder, or none (metrics.jsonl only).")
     runs_dir: str = Field("runs", description="Folder holding run folders.")
     experiment: str = Field("zero-rl", description="aim experiment name.")
+    save_rollouts: bool = Field(True, description="Save every step's and every evaluation's responses as parquet in RUN/rollouts/ (engine analyze, engine report read them).")
+    keep_rollout_steps: int = Field(0, ge=0, description="Keep only the saved rollouts of this many most recent steps (0 = every step; evaluation samples are always kept).")
 
 
 class EvaluationSpec(Section):

@@ -18,7 +18,7 @@ def load_prompts(path: str, spec: Any, tokenizer: Any, which: str, log: Callable
     else:
         rows = P.read_rows(path)
     template = P.template_text(d.prompt_template, d.custom_template)
-    ps = P.build_prompt_set(rows, tokenizer, template, d.max_prompt_length, d.prompt_key, d.levels)
+    ps = P.build_prompt_set(rows, tokenizer, template, d.max_prompt_length, d.prompt_key, d.levels, d.answer_key)
     r = ps.report
     log(f"data ({which}): {r['kept']}/{r['rows']} prompts kept; {r['bad_rows']} bad rows"
         + (f" {r['bad_row_reasons']}" if r['bad_rows'] else "")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from engine.data.columns import answer_value, prompt_value
 from schemas.data import COMPLEX_TEMPLATE, SIMPLE_TEMPLATE, render_prompt
 
 def template_text(kind: str, custom: Optional[str] = None) -> Optional[str]:
@@ -127,12 +128,14 @@ class PromptSet:
 
 
 def build_prompt_set(rows: list[dict], tokenizer: Any, template: Optional[str], max_prompt_length: int,
-                     prompt_key: str = "prompt", levels: Optional[list[int]] = None) -> PromptSet:
+                     prompt_key: str = "prompt", levels: Optional[list[int]] = None,
+                     answer_key: Optional[str] = None) -> PromptSet:
     """Validate, select, template and tokenize ``rows``.
 
     Counts in ``report``: rows, kept, bad_rows (with reasons), outside_levels, too_long (and the
     longest prompt seen, in tokens). With template "none" a chat-list prompt goes through the
-    tokenizer's chat template when it has one.
+    tokenizer's chat template when it has one. Columns: `engine.data.columns` (``prompt_key``, and
+    ``answer_key`` instead of ``reward_model.ground_truth``).
     """
     out = PromptSet()
     reasons: Counter[str] = Counter()
@@ -142,14 +145,14 @@ def build_prompt_set(rows: list[dict], tokenizer: Any, template: Optional[str], 
         if "__error__" in row:
             reasons[row["__error__"].split(":", 1)[-1].strip()] += 1
             continue
-        raw = row.get(prompt_key)
+        raw = prompt_value(row, prompt_key)
         question = question_of(raw)
-        gt = ground_truth_of(row)
+        gt = answer_value(row, answer_key)
         if question is None:
             reasons[f"no usable '{prompt_key}'"] += 1
             continue
         if gt is None or not gt.strip():
-            reasons["no reward_model.ground_truth"] += 1
+            reasons[f"no {answer_key or 'reward_model.ground_truth'}"] += 1
             continue
         level = parse_level(row.get("level"))
         if wanted is not None and level not in wanted:

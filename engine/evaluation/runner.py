@@ -13,10 +13,11 @@ from engine.data import prompts as P
 from engine.evaluation.behaviour import behaviour_ratios
 from engine.evaluation.metrics import summarize
 from engine.sampling import Sampler, step_seed
+from engine.study.rollouts import EvalCollector
 
 
 def evaluate(sampler: Sampler, data: P.PromptSet, spec: Any, sampling: SamplingParams, step: int,
-             prefix: str = "val", samples: Optional[int] = None) -> dict[str, float]:
+             prefix: str = "val", samples: Optional[int] = None, writer: Optional[Any] = None) -> dict[str, float]:
     """Sample ``samples`` (default ``evaluation.samples``) responses per prompt of ``data``, in
     batches of ``evaluation.batch_size`` prompts, and grade them.
 
@@ -25,7 +26,8 @@ def evaluate(sampler: Sampler, data: P.PromptSet, spec: Any, sampling: SamplingP
     ``<prefix>/response_length`` (tokens; ``length_correct`` / ``length_wrong`` over the right and
     wrong answers), ``<prefix>/clip_ratio`` (share cut at the length limit), ``<prefix>/boxed_ratio``
     (share with a ``\\boxed{}`` answer), and ``reflection_ratio`` / ``repeat_ratio``
-    (`engine.evaluation.behaviour`).
+    (`engine.evaluation.behaviour`). ``writer``: a `engine.study.rollouts.RolloutWriter` that saves
+    every sample.
     """
     k = samples or spec.evaluation.samples
     correct: list[bool] = []
@@ -35,10 +37,13 @@ def evaluate(sampler: Sampler, data: P.PromptSet, spec: Any, sampling: SamplingP
     truncated: list[bool] = []
     behaviour: dict[str, float] = {}  # ratio sums weighted by batch size (responses are not kept)
     bs = spec.evaluation.batch_size
+    saved = EvalCollector() if writer is not None else None
     for s in range(0, len(data), bs):
         gen = sampler.generate(data.prompt_ids[s:s + bs], k, sampling, step_seed(spec.seed, step, f"{prefix}{s}"))
         gts = [g for g in data.ground_truths[s:s + bs] for _ in range(k)]
         res = sampler.grade(gen.texts, gts)
+        if saved is not None:
+            saved.add(data.texts[s:s + bs], gen.texts, res, gts, gen.finish_reasons, [len(r) for r in gen.response_ids])
         correct += res["correct"]
         rewards += res["reward"]
         boxed += res["boxed"]
@@ -46,6 +51,8 @@ def evaluate(sampler: Sampler, data: P.PromptSet, spec: Any, sampling: SamplingP
         truncated += [f == "length" for f in gen.finish_reasons]
         for key, ratio in behaviour_ratios(gen.texts, gen.response_ids).items():
             behaviour[key] = behaviour.get(key, 0.0) + ratio * len(gen.texts)
+    if saved is not None:
+        saved.write(writer, step, prefix, k)
     out = {f"{prefix}/{key}": value for key, value in summarize(correct, k).items()}
     out.update({f"{prefix}/reward": float(np.mean(rewards)), f"{prefix}/response_length": float(np.mean(lengths)),
                 f"{prefix}/clip_ratio": float(np.mean(truncated)), f"{prefix}/boxed_ratio": float(np.mean(boxed))})
@@ -58,14 +65,15 @@ def evaluate(sampler: Sampler, data: P.PromptSet, spec: Any, sampling: SamplingP
 
 
 def evaluate_benchmarks(sampler: Sampler, sets: dict[str, P.PromptSet], spec: Any, sampling: SamplingParams,
-                        step: int) -> dict[str, float]:
+                        step: int, writer: Optional[Any] = None) -> dict[str, float]:
     """`evaluate` on each benchmark (``eval/<name>/...``) plus ``eval/average``: the mean accuracy
     over the benchmarks, the SimpleRL-Zoo headline number."""
     out: dict[str, float] = {}
     by_name = spec.evaluation.samples_by_benchmark
     for name, data in sets.items():
         if len(data):
-            out.update(evaluate(sampler, data, spec, sampling, step, prefix=f"eval/{name}", samples=by_name.get(name)))
+            out.update(evaluate(sampler, data, spec, sampling, step, prefix=f"eval/{name}", samples=by_name.get(name),
+                                writer=writer))
     accs = [out[f"eval/{name}/accuracy"] for name in sets if f"eval/{name}/accuracy" in out]
     if accs:
         out["eval/average"] = float(np.mean(accs))
@@ -74,13 +82,13 @@ def evaluate_benchmarks(sampler: Sampler, sets: dict[str, P.PromptSet], spec: An
 
 def evaluate_all(sampler: Sampler, val_set: Optional[P.PromptSet], bench_sets: dict[str, P.PromptSet], spec: Any,
                  sampling: SamplingParams, step: int, log: Callable[[str], None],
-                 label: Optional[str] = None) -> dict[str, float]:
+                 label: Optional[str] = None, writer: Optional[Any] = None) -> dict[str, float]:
     """``val/*`` on ``data.val`` and ``eval/*`` on the benchmarks, with one log line of accuracies
     (headed ``eval step N``, or ``eval <label>``)."""
     m: dict[str, float] = {}
     if val_set is not None and len(val_set):
-        m.update(evaluate(sampler, val_set, spec, sampling, step, prefix="val"))
-    m.update(evaluate_benchmarks(sampler, bench_sets, spec, sampling, step))
+        m.update(evaluate(sampler, val_set, spec, sampling, step, prefix="val", writer=writer))
+    m.update(evaluate_benchmarks(sampler, bench_sets, spec, sampling, step, writer=writer))
     shown = [("val", m.get("val/accuracy"))] + [(b, m.get(f"eval/{b}/accuracy")) for b in bench_sets]
     shown += [("average", m.get("eval/average"))]
     if m:

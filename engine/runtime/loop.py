@@ -46,6 +46,7 @@ from engine.runtime.roles import Roles
 from engine.runtime.sync import StepOrder
 from engine.runtime.tracking import AimTracker, MetricsLog, Progress
 from engine.sampling import sampling_params, step_seed
+from engine.study import rollouts as R
 
 #: Metrics that measure time or throughput (they differ between otherwise identical runs).
 TIMING_KEYS = ("time/", "perf/")
@@ -109,6 +110,7 @@ class StepInputs:
     sampling: SamplingParams
     pad_id: int
     order: StepOrder
+    writer: Optional[R.RolloutWriter] = None  # saves every step's rollouts (tracking.save_rollouts)
 
 
 def rl_step(roles: Roles, inp: StepInputs, step: int) -> dict[str, float]:
@@ -128,6 +130,7 @@ def rl_step(roles: Roles, inp: StepInputs, step: int) -> dict[str, float]:
     # 3. reward
     graded = roles.grade(gen.texts, gts)
     rewards = torch.tensor(graded["reward"], dtype=torch.float32)
+    R.save_step(inp.writer, step, inp.train_set, idx, gen, graded, gts, n)
     t_reward = time.perf_counter()
 
     # 4. log-probs: the policy before the update (needed unless the update is on-policy), the reference
@@ -277,6 +280,7 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
             run_info["aim_run_hash"] = tracker.hash
         _write_json(run_info_path, run_info)
         metrics_log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start)
+        inp.writer = R.open_writer(run_dir, spec.tracking, resume_step=start if resume else None)
         progress = Progress(spec.trainer.total_steps, start, stream=progress_stream)
 
         def record(step: int, m: dict[str, float]) -> None:
@@ -296,14 +300,15 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
                 m0.update(parity_gate(roles, inp, log))
             if ev.every and ev.before_training:  # the base model (greedy by default, as the recipe evaluates it)
                 m0.update(evaluate_all(roles, val_set, bench_sets, spec,
-                                       sampling_params(spec, files.end_token_ids, evaluation=True, base=True), 0, log))
+                                       sampling_params(spec, files.end_token_ids, evaluation=True, base=True), 0, log,
+                                       writer=inp.writer))
             if m0:
                 record(0, m0)
 
         for step in range(start + 1, last + 1):
             m = rl_step(roles, inp, step)
             if ev.every and (step % ev.every == 0 or step == total):
-                m.update(evaluate_all(roles, val_set, bench_sets, spec, eval_sampling, step, log))
+                m.update(evaluate_all(roles, val_set, bench_sets, spec, eval_sampling, step, log, writer=inp.writer))
             record(step, m)
             progress.update(step, m)
             if step % spec.checkpoint.every == 0 or step == total:

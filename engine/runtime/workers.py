@@ -226,7 +226,8 @@ class RewardWorker:
         """Rewards and verdicts, one per response."""
         res = self.grader.grade_batch(responses, ground_truths)
         return {"reward": [r.reward for r in res], "correct": [bool(r.correct) for r in res],
-                "boxed": [bool(r.boxed) for r in res], "status": [r.status for r in res]}
+                "boxed": [bool(r.boxed) for r in res], "status": [r.status for r in res],
+                "extracted": [r.extracted for r in res]}
 
     def stats(self) -> dict[str, int]:
         return dict(self.grader.stats())
