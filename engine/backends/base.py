@@ -77,7 +77,8 @@ class Generator(Protocol):
 
         ``expected``: the manifest (every parameter name the trainer sends); when given, a name missing,
         received twice, or not expected raises `engine.backends.manifest.WeightSyncError` naming it,
-        and the generator's weights must not be used for sampling afterwards."""
+        and the generator's weights must not be used for sampling afterwards. A complete update resets
+        the prefix cache (cached prefixes were computed with the old weights)."""
 
     def sleep(self, level: int = 1) -> None:
         """Release accelerator memory while the trainer runs (`SLEEP_LEVELS`; a no-op on CPU)."""

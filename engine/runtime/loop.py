@@ -243,7 +243,6 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
         # the generator's first weights come from the trainer (``sync_skip``: a deliberately broken sync,
         # for the parity gate's own test)
         roles.push_weights(plan.weight_sync.bucket_bytes, skip=sync_skip)
-        roles.generator_call("reset_prefix_cache")
         if spec.data.min_pass_rate is not None or spec.data.max_pass_rate is not None:
             inp.train_set = train_set = select_by_pass_rate(train_set, roles, spec, inp.sampling,
                                                             run_dir / "pass_rates.json", log)

@@ -3,8 +3,8 @@
 A colocated GPU generator (vLLM) and the trainer take turns on the same devices:
 
     generate -> generator.sleep(level) -> trainer.onload -> update ->
-    generator.wake(["weights"]) -> stream the new weights in -> trainer.offload ->
-    generator.wake(["kv_cache"]) -> generator.reset_prefix_cache()
+    generator.wake(["weights"]) -> stream the new weights in (the generator resets its prefix cache
+    once the stream is complete) -> trainer.offload -> generator.wake(["kv_cache"])
 
 Sleeping frees the KV cache (and offloads or drops the weights) while the trainer needs the memory;
 the weights are woken first so the new ones can be written into them before the KV cache takes its
@@ -35,8 +35,8 @@ class StepOrder:
             roles.trainer.broadcast("onload")
 
     def after_update(self, roles: Any) -> int:
-        """New weights into the generator, trainer off the devices, KV cache back, prefix cache reset.
-        Returns the tensors the generator received."""
+        """New weights into the generator (which resets its prefix cache), trainer off the devices, KV
+        cache back. Returns the tensors the generator received."""
         if self.sleep_level:
             roles.generator_call("generator_wake", ["weights"])
         received = roles.push_weights(self.bucket_bytes)
@@ -44,5 +44,4 @@ class StepOrder:
             roles.trainer.broadcast("offload")
         if self.sleep_level:
             roles.generator_call("generator_wake", ["kv_cache"])
-        roles.generator_call("reset_prefix_cache")
         return received

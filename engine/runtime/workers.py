@@ -155,15 +155,22 @@ class TrainerWorker:
         self.generator.reset_prefix_cache()
 
     def close(self) -> None:
-        close = getattr(self.generator, "close", None)
-        if callable(close):
-            close()
+        _close(self.generator)
         if torch.distributed.is_initialized() and self.world > 1:
             torch.distributed.destroy_process_group()
 
     def ping(self) -> dict[str, Any]:
         """Where this rank runs: pid, rank, and the accelerator ids Ray gave it (empty without Ray)."""
         return {"role": "trainer", "rank": self.rank, "pid": os.getpid(), "gpu_ids": _ray_gpu_ids()}
+
+
+def _close(backend: Any) -> None:
+    """Stop a backend's engine processes now (vLLM's ``shutdown``), not at garbage collection."""
+    for name in ("shutdown", "close"):
+        stop = getattr(backend, name, None)
+        if callable(stop):
+            stop()
+            return
 
 
 def _ray_gpu_ids() -> list[str]:
@@ -203,9 +210,7 @@ class GeneratorWorker:
         self.generator.reset_prefix_cache()
 
     def close(self) -> None:
-        close = getattr(self.generator, "close", None)
-        if callable(close):
-            close()
+        _close(self.generator)
 
     def ping(self) -> dict[str, Any]:
         return {"role": "generator", "replica": self.replica, "pid": os.getpid(), "gpu_ids": _ray_gpu_ids()}
