@@ -1,0 +1,47 @@
+"""The Megatron trainer's sharded checkpoints: SIGKILL mid-step, then --resume, reproduces the run."""
+
+import importlib.util
+import os
+import signal
+import time
+
+import pytest
+
+from tests.runtime.conftest import write_spec
+from tests.runtime.test_resume import ROOT, STEPS, _engine, _records
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("megatron") is None, reason="megatron-core is not installed")
+
+
+@pytest.mark.slow
+def test_megatron_sigkill_mid_step_then_resume_matches_uninterrupted(tmp_path):
+    spec = write_spec(tmp_path, steps=STEPS, every=2)
+    env = {**os.environ, "ENGINE_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    megatron = "trainer.backend=megatron"
+
+    full = _engine(str(spec), "--run-dir", str(tmp_path / "full"), megatron, env=env)
+    assert full.wait(timeout=600) == 0, full.stdout.read()
+
+    killed = tmp_path / "killed"
+    proc = _engine(str(spec), "--run-dir", str(killed), megatron, env=env)
+    metrics = killed / "metrics.jsonl"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:  # step 3 logged: the run is inside step 4, after checkpoint 2
+        if metrics.exists() and '"step": 3' in metrics.read_text():
+            break
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert max(_records(killed)) < STEPS
+    assert (killed / "checkpoints" / "step_000002" / "trainer").is_dir()  # the sharded trainer checkpoint
+
+    resumed = _engine(str(killed), "--resume", env=env)
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out
+    a, b = _records(tmp_path / "full"), _records(killed)
+    assert sorted(b) == list(range(1, STEPS + 1))
+    for step in range(1, STEPS + 1):
+        assert b[step].keys() == a[step].keys()
+        for k in a[step]:
+            assert b[step][k] == pytest.approx(a[step][k], rel=1e-6, abs=1e-9), (step, k)
