@@ -432,6 +432,12 @@ def layout_from_plan(plan: Any, device: str) -> ModelLayout:
 def build(ctx: Any) -> MegatronTrainer:
     """The plan's Megatron trainer for this rank (registry entry ``megatron``)."""
     plan = ctx.plan
+    if plan.spec.algorithm.advantage == "gae":
+        raise ValueError("trainer.backend=megatron has no critic: use algorithm.advantage grpo (or the torch "
+                         "trainer for gae)")
+    if plan.trainer.context_parallel != 1:
+        raise ValueError(f"trainer.context_parallel={plan.trainer.context_parallel}: the megatron trainer runs "
+                         "context_parallel=1 only")
     optim, loss, sizes = from_plan(plan)
     return MegatronTrainer(plan.architecture, ctx.model_path, layout_from_plan(plan, ctx.device), optim, loss, sizes,
                            data_parallel=plan.trainer.data_parallel, seed=plan.spec.seed,
