@@ -314,8 +314,15 @@ class MegatronTrainer:
         """HF-named full tensors (TP shards gathered, PP stages broadcast), bucketed. Collective: every
         rank of the trainer group iterates it to the end."""
         def named():
-            with compat_for(self.device):
-                yield from self.bridge.export(self.model)
+            # the shim is active only while the export computes the next tensor, never while the
+            # consumer (e.g. a generator taking the weights) runs between tensors
+            it = self.bridge.export(self.model)
+            while True:
+                with compat_for(self.device):
+                    item = next(it, None)
+                if item is None:
+                    return
+                yield item
         return bucketed(named(), bucket_bytes)
 
     @_compat
