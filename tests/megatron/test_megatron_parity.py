@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 
 import pytest
 import torch
@@ -17,7 +18,8 @@ import torch
 pytest.importorskip("megatron.core")
 pytest.importorskip("mbridge")
 
-import mcore_checks as mc  # noqa: E402  (tests/megatron is on sys.path: pytest rootdir insertion)
+sys.path.insert(0, os.path.dirname(__file__))  # the helpers spawned ranks import by name
+import mcore_checks as mc  # noqa: E402
 from mcore_spawn import run_ranks  # noqa: E402
 
 pytestmark = pytest.mark.slow
