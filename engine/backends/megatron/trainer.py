@@ -445,6 +445,11 @@ def build(ctx: Any) -> MegatronTrainer:
     if plan.trainer.context_parallel != 1:
         raise ValueError(f"trainer.context_parallel={plan.trainer.context_parallel}: the megatron trainer runs "
                          "context_parallel=1 only")
+    arch, d = plan.architecture, plan.spec.data
+    longest = d.max_prompt_length + d.max_response_length
+    if arch.sliding_window and longest > arch.sliding_window:
+        raise ValueError(f"sequences of up to {longest} tokens exceed the model's sliding window "
+                         f"({arch.sliding_window}); the megatron trainer attends over the full causal span")
     optim, loss, sizes = from_plan(plan)
     return MegatronTrainer(plan.architecture, ctx.model_path, layout_from_plan(plan, ctx.device), optim, loss, sizes,
                            data_parallel=plan.trainer.data_parallel, seed=plan.spec.seed,
