@@ -8,7 +8,7 @@ plan) behind a thin adapter: it exposes no shared HF module, so the loop syncs w
 generator through `weights()`, which is the trainer's HF weight stream. The compiler refuses
 `trainer.backend=megatron` on CPU today, so the plan is compiled for `torch` and its trainer backend
 switched; the layout fields the builder reads are the same. Checkpoints and HF export are off (the
-loop's checkpoint format is the torch trainer's state dict). Prints the last five steps' mean reward.
+loop's checkpoint format is the torch trainer's state dict; the final one it writes is empty here). Prints the last five steps' mean reward.
 Not a test; a demonstration until the run loop selects trainers through the registry.
 """
 
@@ -49,6 +49,11 @@ class MegatronActor:
     def weights(self):
         return {n: t.clone() for bucket in self.trainer.weight_stream(64 << 20) for n, t in bucket}
 
+    def state_dict(self):
+        """The loop writes a final checkpoint in its torch format; this demo keeps none (its run
+        folder is disposable; the trainer's own per-rank checkpoints are `save_checkpoint`)."""
+        return {}
+
     def ping(self) -> str:
         return "actor"
 
@@ -66,7 +71,7 @@ def main() -> None:
         f"trainer.total_steps={args.steps}", "checkpoint.every=100000", "checkpoint.export_hf=false",
         "tracking.backend=none"])
     loop.ActorWorker = MegatronActor
-    summary = loop.train(plan, args.run_dir)
+    summary = loop.train(plan, args.run_dir, log=lambda m: None)
     rewards = []
     with open(Path(args.run_dir) / "metrics.jsonl") as f:
         for line in f:
