@@ -71,7 +71,7 @@ def main() -> None:
         f"trainer.total_steps={args.steps}", "checkpoint.every=100000", "checkpoint.export_hf=false",
         "tracking.backend=none"])
     loop.ActorWorker = MegatronActor
-    summary = loop.train(plan, args.run_dir, log=lambda m: None)
+    summary = loop.train(plan, args.run_dir)
     rewards = []
     with open(Path(args.run_dir) / "metrics.jsonl") as f:
         for line in f:
