@@ -57,19 +57,20 @@ def _sizes(batch_rows: int, micro: int):
     return BatchConfig(mini_batch=batch_rows, micro_batch=micro, log_prob_micro_batch=3)
 
 
-def optim_loss():
+def optim_loss(agg: str = "token_mean"):
     """The optimizer and loss settings both trainers use in the update checks."""
     from engine.backends.config import LossConfig, OptimConfig
 
     return (OptimConfig(lr=1e-3, weight_decay=0.01, grad_clip=1.0),
-            LossConfig(clip_low=0.2, clip_high=0.28, loss_agg="token_mean", kl_coef=0.1, entropy_coef=0.01))
+            LossConfig(clip_low=0.2, clip_high=0.28, loss_agg=agg, kl_coef=0.1, entropy_coef=0.01))
 
 
-def trainer(arch: Architecture, path: str, tp: int, pp: int, dp: int, rows: int, micro: int = 2):
+def trainer(arch: Architecture, path: str, tp: int, pp: int, dp: int, rows: int, micro: int = 2,
+            agg: str = "token_mean"):
     from engine.backends.megatron.model import ModelLayout
     from engine.backends.megatron.trainer import MegatronTrainer
 
-    optim, loss = optim_loss()
+    optim, loss = optim_loss(agg)
     return MegatronTrainer(arch, path, ModelLayout(tensor_parallel=tp, pipeline_parallel=pp, recompute="full"),
                            optim, loss, _sizes(rows, micro), data_parallel=dp, seed=1)
 
@@ -106,12 +107,12 @@ def _dp_shard(batch: dict[str, torch.Tensor], dp: int, dp_rank: int) -> dict[str
             if k not in ("prompt_ids", "prompt_mask")}
 
 
-def run_all(rank: int, world: int, root: str, layouts: list[tuple[str, int, int]], update_layouts: list[tuple[int, int]],
+def run_all(rank: int, world: int, root: str, layouts: list[tuple[str, int, int]], update_layouts: list[tuple[int, int, str]],
             inputs: dict[str, Any]) -> dict[str, Any]:
     """Every multi-rank check in one process pair (megatron's import dominates the cost).
 
-    layouts: (model, tp, pp) for the forward/export checks; update_layouts: (tp, pp) for the RL
-    update (qwen2; the remaining factor of 2 is data parallel), the first one also checkpointing."""
+    layouts: (model, tp, pp) for the forward/export checks; update_layouts: (tp, pp, loss_agg) for
+    the RL update (qwen2; the remaining factor of 2 is data parallel), the first one also checkpointing."""
     from engine.backends.manifest import check_manifest
     from engine.backends.megatron.logprobs import vocab_parallel_log_probs
     from megatron.core import parallel_state as ps
@@ -155,12 +156,12 @@ def run_all(rank: int, world: int, root: str, layouts: list[tuple[str, int, int]
         (lp.sum() + 0.5 * en.sum()).backward()
         out["vp"] = {"logp": lp.detach(), "entropy": en.detach(), "grad": z.grad[..., rank * half:(rank + 1) * half]}
 
-    for i, (tp, pp) in enumerate(update_layouts):
+    for i, (tp, pp, agg) in enumerate(update_layouts):
         dp = world // (tp * pp)
         rows = batch["responses"].shape[0]
-        tr = trainer(QWEN2, os.path.join(root, "qwen2"), tp, pp, dp, rows // dp)
+        tr = trainer(QWEN2, os.path.join(root, "qwen2"), tp, pp, dp, rows // dp, agg=agg)
         shard = _dp_shard(inputs["update_batch"], dp, tr.dp_rank)
-        key = f"tp{tp}_pp{pp}_dp{dp}"
+        key = f"tp{tp}_pp{pp}_dp{dp}_{agg}"
         m1 = tr.update(shard)
         w1 = {n: t.clone() for b in tr.weight_stream(1 << 20) for n, t in b}
         out[f"update_{key}"] = {"metrics": m1, "weights": w1}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 
 import pytest
 import torch
@@ -17,13 +18,15 @@ import torch
 pytest.importorskip("megatron.core")
 pytest.importorskip("mbridge")
 
-import mcore_checks as mc  # noqa: E402  (tests/megatron is on sys.path: pytest rootdir insertion)
+sys.path.insert(0, os.path.dirname(__file__))  # the helpers spawned ranks import by name
+import mcore_checks as mc  # noqa: E402
 from mcore_spawn import run_ranks  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 LAYOUTS = [("qwen2", 1, 1), ("qwen2", 2, 1), ("qwen2", 1, 2), ("llama_hd", 1, 1), ("llama_hd", 2, 1), ("llama_hd", 1, 2)]
-UPDATE_LAYOUTS = [(2, 1), (1, 2), (1, 1)]  # TP=2; PP=2; DP=2
+# TP=2; PP=2; DP=2 (token-mean, and per-sequence means: the normaliser is then the global sequence count)
+UPDATE_LAYOUTS = [(2, 1, "token_mean"), (1, 2, "token_mean"), (1, 1, "token_mean"), (1, 1, "seq_mean_token_mean")]
 
 
 @pytest.fixture(scope="module")
@@ -130,11 +133,11 @@ def test_vocab_parallel_log_probs_and_entropy_at_tp2(run):
     assert torch.count_nonzero(got_grad[..., 10:]) == 0  # padding ids get no gradient
 
 
-def _torch_update(run):
+def _torch_update(run, agg):
     from engine.backends.config import BatchConfig
     from engine.backends.torch_trainer import TorchTrainer
 
-    optim, loss = mc.optim_loss()
+    optim, loss = mc.optim_loss(agg)
     model = copy.deepcopy(_hf(run["root"], "qwen2"))
     ub = run["inputs"]["update_batch"]
     rows = ub["responses"].shape[0]
@@ -144,15 +147,16 @@ def _torch_update(run):
 
 
 @pytest.fixture(scope="module")
-def torch_update(run):
-    return _torch_update(run)
+def torch_updates(run):
+    return {agg: _torch_update(run, agg) for agg in {a for _, _, a in UPDATE_LAYOUTS}}
 
 
-@pytest.mark.parametrize("tp,pp,dp", [(2, 1, 1), (1, 2, 1), (1, 1, 2)])
-def test_rl_update_equals_the_torch_trainer(run, torch_update, tp, pp, dp):
-    want, want_w = torch_update
+@pytest.mark.parametrize("tp,pp,dp,agg", [(2, 1, 1, "token_mean"), (1, 2, 1, "token_mean"), (1, 1, 2, "token_mean"),
+                                          (1, 1, 2, "seq_mean_token_mean")])
+def test_rl_update_equals_the_torch_trainer(run, torch_updates, tp, pp, dp, agg):
+    want, want_w = torch_updates[agg]
     for r in run["ranks"]:
-        got = r[f"update_tp{tp}_pp{pp}_dp{dp}"]
+        got = r[f"update_tp{tp}_pp{pp}_dp{dp}_{agg}"]
         for k in ("actor/pg_loss", "actor/grad_norm", "actor/entropy", "actor/kl", "actor/pg_clipfrac",
                   "actor/ppo_kl", "actor/lr", "actor/skipped_steps"):
             assert abs(got["metrics"][k] - want[k]) <= 1e-5 * max(1.0, abs(want[k])), (k, got["metrics"][k], want[k])
@@ -164,7 +168,7 @@ def test_rl_update_equals_the_torch_trainer(run, torch_update, tp, pp, dp):
 
 def test_checkpoint_load_gives_the_identical_next_update(run):
     for r in run["ranks"]:
-        res = r["resume_tp2_pp1_dp1"]
+        res = r["resume_tp2_pp1_dp1_token_mean"]
         assert res["m2"] == res["m2b"]
         assert res["same_weights"]
         assert any(f.endswith(".distcp") for f in res["files"])  # a sharded (per-rank) checkpoint

@@ -5,6 +5,7 @@ manifest, and an HF export whose log-probs are the trainer's. Plus layout refusa
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import torch
 pytest.importorskip("megatron.core")
 pytest.importorskip("mbridge")
 
+sys.path.insert(0, os.path.dirname(__file__))  # the helpers spawned ranks import by name
 from mcore_spawn import run_ranks  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,6 +93,7 @@ def single_process(rank: int, world: int, plan_json: str, model_path: str, out_d
             "entropy": entropy, "export": export, "batch": batch, "buckets": len(names)}
 
 
+@pytest.mark.slow
 def test_single_process_trainer_from_the_plan_learns_and_exports(tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -3,7 +3,10 @@
 Parameters and gradients live in Megatron DDP's contiguous buffers: the parameter buffers are copied
 to (pinned) host memory and their device storage freed; gradient buffers are freed (they are zeroed
 at the start of every update anyway); optimizer states (and fp32 master copies) are moved to host
-memory. `onload_model_and_optimizer` reverses it. GPU only; the CPU trainer never calls these.
+memory. `onload_model_and_optimizer` reverses it. GPU only; the CPU trainer never calls these, and
+they have not run on a GPU yet (`bench/megatron/gpu_check.py` exercises them once). Parameters are
+offloaded through the DDP parameter buffers, which Megatron allocates with the distributed optimizer;
+without it only gradients and optimizer state move.
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ def _optimizers(optimizer: Any) -> list[Any]:
 def offload_model_and_optimizer(model: Any, optimizer: Any) -> None:
     """Device -> host for parameters and optimizer state; gradients are dropped."""
     for buf in _buffers(model):
-        if buf.param_data is not None and buf.param_data.storage().size() > 0:
-            buf.param_data_cpu = buf.param_data.detach().to("cpu", non_blocking=True).pin_memory()
-            buf.param_data.storage().resize_(0)
-        if buf.grad_data.storage().size() > 0:
-            buf.grad_data_size = buf.grad_data.storage().size()
-            buf.grad_data.storage().resize_(0)
+        if buf.param_data is not None and buf.param_data.untyped_storage().nbytes() > 0:
+            buf.param_data_cpu = buf.param_data.detach().to("cpu").pin_memory()
+            buf.param_data.untyped_storage().resize_(0)
+        if buf.grad_data.untyped_storage().nbytes() > 0:
+            buf.grad_data_bytes = buf.grad_data.untyped_storage().nbytes()
+            buf.grad_data.untyped_storage().resize_(0)
     for opt in _optimizers(optimizer):
         inner = getattr(opt, "optimizer", None)
         if inner is None:
@@ -51,14 +54,14 @@ def onload_model_and_optimizer(model: Any, optimizer: Any, device: torch.device)
     for buf in _buffers(model):
         cpu = getattr(buf, "param_data_cpu", None)
         if cpu is not None:
-            buf.param_data.storage().resize_(cpu.numel())
+            buf.param_data.untyped_storage().resize_(cpu.numel() * cpu.element_size())
             buf.param_data.copy_(cpu, non_blocking=True)
             buf.param_data_cpu = None
-        size = getattr(buf, "grad_data_size", None)
-        if size:
-            buf.grad_data.storage().resize_(size)
+        nbytes = getattr(buf, "grad_data_bytes", None)
+        if nbytes:
+            buf.grad_data.untyped_storage().resize_(nbytes)
             buf.grad_data.zero_()
-            buf.grad_data_size = None
+            buf.grad_data_bytes = None
     for opt in _optimizers(optimizer):
         inner = getattr(opt, "optimizer", None)
         if inner is None:

@@ -325,8 +325,15 @@ class MegatronTrainer:
         """HF-named full tensors (TP shards gathered, PP stages broadcast), bucketed. Collective: every
         rank of the trainer group iterates it to the end."""
         def named():
-            with compat_for(self.device):
-                yield from self.bridge.export(self.model)
+            # the shim is active only while the export computes the next tensor, never while the
+            # consumer (e.g. a generator taking the weights) runs between tensors
+            it = self.bridge.export(self.model)
+            while True:
+                with compat_for(self.device):
+                    item = next(it, None)
+                if item is None:
+                    return
+                yield item
         return bucketed(named(), bucket_bytes)
 
     @_compat
@@ -443,6 +450,17 @@ def layout_from_plan(plan: Any, device: str) -> ModelLayout:
 def build(ctx: Any) -> MegatronTrainer:
     """The plan's Megatron trainer for this rank (registry entry ``megatron``)."""
     plan = ctx.plan
+    if plan.spec.algorithm.advantage == "gae":
+        raise ValueError("trainer.backend=megatron has no critic: use algorithm.advantage grpo (or the torch "
+                         "trainer for gae)")
+    if plan.trainer.context_parallel != 1:
+        raise ValueError(f"trainer.context_parallel={plan.trainer.context_parallel}: the megatron trainer runs "
+                         "context_parallel=1 only")
+    arch, d = plan.architecture, plan.spec.data
+    longest = d.max_prompt_length + d.max_response_length
+    if arch.sliding_window and longest > arch.sliding_window:
+        raise ValueError(f"sequences of up to {longest} tokens exceed the model's sliding window "
+                         f"({arch.sliding_window}); the megatron trainer attends over the full causal span")
     optim, loss, sizes = from_plan(plan)
     return MegatronTrainer(plan.architecture, ctx.model_path, layout_from_plan(plan, ctx.device), optim, loss, sizes,
                            data_parallel=plan.trainer.data_parallel, seed=plan.spec.seed,
