@@ -25,8 +25,8 @@ PLOTS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("response_length", "Response length", "tokens", ("response_length/mean",)),
     ("clip_ratio", "Clip ratio (cut at the length limit)", "share of responses", ("response_length/clip_ratio",)),
     ("stopped_length", "Length of responses that stopped", "tokens", ("response_length/stopped_length",)),
-    ("entropy", "Policy entropy", "nats / token", ("actor/entropy",)),
-    ("kl", "KL to the reference", "k3 estimate", ("actor/kl",)),
+    ("entropy", "Policy entropy", "nats / token", ("trainer/entropy",)),
+    ("kl", "KL to the reference", "k3 estimate", ("trainer/kl",)),
 )
 
 

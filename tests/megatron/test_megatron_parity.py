@@ -157,10 +157,10 @@ def test_rl_update_equals_the_torch_trainer(run, torch_updates, tp, pp, dp, agg)
     want, want_w = torch_updates[agg]
     for r in run["ranks"]:
         got = r[f"update_tp{tp}_pp{pp}_dp{dp}_{agg}"]
-        for k in ("actor/pg_loss", "actor/grad_norm", "actor/entropy", "actor/kl", "actor/pg_clipfrac",
-                  "actor/ppo_kl", "actor/lr", "actor/skipped_steps"):
+        for k in ("trainer/pg_loss", "trainer/grad_norm", "trainer/entropy", "trainer/kl", "trainer/pg_clipfrac",
+                  "trainer/ppo_kl", "trainer/lr", "trainer/skipped_steps"):
             assert abs(got["metrics"][k] - want[k]) <= 1e-5 * max(1.0, abs(want[k])), (k, got["metrics"][k], want[k])
-        assert want["actor/pg_clipfrac"] > 0  # the clip is exercised
+        assert want["trainer/pg_clipfrac"] > 0  # the clip is exercised
         assert sorted(got["weights"]) == sorted(n for n in want_w if n != "lm_head.weight")
         worst = max((got["weights"][n] - want_w[n]).abs().max().item() for n in got["weights"])
         assert worst < 1e-5, worst

@@ -111,7 +111,7 @@ def test_single_process_trainer_from_the_plan_learns_and_exports(tmp_path):
     gain = r["gain"]
     assert gain[pos].min() > 0 > gain[~pos].max(), gain
     for m in r["metrics"]:
-        assert m["actor/skipped_steps"] == 0 and m["actor/grad_norm"] > 0 and m["actor/lr"] == 0.01
+        assert m["trainer/skipped_steps"] == 0 and m["trainer/grad_norm"] > 0 and m["trainer/lr"] == 0.01
     # the exported HF folder is the trained policy: its log-probs are the trainer's
     exported = load_model(r["export"]).eval()
     flat = {k: v for k, v in r["batch"].items() if k not in ("prompt_ids", "prompt_mask")}
