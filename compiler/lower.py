@@ -95,16 +95,18 @@ def _mesh_fields(rank: int, trainer: Optional[TrainerPlan], rollout: Optional[Ro
 
 
 def _weight_sync(spec: ExperimentSpec, trainer: TrainerPlan, rollout: RolloutPlan) -> WeightSyncPlan:
-    """In-process when one device (or process) holds both roles; CUDA IPC when colocated on GPUs;
-    a broadcast group from trainer rank 0 when split."""
+    """In-process when trainer rank 0's process holds the generator (one device, or CPU colocated);
+    otherwise a broadcast group from trainer rank 0 to every generator worker: NCCL between the
+    devices of a split placement, gloo through host memory when colocated (NCCL cannot pair two ranks
+    on one GPU; CUDA IPC handles would avoid the host copy, and are not implemented)."""
     bucket = spec.rollout.weight_bucket_mib * 2**20
-    if spec.placement == "split":
-        method = "broadcast"
-    elif len(set(trainer.ranks) | set(rollout.ranks)) == 1 or spec.cluster.accelerator == "cpu":
-        method = "in_process"
-    else:
-        method = "cuda_ipc"
-    return WeightSyncPlan(method=method, bucket_bytes=bucket, source_rank=trainer.ranks[0], receivers=rollout.ranks)
+    cpu = spec.cluster.accelerator == "cpu"
+    if spec.placement == "colocated" and (cpu or len(set(trainer.ranks) | set(rollout.ranks)) == 1):
+        return WeightSyncPlan(method="in_process", bucket_bytes=bucket, source_rank=trainer.ranks[0],
+                              receivers=rollout.ranks)
+    backend = "nccl" if spec.placement == "split" and not cpu else "gloo"
+    return WeightSyncPlan(method="broadcast", backend=backend, bucket_bytes=bucket, source_rank=trainer.ranks[0],
+                          receivers=rollout.ranks)
 
 
 def _bundles(devices: list[DevicePlan]) -> list[list[BundlePlan]]:

@@ -47,6 +47,8 @@ ALLREDUCE_LATENCY_S = 10e-6
 PCIE_BW = 25e9
 INTERNODE_BW = 25e9
 NVLINK_BW = 150e9
+#: Weight broadcast through host memory over gloo (colocated GPUs: NCCL cannot pair two ranks on one GPU).
+HOST_BROADCAST_BW = 2e9
 #: FP8 GEMM speed-up applied to the training FLOP rate.
 FP8_SPEEDUP = 1.3
 
@@ -417,7 +419,8 @@ def _times(inp: Inputs, c: Candidate) -> dict[str, float]:
         train /= FP8_SPEEDUP
     # --- weight sync trainer -> generator (bf16)
     if inp.placement == "colocated":
-        sync = 2.0 * P / (NVLINK_BW * max(1, min(inp.gpus_per_node, inp.world)))
+        # one device shares the trainer's module or process; several go through host memory (gloo)
+        sync = 0.0 if inp.world == 1 else 2.0 * P / HOST_BROADCAST_BW
     else:
         sync = 2.0 * P / INTERNODE_BW
     times = {"generation": generation, "log_probs": log_probs, "train": train, "sync": sync}

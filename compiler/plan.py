@@ -105,12 +105,14 @@ class RolloutPlan(_Frozen):
 class WeightSyncPlan(_Frozen):
     """How new policy weights reach the generator after each update.
 
-    in_process: the generator shares the trainer's module or process (CPU, one device); cuda_ipc:
-    colocated GPUs hand tensors over by IPC handle; broadcast: split placement, a process group of
-    trainer rank 0 and every generator worker (NCCL on GPU, gloo on CPU).
+    in_process: the generator lives in trainer rank 0's process (CPU, one device); broadcast: a process
+    group of trainer rank 0 and every generator worker, over ``backend`` (NCCL between the GPUs of a
+    split placement; gloo through host memory on CPU and between colocated GPUs). cuda_ipc (colocated
+    GPUs handing tensors over by IPC handle) is reserved: the runtime does not execute it.
     """
 
     method: Literal["in_process", "cuda_ipc", "broadcast"]
+    backend: Literal["gloo", "nccl"] = Field("gloo", description="Process-group backend of a broadcast.")
     bucket_bytes: int = Field(description="Bytes per streamed bucket of HF-named full tensors.")
     source_rank: int = Field(0, description="Trainer rank that gathers and sends the full tensors.")
     receivers: list[int] = Field(default_factory=list, description="Device ranks of the generator workers that receive.")

@@ -94,13 +94,15 @@ class Roles:
         raise NotImplementedError(f"weight sync '{method}' is not executed by this runtime")
 
     def _broadcast_weights(self, bucket_bytes: int) -> int:
-        """Split placement: trainer rank 0 broadcasts the stream to every generator worker over a group
-        of their own (gloo on CPU, NCCL on GPU), opened on the first sync."""
+        """Trainer rank 0 broadcasts the stream to every generator worker over a group of their own
+        (`plan.weight_sync.backend`), opened on the first sync."""
         if not self._broadcast_open:
             host, port = self.trainer.call0("rendezvous").removeprefix("tcp://").rsplit(":", 1)
             tp = self.plan.rollout.tensor_parallel
             world = 1 + len(self.plan.weight_sync.receivers)
-            joining = [h.submit("join_broadcast", host, int(port), world, 1 + j * tp) for j, h in enumerate(self.generators)]
+            backend = self.plan.weight_sync.backend
+            joining = [h.submit("join_broadcast", host, int(port), world, 1 + j * tp, backend)
+                       for j, h in enumerate(self.generators)]
             gather([self.trainer.handles[0]], [self.trainer.handles[0].submit("open_broadcast", host, int(port), world)])
             gather(self.generators, joining)
             self._broadcast_open = True

@@ -139,16 +139,17 @@ class TrainerWorker:
         return self.generator.update_weights(stream, expected=None if skip else names)
 
     def open_broadcast(self, host: str, port: int, world_size: int) -> None:
-        """Split placement: rank 0 opens the weight broadcast group it sends on (the generator workers
+        """Rank 0 opens the weight broadcast group it sends on (the generator workers
         join it at the same time); other ranks have nothing to open."""
         from engine.backends.weight_transfer import BroadcastGroup
 
         if self.rank == 0:
-            backend = "nccl" if self.setup.device.startswith("cuda") else "gloo"
-            self.broadcast = BroadcastGroup(host, port, world_size, 0, backend, device=self.setup.device)
+            backend = self.plan.weight_sync.backend
+            device = self.setup.device if backend == "nccl" else "cpu"
+            self.broadcast = BroadcastGroup(host, port, world_size, 0, backend, device=device)
 
     def broadcast_weights(self, bucket_bytes: int) -> int:
-        """Split placement: the weight stream (every rank takes part in its gathers), sent by rank 0 to
+        """The weight stream (every rank takes part in its gathers), sent by rank 0 to
         every generator worker. Returns the tensors sent (0 on other ranks)."""
         stream = self.trainer.weight_stream(bucket_bytes)
         if self.rank != 0:
@@ -219,13 +220,12 @@ class GeneratorWorker:
     def update_weights(self, buckets, expected=None) -> int:
         return self.generator.update_weights(buckets, expected)
 
-    def join_broadcast(self, host: str, port: int, world_size: int, rank_offset: int) -> None:
-        """Split placement: this replica's workers join trainer rank 0's weight broadcast group."""
-        backend = "nccl" if self.device.startswith("cuda") else "gloo"
+    def join_broadcast(self, host: str, port: int, world_size: int, rank_offset: int, backend: str) -> None:
+        """This replica's workers join trainer rank 0's weight broadcast group."""
         self.generator.join_broadcast(host, port, world_size, rank_offset, backend)
 
     def receive_weights(self, expected) -> int:
-        """Split placement: one weight stream from the broadcast group, checked against ``expected``."""
+        """One weight stream from the broadcast group, checked against ``expected``."""
         return self.generator.receive_weights(expected)
 
     def generator_events(self) -> list[str]:

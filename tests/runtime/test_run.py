@@ -90,11 +90,14 @@ def test_plans_the_runtime_cannot_execute_here_are_refused_before_loading(monkey
         check_resources(plan, found=one_h100)
     assert "generator backend 'vllm' needs vllm" in str(info.value) and "pip install" in str(info.value)
     monkeypatch.undo()
-    # a weight sync this runtime does not execute (CUDA IPC between colocated GPUs) is refused, not run another way
+    # colocated GPUs: the weights go through host memory over gloo, which runs; CUDA IPC (reserved in
+    # the plan's schema) is refused, not run another way
     eight = compile_spec(str(ROOT / "specs" / "qwen2.5-1.5b.yaml"))
-    assert eight.weight_sync.method == "cuda_ipc"
+    assert (eight.weight_sync.method, eight.weight_sync.backend) == ("broadcast", "gloo")
+    assert check_resources(eight, found=Found(8, 80.0, "a test machine"))
+    ipc = eight.model_copy(update={"weight_sync": eight.weight_sync.model_copy(update={"method": "cuda_ipc"})})
     with pytest.raises(ResourceError) as info:
-        check_resources(eight, found=Found(8, 80.0, "a test machine"))
+        check_resources(ipc, found=Found(8, 80.0, "a test machine"))
     assert "weight sync 'cuda_ipc'" in str(info.value) and "Nothing was loaded" in str(info.value)
 
 
