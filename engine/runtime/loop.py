@@ -38,6 +38,7 @@ from engine.runtime import checkpoint as C
 from engine.runtime.batch import pack_groups
 from engine.runtime.group import LocalHandle, init_ray, spawn, uses_ray
 from engine.runtime.resources import check_resources
+from engine.runtime.threads import apply_threads
 from engine.runtime.tracking import AimTracker, MetricsLog, Progress
 from engine.runtime.workers import ActorWorker, ReferenceWorker, RewardWorker, RolloutWorker, WorkerSetup
 
@@ -317,15 +318,14 @@ def evaluate_model(plan: Any, model_path: Optional[str] = None, log: Callable[[s
     if missing:
         raise FileNotFoundError("input files not found:" + "".join(f"\n  - {key}: {path}\n    hint: {hint}"
                                                                 for key, path, hint in missing))
-    if spec.cluster.cpu_threads:
-        torch.set_num_threads(spec.cluster.cpu_threads)
+    threads = apply_threads(spec.cluster.cpu_threads)  # threads: auto from affinity and load
     torch.manual_seed(spec.seed)
     base = model_path is None if base is None else base
     model_path, tok_path, tokenizer, end_ids, end_strings = load_model_files(plan, log, model_path)
     val_set = load_prompts(spec.data.val, spec, tokenizer, "val", log) if spec.data.val else None
     bench_sets = load_benchmarks(spec, tokenizer, log, always=True)
     setup = WorkerSetup(plan.to_json(), model_path, tok_path,
-                        device="cuda" if plan.accelerator == "gpu" else "cpu", threads=spec.cluster.cpu_threads)
+                        device="cuda" if plan.accelerator == "gpu" else "cpu", threads=threads)
     workers = Workers(plan, setup, end_strings, training=False)
     t0 = time.perf_counter()
     try:
@@ -354,8 +354,7 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
     run_dir.mkdir(parents=True, exist_ok=True)
     progress = Progress(spec.trainer.total_steps, stream=progress_stream)
     log = log or progress.message
-    if spec.cluster.cpu_threads:
-        torch.set_num_threads(spec.cluster.cpu_threads)
+    threads = apply_threads(spec.cluster.cpu_threads)  # threads: auto from affinity and load
     torch.manual_seed(spec.seed)
     random.seed(spec.seed)
     np.random.seed(spec.seed % 2**32)
@@ -364,6 +363,12 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
     run_info = json.loads(run_info_path.read_text()) if run_info_path.exists() else {}
     if not (run_dir / "plan.json").exists():
         _write_text(run_dir / "plan.json", plan.to_json())  # a crash here must not leave a half plan
+    if resume:  # resume check: refuse a changed experiment, stop at a finished run, say what is redone
+        from engine.runtime.resume import check_resume
+
+        finished = check_resume(plan, run_dir, log)
+        if finished is not None:
+            return finished
 
     # -- model, tokenizer, data -------------------------------------------------------------------
     model_path, tok_path, tokenizer, end_ids, end_strings = load_model_files(plan, log)
@@ -374,9 +379,10 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
         raise ValueError(f"no usable training prompts in {spec.data.train}: {train_set.report}")
 
     setup = WorkerSetup(plan.to_json(), model_path, tok_path,
-                        device="cuda" if plan.accelerator == "gpu" else "cpu", threads=spec.cluster.cpu_threads)
+                        device="cuda" if plan.accelerator == "gpu" else "cpu", threads=threads)
     workers = Workers(plan, setup, end_strings)
     sampling = _sampling(spec, end_ids)
+    tracker = None
     try:
         if spec.data.min_pass_rate is not None or spec.data.max_pass_rate is not None:
             train_set = select_by_pass_rate(train_set, workers, spec, sampling, run_dir / "pass_rates.json", log)
@@ -404,7 +410,6 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
         elif C.list_checkpoints(ckpt_root):
             raise FileExistsError(f"{run_dir} already has checkpoints; continue it with `engine run {run_dir} --resume`")
 
-        tracker = None
         if spec.tracking.backend == "aim":
             tracker = AimTracker(run_dir, spec.tracking.experiment,
                                  {"spec": spec.model_dump(mode="json"), "plan": json.loads(plan.to_json())},
@@ -492,7 +497,7 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
                 state = {"trainer": workers.actor.call("state_dict"), "rng": C.rng_state()}
                 C.save_checkpoint(ckpt_root, step, state,
                                   {"plan_hash": plan.hash, "data_position": step * bsz, "epoch": m["data/epoch"]},
-                                  keep_last=spec.checkpoint.keep_last)
+                                  keep_last=spec.checkpoint.keep_last, plan_json=plan.to_json())
 
         final_dir = None
         if last == total and spec.checkpoint.export_hf:
@@ -508,10 +513,10 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
         summary = _summary(plan, run_dir, history, train_set, val_set, last, total, time.perf_counter() - t_start,
                            final_dir, workers)
         _write_json(run_dir / "summary.json", summary)
-        if tracker is not None:
-            tracker.close()
         return summary
     finally:
+        if tracker is not None:  # aim: closed on success, error and Ctrl-C, so a resume finds no lock
+            tracker.close()
         workers.shutdown()
 
 

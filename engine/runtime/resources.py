@@ -45,23 +45,52 @@ def ray_hardware(address: str) -> Found:
 AVAILABLE_BACKENDS: dict[str, tuple[str, ...]] = {"trainer": ("torch",), "generator": ("hf",)}
 
 
-def backend_problem(plan: Any) -> Optional[str]:
-    """Why this runtime cannot execute the plan's trainer/generator backends, or None."""
+def backend_problem(plan: Any, roles: tuple[str, ...] = ("trainer", "generator")) -> Optional[str]:
+    """Why this runtime cannot execute the plan's backends of ``roles``, or None."""
     chosen = {"trainer": plan.trainer.backend if plan.trainer else plan.spec.trainer.backend,
               "generator": plan.rollout.backend if plan.rollout else plan.spec.rollout.backend}
-    missing = [f"{role} backend '{name}'" for role, name in chosen.items() if name not in AVAILABLE_BACKENDS[role]]
+    missing = [f"{role} backend '{name}'" for role, name in chosen.items()
+               if role in roles and name not in AVAILABLE_BACKENDS[role]]
     if not missing:
         return None
+    fix = " ".join(f"{'rollout' if r == 'generator' else r}.backend={AVAILABLE_BACKENDS[r][0]}"
+                   for r in ("generator", "trainer") if r in roles)
     return (f"plan '{plan.spec.name}' uses the " + " and the ".join(missing) + ", which this version of the "
             "runtime does not execute yet (available: trainer torch, generator hf). Nothing was loaded.\n"
-            "To run it with the available backends (one machine, CPU or one GPU): add "
-            "rollout.backend=hf trainer.backend=torch")
+            f"To run it with the available backends (one machine, CPU or one GPU): add {fix}")
 
 
-def needs(plan: Any) -> tuple[int, float]:
-    """(GPUs, GiB per GPU) the plan needs; (0, 0) for a CPU plan."""
+#: Memory components (`DevicePlan.memory_gib`) of the generator alone, for `engine eval`.
+GENERATOR_COMPONENTS = ("vllm_weights", "vllm_activations", "vllm_non_torch", "cuda_graphs", "generator_context")
+
+
+def generator_needs(plan: Any) -> tuple[int, float]:
+    """(GPUs, GiB per GPU) one generator replica needs: what `engine eval` needs, since evaluation
+    runs no trainer. vllm: its weights, activations and fixed buffers plus the KV cache of one
+    max-length sequence; hf: its weights and the KV cache of one micro-batch."""
+    r = plan.rollout
+    if plan.accelerator != "gpu" or r is None:
+        return 0, 0.0
+    dev = next((d for d in plan.devices if "generator" in d.roles), None)
+    if dev is None:
+        return r.tensor_parallel, 0.0
+    m = dev.memory_gib
+    if r.backend == "vllm":
+        gib = sum(m.get(k, 0.0) for k in GENERATOR_COMPONENTS)
+        if r.kv_cache_tokens:
+            gib += m.get("kv_cache", 0.0) * min(1.0, r.max_model_len / r.kv_cache_tokens)
+    else:  # hf: its own copy of the weights and the KV cache of one micro-batch
+        gib = m.get("generator_weights", 0.0) + m.get("kv_cache", 0.0)
+    return r.tensor_parallel, gib
+
+
+def needs(plan: Any, command: str = "run") -> tuple[int, float]:
+    """(GPUs, GiB per GPU) the plan needs; (0, 0) for a CPU plan. ``command="eval"``: one generator
+    replica (`generator_needs`)."""
     if plan.accelerator != "gpu":
         return 0, 0.0
+    if command == "eval":
+        return generator_needs(plan)
     gpus = len(plan.devices) or plan.nodes * plan.gpus_per_node
     return gpus, max((d.peak_gib for d in plan.devices), default=0.0)
 
@@ -69,12 +98,14 @@ def needs(plan: Any) -> tuple[int, float]:
 def check_resources(plan: Any, found: Optional[Found] = None, command: str = "run") -> Found:
     """Raise `ResourceError` unless the hardware covers the plan (count and per-GPU memory) and this
     runtime has the plan's backends (hardware is reported first). ``command`` names the `engine`
-    command in the hint for running on a cluster."""
+    command in the hint for running on a cluster; ``eval`` needs only the generator: one replica's
+    GPUs and memory, its backend, and a generator layout even when training would not fit."""
     spec = plan.spec
-    if not plan.feasible:
+    evaluating = command == "eval"
+    if not plan.feasible and not (evaluating and plan.rollout is not None):
         raise ResourceError("the plan is not feasible as compiled:\n  - " + "\n  - ".join(plan.reasons)
                             + "\n(see `engine plan` for the placement and memory estimate)")
-    want_gpus, want_gib = needs(plan)
+    want_gpus, want_gib = needs(plan, command)
     if want_gpus == 0:
         found = found or Found(0, 0.0, "this machine")
     elif found is None:
@@ -85,19 +116,20 @@ def check_resources(plan: Any, found: Optional[Found] = None, command: str = "ru
         have = (f"{found.gpus} GPU(s)" + (f" of {found.min_gpu_memory_gib:.0f} GiB" if found.gpus and
                                             found.min_gpu_memory_gib != float("inf") else "")
                 if found.gpus else "no GPU")
+        layout = "for one generator replica" if evaluating else f"({plan.nodes} node(s) x {plan.gpus_per_node})"
         raise ResourceError(
-            f"plan '{spec.name}' needs {want_gpus} GPU(s) ({plan.nodes} node(s) x {plan.gpus_per_node}) with "
+            f"plan '{spec.name}' needs {want_gpus} GPU(s) {layout} with "
             f"about {want_gib:.1f} GiB each (capacity {spec.cluster.gpu_memory_gib:g} GiB); found {have} on "
             f"{found.where}. Nothing was loaded.\n"
             "To run it on a cluster: start Ray on the GPU nodes (`ray start --head` on one, `ray start "
             "--address=HEAD:6379` on the others), then run from the head node:\n"
             f"  engine {command} {(plan.sources or ['SPEC.yaml'])[0]} cluster.ray_address=auto\n"
             "or try the CPU quickstart: engine run specs/quickstart.yaml")
-    _check_backends(plan)
+    _check_backends(plan, roles=("generator",) if evaluating else ("trainer", "generator"))
     return found
 
 
-def _check_backends(plan: Any) -> None:
-    problem = backend_problem(plan)
+def _check_backends(plan: Any, roles: tuple[str, ...] = ("trainer", "generator")) -> None:
+    problem = backend_problem(plan, roles)
     if problem:
         raise ResourceError(problem)
