@@ -103,6 +103,14 @@ def eval_command(argv: Sequence[str]) -> int:
 
         plan = Plan.from_json((target / "plan.json").read_text())
         model = model or str(target / "final")
+        if not args.model and not (target / "final" / "config.json").exists():
+            from engine.runtime.checkpoint import list_checkpoints
+
+            steps = list_checkpoints(target / "checkpoints")
+            hint = (f"; evaluate a checkpoint instead: engine eval {target / 'checkpoints' / f'step_{steps[-1]:06d}'}"
+                    if steps else "")
+            print(f"engine eval: {target} has no final/ policy yet (the run is not finished){hint}", file=sys.stderr)
+            return 2
     else:
         from compiler import compile_spec
         from compiler.errors import SpecError

@@ -160,6 +160,14 @@ def test_engine_eval_takes_a_checkpoint_folder(finished, capsys):
     assert "val/accuracy" in json.loads(capsys.readouterr().out)["metrics"]
 
 
+def test_engine_eval_of_an_unfinished_run_names_its_last_checkpoint(finished, tmp_path, capsys):
+    _, src = finished
+    run = _copy(src, tmp_path / "run")
+    shutil.rmtree(run / "final")
+    assert main(["eval", str(run)]) == 2
+    assert f"engine eval {run / 'checkpoints' / 'step_000002'}" in capsys.readouterr().err
+
+
 def test_engine_eval_needs_only_the_generator_devices():
     """A 7B plan trains on 16 GPUs, but evaluating its model needs one generator replica."""
     from compiler import compile_spec
