@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -197,15 +194,11 @@ def test_engine_eval_needs_only_the_generator_devices():
 
 # -- output ---------------------------------------------------------------------------------------------
 
-def test_run_output_has_no_library_bars_and_no_aim_hint_without_aim(tmp_path):
+def test_run_output_has_no_library_bars_and_no_aim_hint_without_aim(tmp_path, capsys):
     spec = write_spec(tmp_path, steps=1, every=1)
-    # a clean environment: this test process may have turned the bars off for itself already
-    env = {"ENGINE_CACHE_DIR": os.environ["ENGINE_CACHE_DIR"], "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
-           "HOME": str(tmp_path)}
-    p = subprocess.run([sys.executable, "-m", "engine.cli", "run", str(spec), "--run-dir", str(tmp_path / "run"),
-                        "tracking.backend=none"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr
-    assert "done: reward" in p.stderr
-    assert "aim up" not in p.stderr
+    assert main(["run", str(spec), "--run-dir", str(tmp_path / "run"), "tracking.backend=none"]) == 0
+    err = capsys.readouterr().err
+    assert "done: reward" in err
+    assert "aim up" not in err
     for noise in ("Loading weights", "Writing model shards", "FutureWarning"):
-        assert noise not in p.stderr, p.stderr
+        assert noise not in err, err
