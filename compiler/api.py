@@ -11,26 +11,43 @@ from compiler.validate import validate
 from schemas import Architecture, ExperimentSpec
 
 Source = Union[str, Path]
+Overrides = Union[str, Sequence[str]]
 
 
-def resolve_spec(source: Source, overrides: Sequence[str] = (), *, check_files: bool = False) -> ExperimentSpec:
-    """The fully resolved, validated spec (inheritance, interpolation, overrides and defaults applied)."""
-    spec, _ = validate(load_spec(source, overrides, defer=True), check_files=check_files)
+def override_list(overrides: Overrides) -> list[str]:
+    """``key=value`` overrides as a list: a string is split as a shell would
+    (``"a=1 b='[x, y]'"`` -> ``["a=1", "b=[x, y]"]``). Anything but a string or a sequence of
+    strings is a `TypeError` naming what was passed."""
+    import shlex
+
+    if isinstance(overrides, str):
+        return shlex.split(overrides)
+    if isinstance(overrides, (bytes, dict)) or not all(isinstance(o, str) for o in overrides):
+        raise TypeError(f"overrides must be 'key=value' strings (a list, or one string), not {overrides!r}")
+    return list(overrides)
+
+
+def resolve_spec(source: Source, overrides: Overrides = (), *, check_files: bool = False) -> ExperimentSpec:
+    """The fully resolved, validated spec (inheritance, interpolation, overrides and defaults applied).
+    ``overrides``: ``key=value`` strings, or one string of them separated by spaces."""
+    spec, _ = validate(load_spec(source, override_list(overrides), defer=True), check_files=check_files)
     return spec
 
 
-def load_and_validate(source: Source, overrides: Sequence[str] = (), *, check_files: bool = False
+def load_and_validate(source: Source, overrides: Overrides = (), *, check_files: bool = False
                       ) -> tuple[LoadedSpec, ExperimentSpec, Architecture]:
     """Load and validate; returns the loaded spec (for locations), the typed spec and the architecture."""
-    loaded = load_spec(source, overrides, defer=True)
+    loaded = load_spec(source, override_list(overrides), defer=True)
     spec, arch = validate(loaded, check_files=check_files)
     return loaded, spec, arch
 
 
-def compile_spec(source: Source, overrides: Sequence[str] = (), *, check_files: bool = False) -> Plan:
+def compile_spec(source: Source, overrides: Overrides = (), *, check_files: bool = False) -> Plan:
     """Compile a spec file to a `Plan` (feasible or not). Raises `SpecError` for an invalid spec.
 
-    ``check_files``: require local data files to exist (``engine run``); ``engine plan`` does not.
+    ``overrides``: ``key=value`` strings, or one string of them separated by spaces
+    (``compile_spec(path, "rollout.n=16 trainer.lr=1e-6")``). ``check_files``: require local data
+    files to exist (``engine run``); ``engine plan`` does not.
     """
     from compiler.lower import lower  # placement and memory model
 

@@ -15,7 +15,7 @@ import json
 import sys
 from typing import Optional, Sequence, Union
 
-from compiler.errors import SpecError
+from compiler.errors import Problem, SpecError
 from compiler.plan import Plan
 from compiler.render import plan_summary, render_plan
 
@@ -54,11 +54,31 @@ def _plan_parser() -> _Parser:
     return p
 
 
-def plan_json(plan: Plan) -> dict:
-    """The ``engine plan --json`` document: render.plan_summary (which holds ``hash``) + the full ``plan``."""
+def plan_json(plan: Plan, warnings: Sequence[Union[Problem, str]] = ()) -> dict:
+    """The ``engine plan --json`` document: render.plan_summary (which holds ``hash``), the spec's
+    ``warnings`` (also printed on stderr) and the full ``plan``."""
     summary = plan_summary(plan)
+    summary["warnings"] = [{"path": w.path, "message": w.message, "hint": w.hint, "file": w.file, "line": w.line}
+                           if isinstance(w, Problem) else {"message": str(w)} for w in warnings]
     summary["plan"] = json.loads(plan.to_json())
     return summary
+
+
+def write_stdout(text: str) -> None:
+    """Print ``text`` (plus a newline); a reader that stops early (``| head``) ends the output quietly.
+
+    On a closed pipe the rest is dropped and stdout is pointed at /dev/null, so that neither this
+    write nor the interpreter's last flush prints a BrokenPipeError traceback.
+    """
+    import os
+
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def plan_command(argv: Optional[Sequence[str]] = None) -> int:
@@ -77,12 +97,13 @@ def plan_command(argv: Optional[Sequence[str]] = None) -> int:
     except SpecError as exc:
         print(exc.render(), file=sys.stderr)
         return EXIT_INVALID
-    for warning in spec_warnings(spec, loaded):
+    warnings = list(spec_warnings(spec, loaded))
+    for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if args.json:
-        print(json.dumps(plan_json(plan), indent=2, sort_keys=True))
+        write_stdout(json.dumps(plan_json(plan, warnings), indent=2, sort_keys=True))
     else:
-        print(render_plan(plan))
+        write_stdout(render_plan(plan))
     return EXIT_FEASIBLE if plan.feasible else EXIT_INFEASIBLE
 
 
@@ -138,9 +159,9 @@ def schema_command(argv: Optional[Sequence[str]] = None) -> int:
         return args
     if args.markdown:
         from compiler.reference import schema_reference_markdown
-        print(schema_reference_markdown(), end="")
+        write_stdout(schema_reference_markdown().rstrip("\n"))
     else:
-        print(json.dumps(spec_json_schema(), indent=2))
+        write_stdout(json.dumps(spec_json_schema(), indent=2))
     return 0
 
 

@@ -69,6 +69,22 @@ def plan_facts(plan: Plan) -> dict[str, Any]:
         "peak_memory_gib": round(plan.peak_memory_gib, 1),
         "step_time_s": round(plan.estimates.step_time_s, 1),
         "params_b": round(plan.estimates.params_b, 3),
+        **run_cost(plan),
+    }
+
+
+def run_cost(plan: Plan) -> dict[str, Any]:
+    """What one step and the whole run cost: ``rollouts_per_step`` (prompts x rollout.n, sequences),
+    ``tokens_per_step`` (prompt + response tokens, upper bound) and ``gpu_hours`` (estimated step time
+    x trainer.total_steps x GPUs / 3600; 0 for a CPU plan)."""
+    spec = plan.spec
+    rollouts = spec.data.train_batch_size * spec.rollout.n
+    tokens = plan.estimates.tokens_per_step or rollouts * (spec.data.max_prompt_length + spec.data.max_response_length)
+    gpus = plan.world_size if plan.accelerator == "gpu" else 0
+    return {
+        "rollouts_per_step": rollouts,
+        "tokens_per_step": int(tokens),
+        "gpu_hours": round(plan.estimates.step_time_s * spec.trainer.total_steps * gpus / 3600, 1),
     }
 
 

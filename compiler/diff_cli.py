@@ -6,7 +6,8 @@
     spec-diff A.yaml B.yaml --set cluster.nodes=1      # overrides applied to both
 
 Exit 0 when equal, 1 when different, 2 when a spec is invalid. Plan-level differences (feasible,
-parallel sizes, peak memory, step time) are listed under ``plan.`` (``--no-plan`` skips lowering).
+parallel sizes, peak memory, step time, rollouts and tokens per step, GPU-hours of the whole run) are
+listed under ``plan.`` (``--no-plan`` skips lowering).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 import sys
 from typing import Any, Optional, Sequence
 
-from compiler.cli import _Parser
+from compiler.cli import _Parser, write_stdout
 from compiler.diff import Change, diff_plans, diff_specs
 from compiler.errors import SpecError
 
@@ -77,12 +78,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(exc.render(), file=sys.stderr)
             return 2
     if args.json:
-        print(json.dumps({"a": args.a, "b": args.b, "equal": not changes,
-                          "changes": [c.to_dict() for c in changes]}, indent=2))
+        write_stdout(json.dumps({"a": args.a, "b": args.b, "equal": not changes,
+                                 "changes": [c.to_dict() for c in changes]}, indent=2))
     elif changes:
-        print(format_table(changes, args.a, args.b))
+        write_stdout(format_table(changes, args.a, args.b))
     else:
-        print(f"no differences: {args.a} and {args.b} resolve to the same experiment")
+        write_stdout(f"no differences: {args.a} and {args.b} resolve to the same experiment")
     return 1 if changes else 0
 
 

@@ -349,12 +349,17 @@ def _interpolation_problems(cfg: Any, located: LoadedSpec, prefix: str = "") -> 
 def load_spec(source: Union[str, Path], overrides: Sequence[str] = (), *, defer: bool = False) -> LoadedSpec:
     """Load a spec file with its parents, apply ``key=value`` overrides and resolve interpolations.
 
+    ``overrides``: ``key=value`` strings, or one string of them separated by spaces.
     ``source`` is a path to a YAML file; a string containing a newline is read as YAML text itself
     (named ``<string>``, with ``extends:`` relative to the working directory).
     Raises `SpecError` (every problem found, each with file and line) when the spec cannot be read.
     ``defer=True``: bad overrides are skipped and kept in ``LoadedSpec.problems`` instead, so that
     `compiler.validate.validate` reports them together with every other problem.
     """
+    if isinstance(overrides, str):  # one string of overrides, as a shell would split it
+        import shlex
+
+        overrides = shlex.split(overrides)
     if isinstance(source, str) and "\n" in source:
         cfg, lines, sources = _build(source, "<string>", Path.cwd(), ())
     else:

@@ -593,11 +593,11 @@ def suggestions(inp: Inputs) -> list[str]:
     if not inp.offload:
         b = _try(inp, offload=True)
         if b:
-            out.append(f"trainer.offload: true would fit ({b.describe()}, peak {_g(b.peak)} GiB)")
+            out.append(f"trainer.offload=true would fit ({b.describe()}, peak {_g(b.peak)} GiB)")
     if inp.placement == "colocated" and inp.sleep_level == 0:
         b = _try(inp, sleep_level=1)
         if b:
-            out.append(f"rollout.sleep_level: 1 (or 2) would fit ({b.describe()})")
+            out.append(f"rollout.sleep_level=1 (or 2) would fit ({b.describe()})")
     if inp.gen_backend == "vllm":
         # up: a reservation too small for weights + one sequence of KV; down: room for the trainer
         for step, ok in ((0.05, lambda u: u <= 0.95), (-0.05, lambda u: u >= 0.2)):
@@ -605,7 +605,7 @@ def suggestions(inp: Inputs) -> list[str]:
             while ok(u):
                 b = _try(inp, utilization=u)
                 if b:
-                    out.append(f"rollout.gpu_memory_utilization: {u} would fit ({b.describe()}, KV cache "
+                    out.append(f"rollout.gpu_memory_utilization={u} would fit ({b.describe()}, KV cache "
                                f"{b.vllm.kv_tokens if b.vllm else 0} tokens per replica)")
                     break
                 u = round(u + step, 2)
@@ -617,20 +617,20 @@ def suggestions(inp: Inputs) -> list[str]:
     if inp.recompute != "full" and inp.backend == "megatron":
         b = _try(inp, recompute="full")
         if b:
-            out.append(f"trainer.recompute: full would fit ({b.describe()})")
+            out.append(f"trainer.recompute=full would fit ({b.describe()})")
     for name, attr, start, floor in halvings:  # the largest halving of the value that fits
         v = start // 2
         while v >= floor:
             b = _try(inp, **{attr: v})
             if b:
                 extra = f", {v * inp.n} sequences at once" if attr == "hf_micro_batch" else ""
-                out.append(f"{name}: {v} would fit ({b.describe()}{extra})")
+                out.append(f"{name}={v} would fit ({b.describe()}{extra})")
                 break
             v //= 2
     other = "split" if inp.placement == "colocated" else "colocated"
     b = _try(inp, placement=other)
     if b:
-        out.append(f"placement: {other} would fit ({b.describe()})")
+        out.append(f"placement={other} would fit ({b.describe()})")
     return out
 
 

@@ -49,6 +49,41 @@ def _field_at(parts: Sequence[Union[str, int]]) -> tuple[Optional[Any], Optional
     return annotation, owner
 
 
+_BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+
+
+def _bounds(metadata: Sequence[Any], out: dict[str, Any]) -> None:
+    for item in metadata:
+        for attr, _ in _BOUNDS:
+            if getattr(item, attr, None) is not None:
+                out.setdefault(attr, getattr(item, attr))
+
+
+def allowed_range(parts: Sequence[Union[str, int]], errs: Sequence[dict] = ()) -> str:
+    """The numeric range a field allows, e.g. ``> 0`` or ``0 <= value <= 1`` ('' when unbounded): from
+    the field's constraints (``Field(gt=...)``, ``PositiveInt``) and the errors' own limits."""
+    found: dict[str, Any] = {}
+    for e in errs:
+        for attr, _ in _BOUNDS:
+            if attr in e.get("ctx", {}):
+                found.setdefault(attr, e["ctx"][attr])
+    annotation, owner = _field_at(parts)
+    if owner is not None and parts and str(parts[-1]) in owner.model_fields:
+        _bounds(owner.model_fields[str(parts[-1])].metadata, found)
+    for m in _flatten_annotation(annotation) if annotation is not None else []:
+        if typing.get_origin(m) is typing.Annotated:
+            _bounds(typing.get_args(m)[1:], found)
+    num = lambda v: f"{v:g}" if isinstance(v, float) else str(v)  # noqa: E731
+    low = next(((sym, num(found[a])) for a, sym in _BOUNDS[:2] if a in found), None)
+    high = next(((sym, num(found[a])) for a, sym in _BOUNDS[2:] if a in found), None)
+    if low and high:
+        return f"{low[1]} {'<' if low[0] == '>' else '<='} value {high[0]} {high[1]}"
+    if low or high:
+        sym, v = low or high
+        return f"{sym} {v}"
+    return ""
+
+
 def _model_at(parts: Sequence[Union[str, int]]) -> Optional[type[BaseModel]]:
     """The section model at ``parts`` (e.g. ``("trainer",)`` -> TrainerSpec)."""
     annotation, _ = _field_at(parts) if parts else (ExperimentSpec, None)
@@ -62,7 +97,9 @@ def describe_type(annotation: Any) -> str:
     parts: list[str] = []
     for m in members:
         origin = typing.get_origin(m)
-        if origin is Literal:
+        if origin is typing.Annotated:  # a constrained type (PositiveInt ...): its base type
+            parts.append(describe_type(typing.get_args(m)[0]))
+        elif origin is Literal:
             parts.append(" | ".join(repr(a) if isinstance(a, str) else str(a) for a in typing.get_args(m)))
         elif origin is list:
             args = typing.get_args(m)
@@ -170,8 +207,10 @@ def _one_problem(path: str, parts: list[Union[str, int]], errs: list[dict], load
         return loaded.problem(path, f"{_short(value)} is not an allowed value", hint)
     constraint = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "too_short", "too_long"}
     if kind in constraint:
-        return loaded.problem(path, f"{_short(value)}: {first['msg'][0].lower()}{first['msg'][1:]}",
-                              f"expected {describe_type(annotation)}" if annotation is not None else "")
+        bounds = allowed_range(parts, errs) if kind not in ("too_short", "too_long") else ""
+        what = describe_type(annotation) if annotation is not None else ""
+        hint = (f"allowed range: {bounds}" + (f" ({what})" if what else "")) if bounds else (f"expected {what}" if what else "")
+        return loaded.problem(path, f"{_short(value)}: {first['msg'][0].lower()}{first['msg'][1:]}", hint)
     expected = describe_type(annotation) if annotation is not None else ""
     if len(errs) > 1 or kind.endswith(("_type", "_parsing")) or kind == "model_type":
         return loaded.problem(path, f"{_short(value)} has the wrong type",

@@ -1,14 +1,15 @@
 """The `engine` command.
 
     engine run SPEC.yaml [key=value ...] [--run-dir DIR]   compile the spec and execute the plan
-    engine run RUN_DIR --resume                             continue a run from its last checkpoint
+    engine run RUN_DIR --resume [key=value ...]             continue a run from its last checkpoint
     engine plan SPEC.yaml [...]                              compile and show the plan (compiler.cli)
     engine schema [...]                                      the spec schema (compiler.cli)
     engine grade [...]                                       grade answers (engine.reward.cli)
-    engine eval SPEC.yaml | RUN_DIR [...]                    evaluate a model (engine.evaluation.cli)
+    engine eval SPEC.yaml | RUN_DIR | CHECKPOINT [...]       evaluate a model (engine.evaluation.cli)
     engine data simplerl [...]                               SimpleRL-Zoo data splits (engine.study.cli)
     engine analyze RUN_DIR [...]                             behaviours, judges, aha moment (engine.study.cli)
     engine report RUN_DIR [...] --out DIR                    HTML + PNG report (engine.study.cli)
+    engine --version
 
 Dispatch is lazy: `engine plan` and `engine schema` never import torch. Exit codes of `run`:
 0 done, 1 failed (e.g. the plan needs hardware that is not there), 2 invalid spec or usage,
@@ -26,14 +27,16 @@ from typing import Optional, Sequence
 USAGE = """usage: engine {run,plan,schema,grade,eval,data,analyze,report} ...
 
   run SPEC.yaml [key=value ...] [--run-dir DIR]   train: compile the spec and execute the plan
-  run RUN_DIR --resume                            continue a run after a crash or Ctrl-C
+  run RUN_DIR --resume [key=value ...]            continue a run after a crash or Ctrl-C (only safe overrides,
+                                                  e.g. trainer.total_steps=N to train a finished run longer)
   plan SPEC.yaml [key=value ...]                  show the placement plan (runs nothing)
   schema                                          describe the spec fields
   grade                                           grade answers with the math reward
-  eval SPEC.yaml | RUN_DIR [--model DIR]          evaluate a model on data.val and the benchmarks
+  eval SPEC.yaml | RUN_DIR | CHECKPOINT_DIR [--model DIR]   evaluate a model on data.val and the benchmarks
   data simplerl --gsm8k F --math D --out DIR      SimpleRL-Zoo easy/medium/hard + val parquet
   analyze RUN_DIR [--judge-url URL --judge-model M]  behaviours per step, the aha moment
   report RUN_DIR [RUN_DIR ...] --out DIR          HTML page + PNG plots, runs side by side
+  --version                                       print the version
 """
 
 
@@ -54,17 +57,20 @@ def run_command(argv: Sequence[str]) -> int:
     args = _run_parser().parse_intermixed_args(list(argv))
     target = Path(args.target)
     if args.resume:
-        if args.overrides:
-            print("engine run --resume: overrides are not allowed (the run continues its own plan.json)",
-                  file=sys.stderr)
-            return 2
         run_dir = Path(args.run_dir) if args.run_dir else target
         if not (run_dir / "plan.json").exists():
             print(f"engine run --resume: {run_dir} is not a run folder (no plan.json)", file=sys.stderr)
             return 2
+        from compiler.errors import SpecError
         from compiler.plan import Plan
+        from engine.runtime.resume import plan_with_overrides
 
         plan = Plan.from_json((run_dir / "plan.json").read_text())
+        try:  # overrides: the resume checks allow only those that leave the maths unchanged
+            plan = plan_with_overrides(plan, list(args.overrides))
+        except SpecError as e:
+            print(str(e), file=sys.stderr)
+            return 2
         try:
             check_resources(plan)  # stop before importing or loading anything heavy
         except ResourceError as e:
@@ -95,6 +101,9 @@ def run_command(argv: Sequence[str]) -> int:
         name = f"{plan.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = Path(args.run_dir) if args.run_dir else Path(plan.spec.tracking.runs_dir) / name
 
+    from engine.runtime.quiet import quiet_model_libraries
+
+    quiet_model_libraries()
     from engine.runtime.loop import train
 
     stream = open("/dev/null", "w") if args.quiet else None
@@ -104,14 +113,32 @@ def run_command(argv: Sequence[str]) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: engine run {run_dir} --resume", file=sys.stderr)
         return 130
-    except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as e:
+    except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as e:  # ResumeError is a ValueError
         print(f"engine run: {e}", file=sys.stderr)
         return 1
+    if summary.get("already_finished"):
+        return 0
     r0, r1 = summary.get("reward_first"), summary.get("reward_last")
     if r0 is not None:
+        aim = f"; aim: aim up --repo {run_dir}" if plan.spec.tracking.backend == "aim" else ""
         print(f"done: reward {r0:.3f} -> {r1:.3f} in {summary['wall_time_s']:.0f}s; "
-              f"summary: {run_dir / 'summary.json'}; aim: aim up --repo {run_dir}", file=sys.stderr)
+              f"summary: {run_dir / 'summary.json'}{aim}", file=sys.stderr)
     return 0
+
+
+def version() -> str:
+    """The installed package's version (``pyproject.toml``), or the source tree's when not installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("zero-rl-engine")
+    except PackageNotFoundError:
+        import re
+
+        text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+        m = re.search(r'^version\s*=\s*"([^"]+)"', text, re.M)
+        return m.group(1) if m else "unknown"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -120,6 +147,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if argv else 2
+    if argv[0] in ("--version", "-V", "version"):
+        print(f"engine {version()}")
+        return 0
     cmd, rest = argv[0], argv[1:]
     if cmd == "run":
         code = run_command(rest)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import Field, PositiveFloat, PositiveInt
 
@@ -19,5 +19,7 @@ class ClusterSpec(Section):
     gpu_bf16_tflops: PositiveFloat = Field(989.0, description="Peak dense bf16 throughput per GPU (TFLOP/s), for step-time estimates.")
     gpu_mem_bandwidth_gbs: PositiveFloat = Field(3350.0, description="GPU memory bandwidth (GB/s), for decode-time estimates.")
     ray_address: Optional[str] = Field(None, description="Ray cluster address; none runs in-process (or a local Ray when the plan spans GPUs).")
-    cpu_threads: Optional[PositiveInt] = Field(None, description="CPU runs: torch threads (None = all cores).")
+    cpu_threads: Union[PositiveInt, Literal["auto"], None] = Field(
+        "auto", description="CPU runs: torch threads; 'auto' = the CPUs this process may use (affinity) less those "
+                            "other processes keep busy (load average); null = torch's default.")
     processes: PositiveInt = Field(1, description="CPU runs: local rank processes of the trainer (TP x PP x DP, torch.distributed over gloo); 1 runs every role in this process.")

@@ -3,6 +3,9 @@
     engine eval SPEC.yaml [key=value ...]        the spec's base model (greedy: evaluation.base_temperature)
     engine eval SPEC.yaml --model DIR            a HF model folder (evaluation.temperature)
     engine eval RUN_DIR                          a run's final policy (RUN_DIR/final), with the run's plan
+    engine eval RUN_DIR/checkpoints/step_NNNNNN  the policy of one checkpoint, with the plan it was trained with
+
+A spec (or plan) needs only its generator here: one replica's GPUs, even where training needs more.
 
 Prints a table (or JSON with --json) and writes JSON with --out. Exit codes: 0 done, 1 the plan needs
 hardware that is not there, 2 invalid spec, usage or missing files.
@@ -19,7 +22,8 @@ from typing import Any, Sequence
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="engine eval", description="Evaluate a model on data.val and the benchmarks.")
-    p.add_argument("target", help="a YAML spec, or a run folder (evaluates its final/ policy)")
+    p.add_argument("target", help="a YAML spec, a run folder (evaluates its final/ policy) or a checkpoint folder "
+                                  "(RUN/checkpoints/step_NNNNNN)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="spec overrides (not with a run folder)")
     p.add_argument("--model", default=None, help="HF model folder to evaluate instead of the base model")
     p.add_argument("--base", action=argparse.BooleanOptionalAction, default=None,
@@ -52,6 +56,18 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def check_first(plan: Any) -> None:
+    """The hardware and input-file checks of `evaluate_model`, before a checkpoint is exported."""
+    from compiler.validate import missing_data_files
+    from engine.runtime.resources import check_resources
+
+    check_resources(plan, command="eval")
+    missing = missing_data_files(plan.spec, evaluation_only=True)
+    if missing:
+        raise FileNotFoundError("input files not found:" + "".join(f"\n  - {key}: {path}\n    hint: {hint}"
+                                                                for key, path, hint in missing))
+
+
 def eval_command(argv: Sequence[str]) -> int:
     """`engine eval`; returns the exit code."""
     from engine.runtime.resources import ResourceError
@@ -59,7 +75,23 @@ def eval_command(argv: Sequence[str]) -> int:
     args = _parser().parse_intermixed_args(list(argv))
     target = Path(args.target)
     model = args.model
-    if target.is_dir():
+    from engine.runtime.checkpoint import is_checkpoint_dir
+
+    checkpoint = None
+    if target.is_dir() and is_checkpoint_dir(target):
+        if args.overrides or model:
+            print("engine eval: a checkpoint is evaluated with the plan it was trained with (no overrides or --model)",
+                  file=sys.stderr)
+            return 2
+        from engine.runtime.checkpoint import checkpoint_plan_or_run_plan
+
+        checkpoint = target
+        plan = checkpoint_plan_or_run_plan(target)
+        if plan is None:
+            print(f"engine eval: no plan for {target} (neither {target / 'plan.json'} nor the run's plan.json)",
+                  file=sys.stderr)
+            return 2
+    elif target.is_dir():
         if args.overrides:
             print("engine eval: overrides are not allowed with a run folder (it is evaluated with its own plan)",
                   file=sys.stderr)
@@ -71,6 +103,14 @@ def eval_command(argv: Sequence[str]) -> int:
 
         plan = Plan.from_json((target / "plan.json").read_text())
         model = model or str(target / "final")
+        if not args.model and not (target / "final" / "config.json").exists():
+            from engine.runtime.checkpoint import list_checkpoints
+
+            steps = list_checkpoints(target / "checkpoints")
+            hint = (f"; evaluate a checkpoint instead: engine eval {target / 'checkpoints' / f'step_{steps[-1]:06d}'}"
+                    if steps else "")
+            print(f"engine eval: {target} has no final/ policy yet (the run is not finished){hint}", file=sys.stderr)
+            return 2
     else:
         from compiler import compile_spec
         from compiler.errors import SpecError
@@ -80,11 +120,24 @@ def eval_command(argv: Sequence[str]) -> int:
         except SpecError as e:
             print(str(e), file=sys.stderr)
             return 2
+    from engine.runtime.quiet import quiet_model_libraries
+
+    quiet_model_libraries()
     from engine.runtime.evaluate import evaluate_model
 
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+    import tempfile
+
     try:
-        result = evaluate_model(plan, model, log=log, base=args.base)
+        with tempfile.TemporaryDirectory(prefix="engine-eval-") as tmp:
+            if checkpoint is not None:
+                from engine.runtime.checkpoint import export_checkpoint_hf
+
+                check_first(plan)
+                model = export_checkpoint_hf(checkpoint, plan, Path(tmp) / checkpoint.name, log=log)
+            result = evaluate_model(plan, model, log=log, base=args.base)
+            if checkpoint is not None:
+                result["model_path"] = str(checkpoint)
     except ResourceError as e:
         print(f"engine eval: {e}", file=sys.stderr)
         return 1

@@ -25,6 +25,7 @@ def cache_root() -> Path:
 
 def _build_key(spec: Any) -> str:
     from engine.quickstart.pretrain import CORPUS_VERSION
+    from engine.quickstart.tokenizer import TOKENIZER_VERSION
 
     m, d = spec.model, spec.data
     payload = {
@@ -33,6 +34,8 @@ def _build_key(spec: Any) -> str:
         "template": [d.prompt_template, d.custom_template], "levels": d.synthetic.levels,
         "corpus": CORPUS_VERSION,
     }
+    if m.tokenizer in (None, "builtin"):
+        payload["tokenizer_version"] = TOKENIZER_VERSION
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -51,8 +54,6 @@ def build_cached(spec: Any, arch: Any, log: Callable[[str], None] = print) -> st
 
 
 def _build(spec: Any, arch: Any, folder: Path, log: Callable[[str], None]) -> None:
-    import torch
-
     from engine.data.prompts import template_text
     from engine.modeling import load_tokenizer, random_model
     from engine.quickstart.pretrain import pretrain
@@ -65,15 +66,15 @@ def _build(spec: Any, arch: Any, folder: Path, log: Callable[[str], None]) -> No
             raise ValueError(f"model.architecture.vocab_size {arch.vocab_size} < builtin tokenizer's {VOCAB_SIZE}")
     else:
         tok = load_tokenizer(m.tokenizer)
-    threads = spec.cluster.cpu_threads
-    if threads:
-        torch.set_num_threads(threads)
+    from engine.runtime.threads import apply_threads
+
+    apply_threads(spec.cluster.cpu_threads)
     model = random_model(arch, tok, spec.seed)
     info: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters())}
     if m.pretrain_steps:
         template = template_text(spec.data.prompt_template, spec.data.custom_template) or "{input}\n"
         info.update(pretrain(model, tok, m.pretrain_steps, list(spec.data.synthetic.levels), template,
-                             seed=spec.seed, log=log, log_every=max(1, m.pretrain_steps // 5)))
+                             seed=spec.seed, log=log, log_every=max(1, m.pretrain_steps // 20)))
     tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -93,11 +93,22 @@ def corpus_documents(n: int, levels: list[int], template: str, eos: str, seed: i
     return docs
 
 
+def progress_line(done: int, steps: int, loss: float, elapsed_s: float) -> str:
+    """``pretrain step 120/1200 (10%) loss 1.234 | 0:12 elapsed, ETA 1:48``: the ETA assumes the
+    remaining steps take as long as the ``done`` ones did on average (seconds -> m:ss)."""
+    from engine.runtime.tracking import fmt_duration
+
+    eta = elapsed_s / max(done, 1) * (steps - done)
+    return (f"pretrain step {done}/{steps} ({100 * done // max(steps, 1)}%) loss {loss:.3f} "
+            f"| {fmt_duration(elapsed_s)} elapsed, ETA {fmt_duration(eta)}")
+
+
 def pretrain(model: torch.nn.Module, tokenizer, steps: int, levels: list[int], template: str, seed: int,
              batch_size: int = 64, lr: float = 3e-3, log_every: int = 100, log=print) -> dict[str, float]:
     """Train ``model`` for ``steps`` AdamW steps on the synthetic corpus (next-token loss, nats).
 
-    Cosine learning-rate decay from ``lr`` to 0 with 5% warm-up. Returns the final loss and wall time.
+    Cosine learning-rate decay from ``lr`` to 0 with 5% warm-up. A progress line with the ETA is logged
+    after the first 10 steps and every ``log_every`` steps. Returns the final loss and wall time.
     """
     torch.manual_seed(seed)
     docs = corpus_documents(steps * batch_size, levels, template, tokenizer.eos_token, seed)
@@ -120,7 +131,7 @@ def pretrain(model: torch.nn.Module, tokenizer, steps: int, levels: list[int], t
         opt.step()
         sched.step()
         loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
-        if log and log_every and (step + 1) % log_every == 0:
-            log(f"pretrain step {step + 1}/{steps} loss {loss_ema:.3f} ({time.perf_counter() - t0:.0f}s)")
+        if log and log_every and ((step + 1) % log_every == 0 or step + 1 == min(10, steps)):
+            log(progress_line(step + 1, steps, loss_ema, time.perf_counter() - t0))
     model.eval()
     return {"pretrain_loss": float(loss_ema or 0.0), "pretrain_time_s": time.perf_counter() - t0}

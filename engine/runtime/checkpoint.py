@@ -1,7 +1,8 @@
 """Atomic checkpoints: write into a temporary folder, fsync, then `os.replace` it into place.
 
-Layout: ``RUN/checkpoints/step_000005/{trainer/, state.pt, meta.json}`` (``trainer/``: what each
-trainer rank wrote; ``state.pt``: the driver's RNG and data position). A checkpoint folder either exists
+Layout: ``RUN/checkpoints/step_000005/{trainer/, state.pt, plan.json, meta.json}``: ``trainer/`` is what
+each trainer rank wrote, ``state.pt`` the driver's RNG state, ``plan.json`` the plan the checkpoint was
+trained with (`engine.runtime.resume` compares it with the plan of a resume). A checkpoint folder either exists
 complete or not at all; a crash mid-write leaves only a ``.tmp-*`` folder, which is ignored and
 cleaned up. ``meta.json`` is written last inside the temporary folder and names the step.
 """
@@ -52,8 +53,10 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save_checkpoint(ckpt_root: str | Path, step: int, state: dict[str, Any], meta: dict[str, Any],
-                    keep_last: int = 2, write: Optional[Callable[[Path], None]] = None) -> Path:
-    """Write ``state`` (torch-serialisable) and ``meta`` (JSON) for ``step`` atomically.
+                    keep_last: int = 2, plan_json: Optional[str] = None,
+                    write: Optional[Callable[[Path], None]] = None) -> Path:
+    """Write ``state`` (torch-serialisable), ``plan_json`` (the plan's JSON, when given) and ``meta``
+    (JSON) for ``step`` atomically.
 
     ``write(folder)`` adds more to the checkpoint before it is complete (the trainer ranks write
     their shards into ``folder/trainer``). Returns the final folder. Older checkpoints beyond
@@ -72,6 +75,11 @@ def save_checkpoint(ckpt_root: str | Path, step: int, state: dict[str, Any], met
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
+    if plan_json is not None:
+        with open(tmp / "plan.json", "w") as f:
+            f.write(plan_json)
+            f.flush()
+            os.fsync(f.fileno())
     with open(tmp / "meta.json", "w") as f:
         json.dump({**meta, "step": step}, f, indent=2, default=str)
         f.flush()
@@ -133,3 +141,60 @@ def load_checkpoint(ckpt_root: str | Path, step: Optional[int] = None) -> Option
         meta = json.load(f)
     state = torch.load(d / "state.pt", map_location="cpu", weights_only=False)
     return state, meta
+
+
+def checkpoint_plan(ckpt_root: str | Path, step: int) -> tuple[Optional[dict], Optional[str]]:
+    """(plan JSON, plan hash) saved with checkpoint ``step``; the JSON is None for a checkpoint
+    written before plan copies were kept, the hash None when meta.json has none."""
+    d = Path(ckpt_root) / f"step_{step:06d}"
+    with open(d / "meta.json") as f:
+        plan_hash = json.load(f).get("plan_hash")
+    plan = json.loads((d / "plan.json").read_text()) if (d / "plan.json").exists() else None
+    return plan, plan_hash
+
+
+def is_checkpoint_dir(path: str | Path) -> bool:
+    """Whether ``path`` is one complete checkpoint folder (``step_NNNNNN`` with state and meta)."""
+    p = Path(path)
+    return bool(_STEP_DIR.match(p.name)) and (p / "meta.json").exists() and (p / "state.pt").exists()
+
+
+def checkpoint_plan_or_run_plan(step_dir: str | Path):
+    """The `Plan` checkpoint ``step_dir`` was trained with: its own ``plan.json``, else the run
+    folder's (``RUN/checkpoints/step_N`` -> ``RUN/plan.json``); None when neither exists."""
+    from compiler.plan import Plan
+
+    d = Path(step_dir)
+    for path in (d / "plan.json", d.parent.parent / "plan.json"):
+        if path.exists():
+            return Plan.from_json(path.read_text())
+    return None
+
+
+def export_checkpoint_hf(step_dir: str | Path, plan: Any, out_dir: str | Path, log=print) -> str:
+    """Write checkpoint ``step_dir``'s policy as a HF model folder ``out_dir`` (config, weights,
+    tokenizer, generation config): the run's base model with the checkpoint's weights loaded.
+
+    The base model is the one named in the run's ``run.json`` when that folder still exists, else it
+    is resolved (built and cached, for a random-init model) from the plan. Returns ``out_dir``.
+    """
+    from engine.modeling import load_model, load_tokenizer
+
+    d = Path(step_dir)
+    run_info_path = d.parent.parent / "run.json"
+    info = json.loads(run_info_path.read_text()) if run_info_path.exists() else {}
+    model_path, tok_path = info.get("model_path"), info.get("tokenizer_path")
+    if not (model_path and (Path(model_path) / "config.json").exists() and tok_path and Path(tok_path).exists()):
+        from engine.quickstart.base_model import resolve_base_model
+
+        model_path, tok_path = resolve_base_model(plan.spec, plan.architecture, log=log)
+    state = torch.load(d / "state.pt", map_location="cpu", weights_only=False)
+    weights = state["trainer"]["model"] if "trainer" in state else state["model"]
+    model = load_model(model_path, dtype=torch.float32)
+    model.load_state_dict(weights)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    load_tokenizer(tok_path).save_pretrained(out)
+    log(f"checkpoint {d.name}: exported its policy to {out}")
+    return str(out)

@@ -14,6 +14,7 @@ from engine.evaluation.runner import evaluate_all
 from engine.model_files import resolve_model_files
 from engine.runtime.resources import check_resources
 from engine.runtime.roles import Roles
+from engine.runtime.threads import apply_threads
 from engine.sampling import sampling_params
 
 
@@ -34,14 +35,13 @@ def evaluate_model(plan: Any, model_path: Optional[str] = None, log: Callable[[s
     if missing:
         raise FileNotFoundError("input files not found:" + "".join(f"\n  - {key}: {path}\n    hint: {hint}"
                                                                 for key, path, hint in missing))
-    if spec.cluster.cpu_threads:
-        torch.set_num_threads(spec.cluster.cpu_threads)
+    threads = apply_threads(spec.cluster.cpu_threads)  # auto: from affinity and load
     torch.manual_seed(spec.seed)
     base = model_path is None if base is None else base
     files = resolve_model_files(plan, log, model_path)
     val_set = load_prompts(spec.data.val, spec, files.tokenizer, "val", log) if spec.data.val else None
     bench_sets = load_benchmarks(spec, files.tokenizer, log, always=True)
-    roles = Roles(plan, files, threads=spec.cluster.cpu_threads, training=False)
+    roles = Roles(plan, files, threads=threads, training=False)
     t0 = time.perf_counter()
     try:
         sampling = sampling_params(spec, files.end_token_ids, evaluation=True, base=base)

@@ -44,6 +44,7 @@ from engine.runtime.batch import pack_groups
 from engine.runtime.resources import check_resources
 from engine.runtime.roles import Roles
 from engine.runtime.sync import StepOrder
+from engine.runtime.threads import apply_threads
 from engine.runtime.tracking import AimTracker, MetricsLog, Progress
 from engine.sampling import sampling_params, step_seed
 from engine.study import rollouts as R
@@ -217,8 +218,7 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
     run_dir.mkdir(parents=True, exist_ok=True)
     progress = Progress(spec.trainer.total_steps, stream=progress_stream)
     log = log or progress.message
-    if spec.cluster.cpu_threads:
-        torch.set_num_threads(spec.cluster.cpu_threads)
+    threads = apply_threads(spec.cluster.cpu_threads)  # auto: from affinity and load
     torch.manual_seed(spec.seed)
     random.seed(spec.seed)
     np.random.seed(spec.seed % 2**32)
@@ -227,6 +227,12 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
     run_info = json.loads(run_info_path.read_text()) if run_info_path.exists() else {}
     if not (run_dir / "plan.json").exists():
         _write_text(run_dir / "plan.json", plan.to_json())  # a crash here must not leave a half plan
+    if resume:  # refuse a changed experiment, stop at a finished run, say what is redone
+        from engine.runtime.resume import check_resume
+
+        finished = check_resume(plan, run_dir, log)
+        if finished is not None:
+            return finished
 
     # -- model, data, roles ----------------------------------------------------------------------------
     files = resolve_model_files(plan, log)
@@ -235,10 +241,11 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
     bench_sets = load_benchmarks(spec, files.tokenizer, log)
     if len(train_set) == 0:
         raise ValueError(f"no usable training prompts in {spec.data.train}: {train_set.report}")
-    roles = Roles(plan, files, threads=spec.cluster.cpu_threads)
+    roles = Roles(plan, files, threads=threads)
     gate = plan.rollout.backend == "vllm" or spec.algorithm.rollout_correction == "tis" or bool(sync_skip)
     inp = StepInputs(plan, train_set, sampling_params(spec, files.end_token_ids, logprobs=gate),
                      files.tokenizer.pad_token_id, StepOrder(plan))
+    tracker = None
     try:
         # the generator's first weights come from the trainer (``sync_skip``: a deliberately broken sync,
         # for the parity gate's own test)
@@ -271,7 +278,6 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
         elif C.list_checkpoints(ckpt_root):
             raise FileExistsError(f"{run_dir} already has checkpoints; continue it with `engine run {run_dir} --resume`")
 
-        tracker = None
         if spec.tracking.backend == "aim":
             tracker = AimTracker(run_dir, spec.tracking.experiment,
                                  {"spec": spec.model_dump(mode="json"), "plan": json.loads(plan.to_json())},
@@ -314,7 +320,7 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
                 C.save_checkpoint(ckpt_root, step, {"rng": C.rng_state()},
                                   {"plan_hash": plan.hash, "data_position": step * spec.data.train_batch_size,
                                    "epoch": m["data/epoch"]},
-                                  keep_last=spec.checkpoint.keep_last,
+                                  keep_last=spec.checkpoint.keep_last, plan_json=plan.to_json(),
                                   write=lambda folder: roles.save_trainer(str(folder / "trainer")))
 
         final_dir = None
@@ -329,10 +335,10 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
         summary = _summary(plan, run_dir, history, train_set, val_set, last, total, time.perf_counter() - t_start,
                            final_dir, roles.reward_stats())
         _write_json(run_dir / "summary.json", summary)
-        if tracker is not None:
-            tracker.close()
         return summary
     finally:
+        if tracker is not None:  # aim: closed on success, error and Ctrl-C, so a resume finds no lock
+            tracker.close()
         roles.shutdown()
 
 

@@ -63,18 +63,21 @@ def _missing_package(name: str) -> bool:
         return True
 
 
-def backend_problem(plan: Any) -> Optional[str]:
-    """Why this runtime cannot execute the plan's backends or weight sync here, or None."""
+def backend_problem(plan: Any, roles: tuple[str, ...] = ("trainer", "generator")) -> Optional[str]:
+    """Why this runtime cannot execute the plan's backends of ``roles`` or its weight sync here, or None
+    (``engine eval`` asks only about the generator)."""
     chosen = {"trainer": plan.trainer.backend if plan.trainer else plan.spec.trainer.backend,
               "generator": plan.rollout.backend if plan.rollout else plan.spec.rollout.backend}
     problems = []
     for role, name in chosen.items():
+        if role not in roles:
+            continue
         missing = [pkg for pkg in BACKEND_PACKAGES[role][name] if _missing_package(pkg)]
         if missing:
             problems.append(f"the {role} backend '{name}' needs {', '.join(missing)}, which is not installed "
                             f"(install: {_INSTALL.get(missing[0], 'pip install ' + missing[0])})")
     ws = plan.weight_sync
-    if ws is not None and ws.method not in SYNC_METHODS:
+    if "trainer" in roles and ws is not None and ws.method not in SYNC_METHODS:
         problems.append(f"the plan's weight sync '{ws.method}' ({plan.placement} placement on {len(plan.devices)} "
                         f"device(s)) is not executed by this version of the runtime (it executes: "
                         f"{', '.join(SYNC_METHODS)}); rather than run it another way, it stops here")
@@ -83,10 +86,37 @@ def backend_problem(plan: Any) -> Optional[str]:
     return f"plan '{plan.spec.name}' cannot run here. Nothing was loaded.\n  - " + "\n  - ".join(problems)
 
 
-def needs(plan: Any) -> tuple[int, float]:
-    """(GPUs, GiB per GPU) the plan needs; (0, 0) for a CPU plan."""
+#: Memory components (`DevicePlan.memory_gib`) of the generator alone, for `engine eval`.
+GENERATOR_COMPONENTS = ("vllm_weights", "vllm_activations", "vllm_non_torch", "cuda_graphs", "generator_context")
+
+
+def generator_needs(plan: Any) -> tuple[int, float]:
+    """(GPUs, GiB per GPU) one generator replica needs: what `engine eval` needs, since evaluation
+    runs no trainer. vllm: its weights, activations and fixed buffers plus the KV cache of one
+    max-length sequence; hf: its weights and the KV cache of one micro-batch."""
+    r = plan.rollout
+    if plan.accelerator != "gpu" or r is None:
+        return 0, 0.0
+    dev = next((d for d in plan.devices if "generator" in d.roles), None)
+    if dev is None:
+        return r.tensor_parallel, 0.0
+    m = dev.memory_gib
+    if r.backend == "vllm":
+        gib = sum(m.get(k, 0.0) for k in GENERATOR_COMPONENTS)
+        if r.kv_cache_tokens:
+            gib += m.get("kv_cache", 0.0) * min(1.0, r.max_model_len / r.kv_cache_tokens)
+    else:  # hf: its own copy of the weights and the KV cache of one micro-batch
+        gib = m.get("generator_weights", 0.0) + m.get("kv_cache", 0.0)
+    return r.tensor_parallel, gib
+
+
+def needs(plan: Any, command: str = "run") -> tuple[int, float]:
+    """(GPUs, GiB per GPU) the plan needs; (0, 0) for a CPU plan. ``command="eval"``: one generator
+    replica (`generator_needs`)."""
     if plan.accelerator != "gpu":
         return 0, 0.0
+    if command == "eval":
+        return generator_needs(plan)
     gpus = len(plan.devices) or plan.nodes * plan.gpus_per_node
     return gpus, max((d.peak_gib for d in plan.devices), default=0.0)
 
@@ -94,12 +124,14 @@ def needs(plan: Any) -> tuple[int, float]:
 def check_resources(plan: Any, found: Optional[Found] = None, command: str = "run") -> Found:
     """Raise `ResourceError` unless the hardware covers the plan (count and per-GPU memory) and this
     runtime has the plan's backends (hardware is reported first). ``command`` names the `engine`
-    command in the hint for running on a cluster."""
+    command in the hint for running on a cluster; ``eval`` needs only the generator: one replica's
+    GPUs and memory, its backend, and a generator layout even when training would not fit."""
     spec = plan.spec
-    if not plan.feasible:
+    evaluating = command == "eval"
+    if not plan.feasible and not (evaluating and plan.rollout is not None):
         raise ResourceError("the plan is not feasible as compiled:\n  - " + "\n  - ".join(plan.reasons)
                             + "\n(see `engine plan` for the placement and memory estimate)")
-    want_gpus, want_gib = needs(plan)
+    want_gpus, want_gib = needs(plan, command)
     if want_gpus == 0:
         found = found or Found(0, 0.0, "this machine")
     elif found is None:
@@ -110,19 +142,20 @@ def check_resources(plan: Any, found: Optional[Found] = None, command: str = "ru
         have = (f"{found.gpus} GPU(s)" + (f" of {found.min_gpu_memory_gib:.0f} GiB" if found.gpus and
                                             found.min_gpu_memory_gib != float("inf") else "")
                 if found.gpus else "no GPU")
+        layout = "for one generator replica" if evaluating else f"({plan.nodes} node(s) x {plan.gpus_per_node})"
         raise ResourceError(
-            f"plan '{spec.name}' needs {want_gpus} GPU(s) ({plan.nodes} node(s) x {plan.gpus_per_node}) with "
+            f"plan '{spec.name}' needs {want_gpus} GPU(s) {layout} with "
             f"about {want_gib:.1f} GiB each (capacity {spec.cluster.gpu_memory_gib:g} GiB); found {have} on "
             f"{found.where}. Nothing was loaded.\n"
             "To run it on a cluster: start Ray on the GPU nodes (`ray start --head` on one, `ray start "
             "--address=HEAD:6379` on the others), then run from the head node:\n"
             f"  engine {command} {(plan.sources or ['SPEC.yaml'])[0]} cluster.ray_address=auto\n"
             "or try the CPU quickstart: engine run specs/quickstart.yaml")
-    _check_backends(plan)
+    _check_backends(plan, roles=("generator",) if evaluating else ("trainer", "generator"))
     return found
 
 
-def _check_backends(plan: Any) -> None:
-    problem = backend_problem(plan)
+def _check_backends(plan: Any, roles: tuple[str, ...] = ("trainer", "generator")) -> None:
+    problem = backend_problem(plan, roles)
     if problem:
         raise ResourceError(problem)

@@ -58,9 +58,18 @@ class AimTracker:
         repo_path = str(run_dir)
         if not (Path(repo_path) / ".aim").exists():
             Repo.from_path(repo_path, init=True)
-        # force_resume: a run killed mid-step (SIGKILL) leaves its lock behind
-        self.run = Run(run_hash=run_hash, repo=repo_path, experiment=experiment, force_resume=run_hash is not None,
-                       system_tracking_interval=None, capture_terminal_logs=False)
+        # No force_resume: aim itself removes the lock of a run whose process is gone (SIGKILL); a
+        # run closed on exit or Ctrl-C (`close`) leaves none. Forcing would warn of data corruption on
+        # every resume, and would also take the lock from a process that is still writing.
+        from aim.sdk.errors import RunLockingError
+
+        try:
+            self.run = Run(run_hash=run_hash, repo=repo_path, experiment=experiment, force_resume=False,
+                           system_tracking_interval=None, capture_terminal_logs=False)
+        except RunLockingError as e:
+            raise RuntimeError(f"the aim run {run_hash} in {repo_path} is locked by a live process (is this run "
+                               f"still going?): {e}") from None
+        self._closed = False
         for k, v in params.items():
             self.run[k] = v
 
@@ -76,7 +85,11 @@ class AimTracker:
                 self.run.track(float(v), name=k.replace("/", "."), step=step)
 
     def close(self) -> None:
-        """Flush and close the run, then index it so `aim` queries (and `Repo.get_run`) see it at once."""
+        """Flush and close the run (releasing its lock), then index it so `aim` queries (and
+        `Repo.get_run`) see it at once. A second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         run_hash, repo = self.run.hash, self.run.repo
         self.run.close()
         try:

@@ -67,7 +67,7 @@ def test_invalid_spec_exits_2_without_traceback(tmp_path):
 def test_plan_needing_gpus_stops_before_loading_anything(tmp_path):
     code = ("import sys, engine.cli as c; rc = c.main(['run', 'specs/mistral-24b.yaml']); "
             "print('MODEL_LIB_LOADED' if 'transformers' in sys.modules else 'CLEAN'); sys.exit(rc)")
-    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 1, p.stderr
     assert "needs" in p.stderr and "GPU" in p.stderr and "found" in p.stderr
     assert "ray_address" in p.stderr
