@@ -43,7 +43,7 @@ def main() -> None:
     from engine.data.prompts import build_prompt_set, template_text
     from engine.data.synthetic import generate_rows
     from engine.modeling import load_model, load_tokenizer
-    from engine.quickstart.base_model import resolve_base_model
+    from engine.model_files import resolve_base_model
 
     plan = compile_spec(str(ROOT / "specs/quickstart.yaml"),
                         ["model.architecture.num_heads=2", "model.architecture.num_kv_heads=2",

@@ -176,7 +176,9 @@ def export_checkpoint_hf(step_dir: str | Path, plan: Any, out_dir: str | Path, l
     tokenizer, generation config): the run's base model with the checkpoint's weights loaded.
 
     The base model is the one named in the run's ``run.json`` when that folder still exists, else it
-    is resolved (built and cached, for a random-init model) from the plan. Returns ``out_dir``.
+    is resolved (built and cached, for a random-init model) from the plan. A torch trainer's
+    checkpoint is read directly; another backend's is loaded by that backend (one rank: a checkpoint
+    of several ranks is exported by its run, in ``final/``). Returns ``out_dir``.
     """
     from engine.modeling import load_model, load_tokenizer
 
@@ -185,16 +187,25 @@ def export_checkpoint_hf(step_dir: str | Path, plan: Any, out_dir: str | Path, l
     info = json.loads(run_info_path.read_text()) if run_info_path.exists() else {}
     model_path, tok_path = info.get("model_path"), info.get("tokenizer_path")
     if not (model_path and (Path(model_path) / "config.json").exists() and tok_path and Path(tok_path).exists()):
-        from engine.quickstart.base_model import resolve_base_model
+        from engine.model_files import resolve_base_model
 
         model_path, tok_path = resolve_base_model(plan.spec, plan.architecture, log=log)
-    state = torch.load(d / "state.pt", map_location="cpu", weights_only=False)
-    weights = state["trainer"]["model"] if "trainer" in state else state["model"]
-    model = load_model(model_path, dtype=torch.float32)
-    model.load_state_dict(weights)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
+    torch_state = d / "trainer" / "trainer.pt"
+    if torch_state.exists():
+        model = load_model(model_path, dtype=torch.float32)
+        model.load_state_dict(torch.load(torch_state, map_location="cpu", weights_only=False)["model"])
+        model.save_pretrained(out)
+    elif len(plan.trainer.ranks) == 1:
+        from engine.backends.registry import BackendContext, build_trainer
+
+        trainer = build_trainer(BackendContext(plan, model_path, tok_path, "cpu"))
+        trainer.load_checkpoint(str(d / "trainer"))
+        trainer.export_hf(str(out))
+    else:
+        raise ValueError(f"{d} holds a {len(plan.trainer.ranks)}-rank {plan.trainer.backend} checkpoint; "
+                         "evaluate the run's final/ export, or resume the run to write one")
     load_tokenizer(tok_path).save_pretrained(out)
     log(f"checkpoint {d.name}: exported its policy to {out}")
     return str(out)
