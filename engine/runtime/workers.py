@@ -176,6 +176,7 @@ class TrainerWorker:
 
     def close(self) -> None:
         _close(self.generator)
+        _close(self.trainer)  # Megatron's process groups, so a later run in this process starts clean
         if torch.distributed.is_initialized() and self.world > 1:
             torch.distributed.destroy_process_group()
 

@@ -83,6 +83,8 @@ class MegatronTrainer:
         self.data_parallel = data_parallel
         self.model_path = model_path
         self.steps = 0  # optimizer steps taken (drives the warm-up)
+        self._owns_process_group = False  # the one-rank group of a single-process trainer
+        self._frozen = frozen
         with compat_for(self.device):
             self._init_parallel(seed)
             self._build(distributed_optimizer, frozen)
@@ -105,6 +107,7 @@ class MegatronTrainer:
             from engine.backends.megatron._single import init_single_process_group
 
             init_single_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            self._owns_process_group = True
         world = dist.get_world_size()
         if world != tp * pp * dp:
             raise RuntimeError(f"trainer group has {world} ranks but the plan is TP{tp} x PP{pp} x DP{dp}")
@@ -206,6 +209,19 @@ class MegatronTrainer:
         torch.distributed.broadcast(t, src=ps.get_pipeline_model_parallel_last_rank(),
                                     group=ps.get_pipeline_model_parallel_group())
         return t
+
+    def close(self) -> None:
+        """Tear down Megatron's process groups (and the one-rank world this trainer made), so that
+        another trainer can start in this process. The frozen reference leaves them to the trainer."""
+        if self._frozen:
+            return
+        from megatron.core import parallel_state as ps
+
+        if ps.model_parallel_is_initialized():
+            ps.destroy_model_parallel()
+        if self._owns_process_group and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+            self._owns_process_group = False
 
     # -- the Trainer protocol -------------------------------------------------------------------------
     @_compat
