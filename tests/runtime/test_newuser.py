@@ -168,10 +168,11 @@ def test_engine_eval_of_an_unfinished_run_names_its_last_checkpoint(finished, tm
 def test_engine_eval_needs_only_the_generator_devices():
     """A 7B plan trains on 16 GPUs, but evaluating its model needs one generator replica."""
     from compiler import compile_spec
+    from engine.runtime import resources
     from engine.runtime.resources import Found, ResourceError, check_resources, needs
 
-    hf = ["rollout.backend=hf", "rollout.tensor_parallel=1", "rollout.micro_batch_size=8"]
-    plan = compile_spec(str(ROOT / "specs" / "qwen2.5-7b.yaml"), hf)
+    tp1 = ["rollout.tensor_parallel=1"]  # one GPU per vLLM replica
+    plan = compile_spec(str(ROOT / "specs" / "qwen2.5-7b.yaml"), tp1)
     one_gpu = Found(1, 80.0, "a test machine")
     with pytest.raises(ResourceError) as info:
         check_resources(plan, found=one_gpu)  # training: 16 GPUs and the megatron trainer
@@ -179,9 +180,11 @@ def test_engine_eval_needs_only_the_generator_devices():
     assert check_resources(plan, found=one_gpu, command="eval") is one_gpu
     gpus, gib = needs(plan, "eval")
     assert gpus == 1 and 0 < gib < 80
-    assert gib == pytest.approx(plan.devices[0].memory_gib["generator_weights"] + plan.devices[0].memory_gib["kv_cache"])
+    m = plan.devices[0].memory_gib
+    assert gib == pytest.approx(sum(m.get(k, 0.0) for k in resources.GENERATOR_COMPONENTS)
+                                + m["kv_cache"] * plan.rollout.max_model_len / plan.rollout.kv_cache_tokens)
     # a plan that cannot train on two GPUs still evaluates there, with its generator layout
-    small = compile_spec(str(ROOT / "specs" / "qwen2.5-7b.yaml"), ["cluster.nodes=1", "cluster.gpus_per_node=2", *hf])
+    small = compile_spec(str(ROOT / "specs" / "qwen2.5-7b.yaml"), ["cluster.nodes=1", "cluster.gpus_per_node=2", *tp1])
     assert not small.feasible and small.rollout is not None
     two_gpus = Found(2, 80.0, "a test machine")
     with pytest.raises(ResourceError):
