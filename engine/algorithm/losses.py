@@ -114,3 +114,24 @@ def mismatch_metrics(trainer_log_probs: torch.Tensor, rollout_log_probs: torch.T
     return {"token_mult_prob_error": float((torch.exp(diff.abs()) * m).sum() / n),
             "kl": float((-diff * m).sum() / n),
             "max_abs_diff": float((diff.abs() * m).max()) if bool(m.any()) else 0.0}
+
+
+def policy_loss_per_token(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
+                          entropy: torch.Tensor, cfg, ref_log_probs: torch.Tensor | None = None,
+                          rollout_log_probs: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The RL objective per token, as every trainer optimises it, [B, T]: the PPO-clip term (weighted by
+    the truncated importance weight with ``cfg.rollout_correction == "tis"``), minus ``entropy_coef`` x
+    entropy, plus ``kl_coef`` x KL to the reference. ``cfg``: the loss settings
+    (`engine.backends.config.LossConfig`). Returns (loss, pg term, clip active, kl or None)."""
+    pg, clipped = ppo_clip_per_token(log_probs, old_log_probs, advantages, cfg.clip_low, cfg.clip_high)
+    if cfg.rollout_correction == "tis":
+        pg = pg * tis_weights(old_log_probs, rollout_log_probs, cfg.tis_cap)
+    loss = pg
+    if cfg.entropy_coef > 0:
+        loss = loss - cfg.entropy_coef * entropy
+    kl = None
+    if cfg.kl_coef > 0:
+        kl = kl_per_token(log_probs, ref_log_probs, cfg.kl_estimator, cfg.kl_clamp)
+        loss = loss + cfg.kl_coef * kl
+    return loss, pg, clipped, kl

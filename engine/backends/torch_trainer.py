@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
-from engine.algorithm.losses import (aggregate, entropy_from_logits, kl_per_token, masked_mean,
-                                     ppo_clip_per_token, tis_weights, value_loss_per_token)
+from engine.algorithm.losses import (aggregate, entropy_from_logits, masked_mean, policy_loss_per_token,
+                                     value_loss_per_token)
 from engine.backends.base import WeightBucket
 from engine.backends.config import BatchConfig, LossConfig, OptimConfig  # noqa: F401  (re-exported)
 from engine.backends.manifest import bucketed
@@ -206,19 +206,11 @@ class TorchTrainer:
                         logits = response_logits(self.model, mb)
                     logp = token_log_probs(logits, mb["responses"])
                     old = mb["old_log_probs"] if "old_log_probs" in mb else logp.detach()
-                    pg, clipped = ppo_clip_per_token(logp, old, mb["advantages"], cfg.clip_low, cfg.clip_high)
-                    if cfg.rollout_correction == "tis":
-                        pg = pg * tis_weights(old, mb["rollout_log_probs"], cfg.tis_cap)
-                    per_tok = pg
-                    if cfg.entropy_coef > 0:
+                    with torch.set_grad_enabled(cfg.entropy_coef > 0):  # no graph for an unused entropy
                         ent = entropy_from_logits(logits)
-                        per_tok = per_tok - cfg.entropy_coef * ent
-                    else:
-                        with torch.no_grad():
-                            ent = entropy_from_logits(logits)
-                    if cfg.kl_coef > 0:
-                        kl = kl_per_token(logp, mb["ref_log_probs"], cfg.kl_estimator, cfg.kl_clamp)
-                        per_tok = per_tok + cfg.kl_coef * kl
+                    per_tok, pg, clipped, kl = policy_loss_per_token(
+                        logp, old, mb["advantages"], ent, cfg, mb.get("ref_log_probs"), mb.get("rollout_log_probs"))
+                    if kl is not None:
                         add_tokens("trainer/kl", kl.detach(), m)
                     loss = aggregate(per_tok, m, cfg.loss_agg, norm)
                     loss.backward()

@@ -25,7 +25,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 import torch
 
-from engine.algorithm.losses import kl_per_token, ppo_clip_per_token, tis_weights
+from engine.algorithm.losses import policy_loss_per_token
 from engine.backends.base import WeightBucket
 from engine.backends.config import BatchConfig, LossConfig, OptimConfig, from_plan
 from engine.backends.manifest import bucketed
@@ -256,16 +256,10 @@ class MegatronTrainer:
         m = mb["response_mask"].float()
         logp, ent = self._response_log_probs(logits, mb, with_entropy=True)
         old = mb["old_log_probs"] if "old_log_probs" in mb else logp.detach()
-        pg, clipped = ppo_clip_per_token(logp, old, mb["advantages"], cfg.clip_low, cfg.clip_high)
-        if cfg.rollout_correction == "tis":
-            pg = pg * tis_weights(old, mb["rollout_log_probs"], cfg.tis_cap)
-        per_tok = pg
-        if cfg.entropy_coef > 0:
-            per_tok = per_tok - cfg.entropy_coef * ent
-        kl = torch.zeros_like(logp)
-        if cfg.kl_coef > 0:
-            kl = kl_per_token(logp, mb["ref_log_probs"], cfg.kl_estimator, cfg.kl_clamp)
-            per_tok = per_tok + cfg.kl_coef * kl
+        per_tok, pg, clipped, kl = policy_loss_per_token(logp, old, mb["advantages"], ent, cfg, mb.get("ref_log_probs"),
+                                                         mb.get("rollout_log_probs"))
+        if kl is None:
+            kl = torch.zeros_like(logp)
         # a *sum* and its count: Megatron divides the summed gradients by the global count
         if cfg.loss_agg == "token_mean":
             total, count = (per_tok * m).sum(), m.sum()
