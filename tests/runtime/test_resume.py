@@ -31,6 +31,16 @@ def _records(run: Path) -> dict[int, dict]:
     return out
 
 
+def assert_same_metrics(full: Path, resumed: Path) -> None:
+    """Every step logged once, with the uninterrupted run's non-timing metrics."""
+    a, b = _records(full), _records(resumed)
+    assert sorted(b) == list(range(1, STEPS + 1))
+    for step in range(1, STEPS + 1):
+        assert b[step].keys() == a[step].keys()
+        for k in a[step]:
+            assert b[step][k] == pytest.approx(a[step][k], rel=1e-6, abs=1e-9), (step, k)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(3 * HANG)
 def test_sigkill_mid_step_then_resume_matches_uninterrupted(tmp_path):
@@ -61,12 +71,7 @@ def test_sigkill_mid_step_then_resume_matches_uninterrupted(tmp_path):
     out, _ = resumed.communicate(timeout=HANG)
     assert resumed.returncode == 0, out
 
-    a, b = _records(tmp_path / "full"), _records(killed)
-    assert sorted(b) == list(range(1, STEPS + 1))
-    for step in range(1, STEPS + 1):
-        assert b[step].keys() == a[step].keys()
-        for k in a[step]:
-            assert b[step][k] == pytest.approx(a[step][k], rel=1e-6, abs=1e-9), (step, k)
+    assert_same_metrics(tmp_path / "full", killed)
     sa = json.loads((tmp_path / "full" / "summary.json").read_text())
     sb = json.loads((killed / "summary.json").read_text())
     assert sa["reward_last"] == sb["reward_last"] and sb["complete"]

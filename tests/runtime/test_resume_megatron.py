@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.runtime.conftest import write_spec
-from tests.runtime.test_resume import ROOT, STEPS, _engine, _records
+from tests.runtime.test_resume import ROOT, STEPS, _engine, _records, assert_same_metrics
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("megatron") is None, reason="megatron-core is not installed")
 
@@ -39,9 +39,4 @@ def test_megatron_sigkill_mid_step_then_resume_matches_uninterrupted(tmp_path):
     resumed = _engine(str(killed), "--resume", env=env)
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out
-    a, b = _records(tmp_path / "full"), _records(killed)
-    assert sorted(b) == list(range(1, STEPS + 1))
-    for step in range(1, STEPS + 1):
-        assert b[step].keys() == a[step].keys()
-        for k in a[step]:
-            assert b[step][k] == pytest.approx(a[step][k], rel=1e-6, abs=1e-9), (step, k)
+    assert_same_metrics(tmp_path / "full", killed)
