@@ -53,7 +53,30 @@ def _init_distributed(rank: int, world: int, init_method: Optional[str], device:
     torch.distributed.init_process_group(backend, init_method=init_method, rank=rank, world_size=world)
 
 
-class TrainerWorker:
+class GeneratorCalls:
+    """The generator's calls as a worker offers them to the driver, for any worker holding one in
+    ``self.generator`` (a trainer rank that hosts it, or a replica of its own)."""
+
+    generator: Optional[Generator]
+
+    def generate(self, prompt_ids: list[list[int]], n: int, params: SamplingParams, seed: int) -> Generation:
+        return self.generator.generate(prompt_ids, n, params, seed)
+
+    def generator_events(self) -> list[str]:
+        """The calls the generator recorded, when its backend records them (vLLM)."""
+        return list(getattr(self.generator, "events", []))
+
+    def generator_sleep(self, level: int) -> None:
+        self.generator.sleep(level)
+
+    def generator_wake(self, tags: Optional[Sequence[str]] = None) -> None:
+        self.generator.wake(tags)
+
+    def reset_prefix_cache(self) -> None:
+        self.generator.reset_prefix_cache()
+
+
+class TrainerWorker(GeneratorCalls):
     """One rank of the trainer role. With ``hosts_generator`` (CPU runs, one GPU) it also holds the
     generator, so weight sync stays in this process: the trainer's stream feeds the generator
     directly (the hf generator on a torch trainer even shares its module)."""
@@ -158,21 +181,6 @@ class TrainerWorker:
             return 0
         return self.broadcast.send(stream)
 
-    def generate(self, prompt_ids: list[list[int]], n: int, params: SamplingParams, seed: int) -> Generation:
-        return self.generator.generate(prompt_ids, n, params, seed)
-
-    def generator_events(self) -> list[str]:
-        """The calls the hosted generator recorded, when its backend records them (vLLM)."""
-        return list(getattr(self.generator, "events", []))
-
-    def generator_sleep(self, level: int) -> None:
-        self.generator.sleep(level)
-
-    def generator_wake(self, tags: Optional[Sequence[str]] = None) -> None:
-        self.generator.wake(tags)
-
-    def reset_prefix_cache(self) -> None:
-        self.generator.reset_prefix_cache()
 
     def close(self) -> None:
         _close(self.generator)
@@ -203,7 +211,7 @@ def _ray_gpu_ids() -> list[str]:
         return []
 
 
-class GeneratorWorker:
+class GeneratorWorker(GeneratorCalls):
     """A generator replica in its own worker (GPU replicas, split placement)."""
 
     def __init__(self, setup: WorkerSetup, replica: int = 0, dummy_weights: bool = False) -> None:
@@ -214,9 +222,6 @@ class GeneratorWorker:
         self.replica, self.device = replica, setup.device
         self.generator: Generator = build_generator(BackendContext(plan, setup.model_path, setup.tokenizer_path,
                                                                    setup.device, dummy_weights=dummy_weights))
-
-    def generate(self, prompt_ids, n, params, seed) -> Generation:
-        return self.generator.generate(prompt_ids, n, params, seed)
 
     def update_weights(self, buckets, expected=None) -> int:
         return self.generator.update_weights(buckets, expected)
@@ -229,17 +234,6 @@ class GeneratorWorker:
         """One weight stream from the broadcast group, checked against ``expected``."""
         return self.generator.receive_weights(expected)
 
-    def generator_events(self) -> list[str]:
-        return list(getattr(self.generator, "events", []))
-
-    def generator_sleep(self, level: int) -> None:
-        self.generator.sleep(level)
-
-    def generator_wake(self, tags=None) -> None:
-        self.generator.wake(tags)
-
-    def reset_prefix_cache(self) -> None:
-        self.generator.reset_prefix_cache()
 
     def close(self) -> None:
         _close(self.generator)

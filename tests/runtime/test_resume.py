@@ -31,6 +31,20 @@ def _records(run: Path) -> dict[int, dict]:
     return out
 
 
+def kill_inside_step_4(proc: subprocess.Popen, run: Path, hang_s: float) -> None:
+    """SIGKILL the run once step 3 is logged (it is then inside step 4, after checkpoint 2)."""
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + hang_s
+    while time.monotonic() < deadline:
+        if metrics.exists() and '"step": 3' in metrics.read_text():
+            break
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+
 def assert_same_metrics(full: Path, resumed: Path) -> None:
     """Every step logged once, with the uninterrupted run's non-timing metrics."""
     a, b = _records(full), _records(resumed)
@@ -52,16 +66,7 @@ def test_sigkill_mid_step_then_resume_matches_uninterrupted(tmp_path):
 
     killed = tmp_path / "killed"
     proc = _engine(str(spec), "--run-dir", str(killed), env=env)
-    metrics = killed / "metrics.jsonl"
-    deadline = time.monotonic() + HANG
-    while time.monotonic() < deadline:  # wait until step 3 is logged: the run is then inside step 4
-        if metrics.exists() and '"step": 3' in metrics.read_text():
-            break
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    kill_inside_step_4(proc, killed, HANG)
     done = _records(killed)
     assert max(done) < STEPS  # it really was interrupted
     ckpts = sorted(p.name for p in (killed / "checkpoints").iterdir() if p.name.startswith("step_"))

@@ -2,13 +2,11 @@
 
 import importlib.util
 import os
-import signal
-import time
 
 import pytest
 
 from tests.runtime.conftest import write_spec
-from tests.runtime.test_resume import ROOT, STEPS, _engine, _records, assert_same_metrics
+from tests.runtime.test_resume import ROOT, STEPS, _engine, _records, assert_same_metrics, kill_inside_step_4
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("megatron") is None, reason="megatron-core is not installed")
 
@@ -24,15 +22,7 @@ def test_megatron_sigkill_mid_step_then_resume_matches_uninterrupted(tmp_path):
 
     killed = tmp_path / "killed"
     proc = _engine(str(spec), "--run-dir", str(killed), megatron, env=env)
-    metrics = killed / "metrics.jsonl"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:  # step 3 logged: the run is inside step 4, after checkpoint 2
-        if metrics.exists() and '"step": 3' in metrics.read_text():
-            break
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    kill_inside_step_4(proc, killed, 600)
     assert max(_records(killed)) < STEPS
     assert (killed / "checkpoints" / "step_000002" / "trainer").is_dir()  # the sharded trainer checkpoint
 
