@@ -53,3 +53,23 @@ def compile_spec(source: Source, overrides: Overrides = (), *, check_files: bool
 
     loaded, spec, arch = load_and_validate(source, overrides, check_files=check_files)
     return lower(spec, arch, loaded.sources)
+
+
+def compile_with_source(source: Source, overrides: Overrides = ()) -> tuple[LoadedSpec, Plan]:
+    """`compile_spec` once, keeping the loaded spec so later checks (`require_data_files`) can name
+    the YAML file and line of what they find."""
+    from compiler.lower import lower
+
+    loaded, spec, arch = load_and_validate(source, overrides)
+    return loaded, lower(spec, arch, loaded.sources)
+
+
+def require_data_files(loaded: LoadedSpec, plan: Plan) -> None:
+    """Raise `SpecError` naming every local data file the plan reads that does not exist, with the file
+    and line that set it (``engine run`` needs them; ``engine plan`` does not)."""
+    from compiler.errors import SpecError
+    from compiler.validate import missing_data_files
+
+    problems = [loaded.problem(key, f"data file not found: {value}", hint) for key, value, hint in missing_data_files(plan.spec)]
+    if problems:
+        raise SpecError(problems)

@@ -76,7 +76,8 @@ def _rollout_plan(spec: ExperimentSpec, inp: Inputs, c: Candidate) -> RolloutPla
     ro = spec.rollout
     return RolloutPlan(
         backend=ro.backend, tensor_parallel=c.rtp, replicas=c.replicas, gpu_memory_utilization=ro.gpu_memory_utilization,
-        sleep_level=ro.sleep_level if (spec.placement == "colocated" and ro.backend == "vllm") else 0, max_model_len=inp.seq,
+        sleep_level=ro.sleep_level if (spec.placement == "colocated" and ro.backend == "vllm") else 0,
+        max_model_len=inp.max_model_len,  # evaluation's longer responses included
         max_num_seqs=ro.max_num_seqs, kv_cache_tokens=c.vllm.kv_tokens if c.vllm else 0,
         concurrency=c.concurrency,
         replica_groups=[list(c.gen_ranks[i:i + c.rtp]) for i in range(0, len(c.gen_ranks), c.rtp)])

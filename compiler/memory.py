@@ -347,6 +347,19 @@ def max_concurrency(kv_tokens: int, seq_len: int, max_num_seqs: int) -> int:
     return max(0, min(max_num_seqs, kv_tokens // max(1, seq_len)))
 
 
+def largest_tensor_bytes(arch: Architecture) -> float:
+    """bf16 bytes of the largest HF-named tensor the weight stream gathers whole: the embedding (or
+    output layer), V x h, or an MLP projection, f x h (the stream sends gate and up separately)."""
+    return 2.0 * max(arch.vocab_size, arch.ffn_hidden_size) * arch.hidden_size
+
+
+def sync_transient_bytes(arch: Architecture, bucket_bytes: int) -> float:
+    """What the weight push holds on a trainer GPU beyond the model state (bytes): one gathered full
+    tensor (every TP rank gathers it) and, on the source rank, the bucket of full tensors being
+    packed (counted on every rank, as the source's is the worst)."""
+    return largest_tensor_bytes(arch) + float(bucket_bytes)
+
+
 def attention_flops_per_seq(arch: Architecture, seq: int) -> float:
     """Causal attention matmul FLOPs of one forward over one sequence: 2 x 2 x L x s^2 x (a d) / 2."""
     return 2.0 * arch.num_layers * seq * seq * arch.num_heads * arch.kv_channels

@@ -62,6 +62,7 @@ class Inputs:
     nodes: int
     gpus_per_node: int
     capacity: float  # bytes per GPU
+    headroom: float  # bytes per GPU the plan leaves unplanned (cluster.memory_headroom_gib)
     tflops: float
     bandwidth: float  # B/s
     backend: str
@@ -91,6 +92,8 @@ class Inputs:
     entropy: bool
     reference: bool
     critic: bool
+    bucket: int = 0  # weight-sync bucket (bytes)
+    eval_seq: int = 0  # longest evaluation sequence (prompt + evaluation response, tokens); 0 = no evaluation
 
     @classmethod
     def from_spec(cls, spec: ExperimentSpec, arch: Architecture) -> "Inputs":
@@ -98,7 +101,7 @@ class Inputs:
         torch_backend = tr.backend == "torch"
         return cls(
             arch=arch, placement=spec.placement, nodes=cl.nodes, gpus_per_node=cl.gpus_per_node,
-            capacity=cl.gpu_memory_gib * M.GIB, tflops=cl.gpu_bf16_tflops * 1e12,
+            capacity=cl.gpu_memory_gib * M.GIB, headroom=cl.memory_headroom_gib * M.GIB, tflops=cl.gpu_bf16_tflops * 1e12,
             bandwidth=cl.gpu_mem_bandwidth_gbs * 1e9, backend=tr.backend,
             tp=1 if torch_backend else fixed_size(tr.tensor_parallel),
             pp=1 if torch_backend else fixed_size(tr.pipeline_parallel),
@@ -115,6 +118,8 @@ class Inputs:
             epochs=spec.algorithm.ppo_epochs, prompt=spec.data.max_prompt_length,
             response=spec.data.max_response_length, entropy=spec.algorithm.entropy_coef > 0,
             reference=spec.algorithm.kl_coef > 0, critic=spec.algorithm.advantage == "gae",
+            bucket=ro.weight_bucket_mib * 2**20,
+            eval_seq=(spec.data.max_prompt_length + spec.evaluation.max_response_length) if spec.evaluation.every else 0,
         )
 
     @property
@@ -128,6 +133,16 @@ class Inputs:
     @property
     def sequences(self) -> int:
         return self.batch * self.n
+
+    @property
+    def max_model_len(self) -> int:
+        """Tokens one sequence may reach in the generator: training's, or evaluation's when longer."""
+        return max(self.seq, self.eval_seq)
+
+    @property
+    def budget(self) -> float:
+        """Bytes per GPU a plan may fill: capacity less the headroom."""
+        return self.capacity - self.headroom
 
     def hf_sequences(self, replicas: int) -> int:
         """Sequences an hf replica decodes at once: rollout.micro_batch_size prompts (default: its
@@ -253,10 +268,15 @@ def _trainer_stage_memory(inp: Inputs, tp: int, pp: int, cp: int, dp: int, stage
     train = {"params": st.params, "grads": st.grads, "optimizer": st.optimizer,
              "reference": 0.0 if inp.offload else ref, "activations": acts, "logits": logits,
              "trainer_overhead": over}
+    # the weight push: every rank holds one gathered full tensor, the source rank also the bucket
+    sync = {"params": st.params, "grads": st.grads, "optimizer": st.optimizer,
+            "reference": 0.0 if inp.offload else ref, "trainer_overhead": over,
+            "sync_buffers": M.sync_transient_bytes(a, inp.bucket)}
     if inp.critic:
         lp["critic"] = critic_idle
         train["critic"] = critic_state
-    return {"generation": gen_idle, "log_probs": lp, "train": train}
+        sync["critic"] = critic_state
+    return {"generation": gen_idle, "log_probs": lp, "train": train, "sync": sync}
 
 
 def _generator_memory(inp: Inputs, rtp: int, replicas: int, colocated: bool) -> tuple[dict[str, float], dict[str, float], Optional[M.VllmMemory]]:
@@ -302,28 +322,35 @@ def _evaluate(inp: Inputs, tp: int, pp: int, cp: int, dp: int, rtp: int, replica
         ph = tcache[key]
         ranks = trainer_ranks[s * per_stage:(s + 1) * per_stage]
         if colocated:
+            # the push writes into the woken weights while the KV cache still sleeps
+            woken = {**_asleep(sleep), **({"vllm_weights": gen["vllm_weights"]} if "vllm_weights" in gen else {})}
+            if inp.sleep_level == 0:
+                woken = _asleep(sleep)
             phases = {"generation": {**ph["generation"], **gen},
                       "log_probs": {**ph["log_probs"], **_asleep(sleep)},
-                      "train": {**ph["train"], **_asleep(sleep)}}
+                      "train": {**ph["train"], **_asleep(sleep)},
+                      "sync": {**ph["sync"], **woken}}
             roles = t_roles + ["generator"]
         else:
-            phases = {"log_probs": dict(ph["log_probs"]), "train": dict(ph["train"])}
+            phases = {"log_probs": dict(ph["log_probs"]), "train": dict(ph["train"]), "sync": dict(ph["sync"])}
             roles = t_roles
         c.gpus.append(GpuMemory(f"stage {s}" if pp > 1 else "trainer", s, ranks[0], ranks, roles, phases))
     if not colocated:
-        c.gpus.append(GpuMemory("generator", None, gen_ranks[0], list(gen_ranks), ["generator"], {"generation": dict(gen)}))
-    # memory problems
+        received = {**gen, "sync_buffers": M.largest_tensor_bytes(inp.arch)}  # one received tensor at a time
+        c.gpus.append(GpuMemory("generator", None, gen_ranks[0], list(gen_ranks), ["generator"],
+                                {"generation": dict(gen), "sync": received}))
+    # memory problems (against the budget: capacity less the headroom)
     worst = c.worst_gpu()
-    if worst.peak > cap:
-        c.excess = worst.peak - cap
+    if worst.peak > inp.budget:
+        c.excess = worst.peak - inp.budget
         c.problems.append("memory")
     if v is not None:
         if v.kv_cache <= 0:
             c.problems.append("vllm_budget")
             c.excess = max(c.excess, -v.kv_cache + v.kv_bytes_per_token * inp.seq)
-        elif v.kv_tokens < inp.seq:
+        elif v.kv_tokens < inp.max_model_len:
             c.problems.append("kv_capacity")
-            c.excess = max(c.excess, (inp.seq - v.kv_tokens) * v.kv_bytes_per_token)
+            c.excess = max(c.excess, (inp.max_model_len - v.kv_tokens) * v.kv_bytes_per_token)
         c.concurrency = M.max_concurrency(v.kv_tokens, inp.seq, inp.max_num_seqs)
     else:
         c.concurrency = inp.hf_sequences(replicas)
@@ -543,8 +570,9 @@ def memory_reason(inp: Inputs, c: Candidate) -> str:
     """One sentence: where the candidate's worst GPU exceeds its capacity and by how much."""
     g = c.worst_gpu()
     ph = g.peak_phase
-    return (f"{c.describe()}: GPU {g.first_rank} ({g.label}) needs {_g(g.peak)} GiB > {_g(inp.capacity)} GiB "
-            f"in the {ph} phase (over by {_g(g.peak - inp.capacity)} GiB): {component_summary(g.phases[ph])}")
+    return (f"{c.describe()}: GPU {g.first_rank} ({g.label}) needs {_g(g.peak)} GiB > {_g(inp.budget)} GiB "
+            f"({_g(inp.capacity)} GiB less {_g(inp.headroom)} GiB headroom) in the {ph} phase (over by "
+            f"{_g(g.peak - inp.budget)} GiB): {component_summary(g.phases[ph])}")
 
 
 def explain_infeasible(inp: Inputs, c: Optional[Candidate]) -> list[str]:
@@ -662,8 +690,8 @@ def choice_notes(res: SearchResult) -> list[str]:
                 alt = min(group, key=lambda c: (c.excess, _rank_key(c)))
                 if "memory" in alt.problems:
                     g = alt.worst_gpu()
-                    notes.append(f"{label} {val}: needs {_g(g.peak)} GiB > {_g(inp.capacity)} GiB on GPU {g.first_rank} "
+                    notes.append(f"{label} {val}: needs {_g(g.peak)} GiB > {_g(inp.budget)} GiB on GPU {g.first_rank} "
                                  f"({g.label}, {g.peak_phase} phase) at best ({alt.describe()})")
                 else:
-                    notes.append(f"{label} {val}: vLLM KV cache cannot hold one {inp.seq}-token sequence ({alt.describe()})")
+                    notes.append(f"{label} {val}: vLLM KV cache cannot hold one {inp.max_model_len}-token sequence ({alt.describe()})")
     return notes

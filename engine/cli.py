@@ -81,14 +81,14 @@ def run_command(argv: Sequence[str]) -> int:
             print(f"engine run: {target} is a folder; to continue a run use `engine run {target} --resume`",
                   file=sys.stderr)
             return 2
-        from compiler import compile_spec
+        from compiler.api import compile_with_source, require_data_files
         from compiler.errors import SpecError
 
         try:
-            plan = compile_spec(str(target), list(args.overrides))
+            loaded, plan = compile_with_source(str(target), list(args.overrides))  # compiled once
             # hardware first: a plan that cannot run here says so before anything else is checked
             check_resources(plan)
-            plan = compile_spec(str(target), list(args.overrides), check_files=True)
+            require_data_files(loaded, plan)
         except SpecError as e:
             print(str(e), file=sys.stderr)
             return 2
@@ -109,7 +109,7 @@ def run_command(argv: Sequence[str]) -> int:
     stream = open("/dev/null", "w") if args.quiet else None
     print(f"run folder: {run_dir}  (plan {plan.hash})", file=sys.stderr)
     try:
-        summary = train(plan, run_dir, resume=args.resume, progress_stream=stream)
+        summary = train(plan, run_dir, resume=args.resume, progress_stream=stream, preflight=False)  # checked above
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: engine run {run_dir} --resume", file=sys.stderr)
         return 130

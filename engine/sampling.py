@@ -21,8 +21,9 @@ def sampling_params(spec: Any, end_ids: tuple[int, ...], evaluation: bool = Fals
     if evaluation:
         e = spec.evaluation
         temperature = e.base_temperature if base else e.temperature
-        return SamplingParams(min(e.max_response_length, spec.data.max_response_length), temperature, e.top_p,
-                              -1, stops, end_ids)
+        # the evaluation's own length (the recipe: up to 16K); the compiler sizes the generator's
+        # max_model_len for it, so answers are not cut at the training length
+        return SamplingParams(e.max_response_length, temperature, e.top_p, -1, stops, end_ids)
     r = spec.rollout
     return SamplingParams(spec.data.max_response_length, r.temperature, r.top_p, r.top_k, stops, end_ids,
                           logprobs=logprobs)

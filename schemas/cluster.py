@@ -22,4 +22,11 @@ class ClusterSpec(Section):
     cpu_threads: Union[PositiveInt, Literal["auto"], None] = Field(
         "auto", description="CPU runs: torch threads; 'auto' = the CPUs this process may use (affinity) less those "
                             "other processes keep busy (load average); null = torch's default.")
+    memory_headroom_gib: float = Field(
+        2.0, ge=0, description="GiB of each GPU the planner leaves unplanned: the gap between the nominal and the "
+                               "exposed memory (about 0.4 GiB on an 80 GB H100), allocator fragmentation, and "
+                               "CUDA context growth past the modelled overhead.")
+    network_interface: Optional[str] = Field(
+        None, description="Network interface gloo and NCCL bind to on every node (GLOO_SOCKET_IFNAME, "
+                          "NCCL_SOCKET_IFNAME), e.g. eth0; none lets them pick.")
     processes: PositiveInt = Field(1, description="CPU runs: local rank processes of the trainer (TP x PP x DP, torch.distributed over gloo); 1 runs every role in this process.")

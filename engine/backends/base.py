@@ -89,6 +89,9 @@ class Generator(Protocol):
     def reset_prefix_cache(self) -> None:
         """Drop cached prefixes (after every weight update: a stale cache samples from old weights)."""
 
+    def close(self) -> None:
+        """Stop the engine's processes and free its memory now (not at garbage collection)."""
+
 
 @runtime_checkable
 class Trainer(Protocol):
@@ -114,6 +117,11 @@ class Trainer(Protocol):
     def onload(self) -> None:
         """Inverse of `offload`."""
 
+    def release_memory(self) -> None:
+        """Return the accelerator memory this process caches but no tensor uses (torch's caching
+        allocator: ``torch.cuda.empty_cache``) so a colocated generator can map it; a no-op on CPU.
+        The runtime calls it before the weight push and before the generator's KV cache wakes."""
+
     def save_checkpoint(self, folder: str) -> None:
         """Write this rank's state (model, optimizer, scheduler, RNG) into ``folder`` (which the caller
         renames into place: a checkpoint is complete or absent)."""
@@ -123,3 +131,43 @@ class Trainer(Protocol):
 
     def export_hf(self, path: str) -> None:
         """Write the policy as a HF model folder (config and safetensors; rank 0 writes)."""
+
+    def close(self) -> None:
+        """Tear down what the trainer set up in this process (process groups), so a later one starts clean."""
+
+
+# -- capabilities: what only some backends offer; workers test for them with isinstance ------------
+
+@runtime_checkable
+class ValueModel(Protocol):
+    """A trainer with a critic (``algorithm.advantage: gae``)."""
+
+    def compute_values(self, batch: Mapping[str, Any]) -> Any:
+        """Per-token value estimates of the responses, [B, T], on CPU."""
+
+
+@runtime_checkable
+class SharesModule(Protocol):
+    """A trainer whose HF module an in-process hf generator may sample from directly (no weight copy)."""
+
+    def hf_module(self) -> Any:
+        """The policy as a transformers module (shared, not copied)."""
+
+
+@runtime_checkable
+class BroadcastReceiver(Protocol):
+    """A generator that takes weights from a broadcast group of its own (split placement, colocated GPUs)."""
+
+    def join_broadcast(self, host: str, port: int, world_size: int, rank_offset: int = 1,
+                       backend: str = "gloo") -> Any:
+        """Every worker of this engine joins trainer rank 0's broadcast group (rank_offset + worker rank)."""
+
+    def receive_weights(self, expected: Optional[Sequence[str]] = None) -> int:
+        """Receive one weight stream from the group, check it against ``expected``; returns tensors received."""
+
+
+@runtime_checkable
+class RecordsEvents(Protocol):
+    """A generator that records the engine calls it issued, in order (``sleep(1)``, ``wake(weights)``...)."""
+
+    events: list[str]

@@ -99,6 +99,9 @@ class HFGenerator:
     def reset_prefix_cache(self) -> None:
         """The hf backend keeps no cache between calls."""
 
+    def close(self) -> None:
+        """Nothing to stop: the hf backend runs in this process."""
+
     # -- sampling ------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], n: int, params: SamplingParams, seed: int) -> Generation:

@@ -1,9 +1,12 @@
 """The one place a backend name becomes code: ``plan.trainer.backend`` / ``plan.rollout.backend`` ->
-a builder. Workers call `build_trainer` / `build_generator` and hold the result as the
-`engine.backends.base` protocol; no module outside this one branches on a backend name.
+the builder the backend catalog (`compiler.backends`) names. Workers call `build_trainer` /
+`build_generator` and hold the result as the `engine.backends.base` protocol; no module outside this
+one branches on a backend name.
 
-Builders are named as ``module:function`` and imported only when a plan selects them, so the GPU
-packages (vLLM, megatron-core, Transformer Engine) stay optional.
+Builders are ``module:function`` paths imported only when a plan selects them, so the GPU packages
+(vLLM, megatron-core, Transformer Engine) stay optional. A rehearsing worker (``ctx.rehearsal``)
+gets the catalog's stand-in for its role instead (`engine.rehearse.standins`): the same protocol,
+with a memory ledger where the accelerator would be.
 """
 
 from __future__ import annotations
@@ -12,17 +15,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from compiler.backends import REHEARSAL_BUILDERS, backend
 from engine.backends.base import Generator, Trainer
-
-TRAINERS: dict[str, str] = {
-    "torch": "engine.backends.torch_trainer:build",
-    "megatron": "engine.backends.megatron.trainer:build",
-}
-GENERATORS: dict[str, str] = {
-    "hf": "engine.backends.hf_generator:build",
-    "vllm": "engine.backends.vllm_generator:build",
-}
-
 
 @dataclass(frozen=True)
 class BackendContext:
@@ -44,23 +38,23 @@ class BackendContext:
     world_size: int = 1
     frozen: bool = False
     dummy_weights: bool = False
+    rehearsal: Optional[Any] = None  # `engine.rehearse.standins.RehearsalSetup` when rehearsing
+    device_rank: Optional[int] = None  # the plan's global device rank this worker runs on (GPU plans)
+    replica: int = 0  # generator replica index
 
 
-def _load(table: dict[str, str], name: str, role: str):
-    try:
-        target = table[name]
-    except KeyError:
-        raise ValueError(f"unknown {role} backend '{name}' (known: {', '.join(sorted(table))})") from None
+def _load(role: str, name: str, rehearsing: bool):
+    target = REHEARSAL_BUILDERS[role] if rehearsing else backend(role, name).builder
     module, func = target.split(":")
     return getattr(importlib.import_module(module), func)
 
 
 def build_trainer(ctx: BackendContext) -> Trainer:
     """The plan's trainer backend for this rank."""
-    return _load(TRAINERS, ctx.plan.trainer.backend, "trainer")(ctx)
+    return _load("trainer", ctx.plan.trainer.backend, ctx.rehearsal is not None)(ctx)
 
 
 def build_generator(ctx: BackendContext, shared_model: Optional[Any] = None) -> Generator:
     """The plan's generator backend (``shared_model``: an in-process trainer's HF module, which the hf
     generator samples from directly)."""
-    return _load(GENERATORS, ctx.plan.rollout.backend, "generator")(ctx, shared_model)
+    return _load("generator", ctx.plan.rollout.backend, ctx.rehearsal is not None)(ctx, shared_model)

@@ -21,6 +21,7 @@ from engine.algorithm.losses import (aggregate, entropy_from_logits, masked_mean
                                      value_loss_per_token)
 from engine.backends.base import WeightBucket
 from engine.backends.config import BatchConfig, LossConfig, OptimConfig  # noqa: F401  (re-exported)
+from engine.backends.device import release_cached
 from engine.backends.manifest import bucketed
 from engine.modeling import cache_kwarg
 from engine.runtime.batch import GROUP_KEYS
@@ -280,6 +281,13 @@ class TorchTrainer:
         """Inverse of `offload`."""
         if self.device.type != "cpu":
             self._move(self.device)
+
+    def release_memory(self) -> None:
+        """Empty the caching allocator (GPU; a no-op on CPU)."""
+        release_cached(self.device)
+
+    def close(self) -> None:
+        """Nothing to tear down: the torch trainer makes no process groups."""
 
     def _move(self, device: torch.device) -> None:
         for module in (self.model, self.critic):

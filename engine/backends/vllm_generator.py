@@ -220,6 +220,10 @@ class VLLMGenerator:
         self.events.append("reset_prefix_cache")
         self.llm.reset_prefix_cache()
 
+    def close(self) -> None:
+        """The protocol's name for `shutdown`."""
+        self.shutdown()
+
     def shutdown(self) -> None:
         """Stop the engine (its worker processes) now rather than at garbage collection."""
         llm, self.llm = getattr(self, "llm", None), None
@@ -250,19 +254,33 @@ def engine_kwargs(plan: Any, device: str, model_config: Any = None) -> dict[str,
     return kw
 
 
+def apply_launch_env(launch: Any) -> None:
+    """Set (and unset) in this process the environment the replica's launch names (`vllm_launch`)."""
+    for k in launch.env_unset:
+        os.environ.pop(k, None)
+    os.environ.update(launch.env)
+
+
 def build(ctx: Any, shared_model: Any = None) -> VLLMGenerator:
     """The registry's builder: one engine for this replica from ``ctx.plan`` (``shared_model`` is
-    ignored: vLLM holds its own copy of the weights)."""
+    ignored: vLLM holds its own copy of the weights). The executor, bundles and GPU share come from
+    `engine.backends.vllm_launch.replica_launch`."""
     from transformers import AutoConfig
 
+    from engine.backends.vllm_launch import engine_launch_kwargs, replica_launch
     from engine.modeling import load_tokenizer
 
     config = AutoConfig.from_pretrained(ctx.model_path, local_files_only=True)
     kw = engine_kwargs(ctx.plan, ctx.device, config)
+    launch = replica_launch(ctx.plan, getattr(ctx, "replica", 0))
     if getattr(ctx, "dummy_weights", False):  # random values of the right shapes; the first sync brings the weights
         kw["load_format"] = "dummy"
-    if kw["tensor_parallel_size"] > 1 and not str(ctx.device).startswith("cuda"):
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_threads_bind(kw["tensor_parallel_size"]))
     cpu = not str(ctx.device).startswith("cuda")
+    if kw["tensor_parallel_size"] > 1 and cpu:
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_threads_bind(kw["tensor_parallel_size"]))
+    in_process = cpu and kw["tensor_parallel_size"] == 1
+    if not in_process:
+        apply_launch_env(launch)
+        kw.update(engine_launch_kwargs(launch))
     return VLLMGenerator(ctx.model_path, load_tokenizer(ctx.tokenizer_path), device=ctx.device,
-                         in_process=cpu and kw["tensor_parallel_size"] == 1, **kw)
+                         in_process=in_process, **kw)

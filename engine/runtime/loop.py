@@ -125,7 +125,7 @@ def rl_step(roles: Roles, inp: StepInputs, step: int) -> dict[str, float]:
     prompts = [inp.train_set.prompt_ids[i] for i in idx]
     gts = [inp.train_set.ground_truths[i] for i in idx for _ in range(n)]
     gen = roles.generate(prompts, n, inp.sampling, step_seed(spec.seed, step))
-    inp.order.after_generation(roles)
+    inp.order.after_generation(roles)  # the generator asleep before any trainer pass (colocated)
     t_gen = time.perf_counter()
 
     # 3. reward
@@ -184,14 +184,17 @@ def rl_step(roles: Roles, inp: StepInputs, step: int) -> dict[str, float]:
 def parity_gate(roles: Roles, inp: StepInputs, log: Callable[[str], None]) -> dict[str, float]:
     """Step 0, before any update: sample one batch with log-probs and compare them with the trainer's
     on the same tokens. Raises `ParityError` when ``rollout/token_mult_prob_error`` exceeds
-    ``rollout.parity_threshold``."""
+    ``rollout.parity_threshold``. The trainer's pass runs with the generator asleep, as every step's
+    does (`engine.runtime.sync`); the generator is woken (and its weights re-synced) afterwards."""
     spec = inp.plan.spec
     idx = P.batch_indices(0, spec.data.train_batch_size, len(inp.train_set), spec.seed, spec.data.shuffle)
     prompts = [inp.train_set.prompt_ids[i] for i in idx]
     gen = roles.generate(prompts, spec.rollout.n, inp.sampling, step_seed(spec.seed, 0, "parity"))
+    inp.order.after_generation(roles)
     batch = pack_groups(prompts, gen.response_ids, spec.rollout.n, inp.pad_id)
     mm = mismatch_metrics(roles.log_probs(batch), rollout_log_probs_tensor(gen.log_probs, batch["response_mask"]),
                           batch["response_mask"])
+    inp.order.after_update(roles)  # the generator back awake with the (unchanged) weights
     err, limit = mm["token_mult_prob_error"], spec.rollout.parity_threshold
     log(f"parity gate: token_mult_prob_error {err:.5f} (threshold {limit}), trainer-vs-rollout kl {mm['kl']:.2e}")
     if err > limit:
@@ -203,16 +206,54 @@ def parity_gate(roles: Roles, inp: StepInputs, log: Callable[[str], None]) -> di
     return {f"rollout/{k}": v for k, v in mm.items()}
 
 
+@dataclass
+class RunInputs:
+    """What a run reads besides the plan: the model's files and tokenizer, and its prompt sets."""
+
+    files: Any  # engine.model_files.ModelFiles
+    train_set: P.PromptSet
+    val_set: Optional[P.PromptSet]
+    bench_sets: dict[str, P.PromptSet]
+
+
+def load_run_inputs(plan: Any, log: Callable[[str], None]) -> RunInputs:
+    """The plan's base model (built and cached if need be), its training and validation prompts, and the
+    benchmarks, each data set counted and reported (bad rows are never dropped silently)."""
+    spec = plan.spec
+    files = resolve_model_files(plan, log)
+    train_set = load_prompts(spec.data.train, spec, files.tokenizer, "train", log)
+    val_set = load_prompts(spec.data.val, spec, files.tokenizer, "val", log) if spec.data.val else None
+    bench_sets = load_benchmarks(spec, files.tokenizer, log)
+    if len(train_set) == 0:
+        raise ValueError(f"no usable training prompts in {spec.data.train}: {train_set.report}")
+    return RunInputs(files, train_set, val_set, bench_sets)
+
+
+@dataclass
+class Harness:
+    """How a rehearsal (`engine.rehearse`) drives this loop on a plan without its hardware: its own
+    inputs, stand-in settings handed to every worker, where the workers start, and the last step
+    treated as a checkpoint, evaluation and export step so a short rehearsal exercises them."""
+
+    inputs: RunInputs
+    rehearsal: Any
+    spawner: Any = None  # engine.runtime.roles.Spawner
+    finish_at_stop: bool = True
+
+
 def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Callable[[str], None]] = None,
-          progress_stream=None, stop_after: Optional[int] = None, sync_skip: tuple[str, ...] = ()) -> dict[str, Any]:
+          progress_stream=None, stop_after: Optional[int] = None, sync_skip: tuple[str, ...] = (),
+          preflight: bool = True, harness: Optional[Harness] = None) -> dict[str, Any]:
     """Execute ``plan`` in ``run_dir``; returns the summary (also written to ``summary.json``).
 
     resume: continue from the latest complete checkpoint in ``run_dir``. stop_after: end after this
     step number (for tests; the run stays resumable). sync_skip: weight names the first sync leaves out
-    (tests of the parity gate only).
+    (tests of the parity gate only). preflight: check hardware and backends here (False when the
+    caller, e.g. ``engine run``, already did). harness: a rehearsal's inputs and stand-ins.
     """
     t_start = time.perf_counter()
-    check_resources(plan)  # before anything is loaded
+    if preflight and harness is None:
+        check_resources(plan)  # before anything is loaded
     spec = plan.spec
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -235,21 +276,18 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
             return finished
 
     # -- model, data, roles ----------------------------------------------------------------------------
-    files = resolve_model_files(plan, log)
-    train_set = load_prompts(spec.data.train, spec, files.tokenizer, "train", log)
-    val_set = load_prompts(spec.data.val, spec, files.tokenizer, "val", log) if spec.data.val else None
-    bench_sets = load_benchmarks(spec, files.tokenizer, log)
-    if len(train_set) == 0:
-        raise ValueError(f"no usable training prompts in {spec.data.train}: {train_set.report}")
-    roles = Roles(plan, files, threads=threads)
+    data = harness.inputs if harness else load_run_inputs(plan, log)
+    files, train_set, val_set, bench_sets = data.files, data.train_set, data.val_set, data.bench_sets
     gate = plan.rollout.backend == "vllm" or spec.algorithm.rollout_correction == "tis" or bool(sync_skip)
     inp = StepInputs(plan, train_set, sampling_params(spec, files.end_token_ids, logprobs=gate),
                      files.tokenizer.pad_token_id, StepOrder(plan))
+    roles = Roles(plan, files, threads=threads, order=inp.order, run_dir=str(run_dir),
+                  rehearsal=harness.rehearsal if harness else None, spawner=harness.spawner if harness else None)
     tracker = None
     try:
-        # the generator's first weights come from the trainer (``sync_skip``: a deliberately broken sync,
-        # for the parity gate's own test)
-        roles.push_weights(plan.weight_sync.bucket_bytes, skip=sync_skip)
+        # the generator's first weights come from the trainer, in the colocated order (``sync_skip``: a
+        # deliberately broken sync, for the parity gate's own test)
+        inp.order.after_update(roles, skip=sync_skip)
         if spec.data.min_pass_rate is not None or spec.data.max_pass_rate is not None:
             inp.train_set = train_set = select_by_pass_rate(train_set, roles, spec, inp.sampling,
                                                             run_dir / "pass_rates.json", log)
@@ -262,21 +300,7 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
 
         # -- resume --------------------------------------------------------------------------------
         ckpt_root = run_dir / "checkpoints"
-        start = 0
-        if resume:
-            C.clean_partial(ckpt_root)
-            loaded = C.load_checkpoint(ckpt_root)
-            if loaded is not None:
-                state, meta = loaded
-                start = int(meta["step"])
-                roles.load_trainer(str(ckpt_root / f"step_{start:06d}" / "trainer"))
-                inp.order.after_update(roles)  # the checkpoint's weights into the generator
-                C.set_rng_state(state["rng"])
-                log(f"resumed from {ckpt_root / f'step_{start:06d}'} (step {start})")
-            else:
-                log("no checkpoint found: starting from step 0")
-        elif C.list_checkpoints(ckpt_root):
-            raise FileExistsError(f"{run_dir} already has checkpoints; continue it with `engine run {run_dir} --resume`")
+        start = _resume_point(roles, inp, ckpt_root, resume, run_dir, log)
 
         if spec.tracking.backend == "aim":
             tracker = AimTracker(run_dir, spec.tracking.experiment,
@@ -296,6 +320,7 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
 
         total = spec.trainer.total_steps
         last = min(total, stop_after) if stop_after else total
+        final_step = last if harness and harness.finish_at_stop else total
         history: list[dict[str, float]] = [r for r in metrics_log.read()]
         ev = spec.evaluation
         eval_sampling = sampling_params(spec, files.end_token_ids, evaluation=True)
@@ -312,11 +337,11 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
 
         for step in range(start + 1, last + 1):
             m = rl_step(roles, inp, step)
-            if ev.every and (step % ev.every == 0 or step == total):
+            if ev.every and (step % ev.every == 0 or step == final_step):
                 m.update(evaluate_all(roles, val_set, bench_sets, spec, eval_sampling, step, log, writer=inp.writer))
             record(step, m)
             progress.update(step, m)
-            if step % spec.checkpoint.every == 0 or step == total:
+            if step % spec.checkpoint.every == 0 or step == final_step:
                 C.save_checkpoint(ckpt_root, step, {"rng": C.rng_state()},
                                   {"plan_hash": plan.hash, "data_position": step * spec.data.train_batch_size,
                                    "epoch": m["data/epoch"]},
@@ -324,14 +349,8 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
                                   write=lambda folder: roles.save_trainer(str(folder / "trainer")))
 
         final_dir = None
-        if last == total and spec.checkpoint.export_hf:
-            final_dir = run_dir / "final"
-            tmp = run_dir / f".final.tmp-{os.getpid()}"
-            roles.export_hf(str(tmp))
-            files.tokenizer.save_pretrained(str(tmp))
-            if final_dir.exists():
-                shutil.rmtree(final_dir)
-            os.replace(tmp, final_dir)
+        if last == final_step and spec.checkpoint.export_hf:
+            final_dir = _export_final(roles, files, run_dir)
         summary = _summary(plan, run_dir, history, train_set, val_set, last, total, time.perf_counter() - t_start,
                            final_dir, roles.reward_stats())
         _write_json(run_dir / "summary.json", summary)
@@ -340,6 +359,40 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
         if tracker is not None:  # aim: closed on success, error and Ctrl-C, so a resume finds no lock
             tracker.close()
         roles.shutdown()
+
+
+def _resume_point(roles: Roles, inp: StepInputs, ckpt_root: Path, resume: bool, run_dir: Path,
+                  log: Callable[[str], None]) -> int:
+    """The step a run continues after: the latest complete checkpoint's (loaded into the trainer and
+    synced into the generator) when resuming, else 0 (refusing a folder that already has checkpoints)."""
+    if not resume:
+        if C.list_checkpoints(ckpt_root):
+            raise FileExistsError(f"{run_dir} already has checkpoints; continue it with `engine run {run_dir} --resume`")
+        return 0
+    C.clean_partial(ckpt_root)
+    loaded = C.load_checkpoint(ckpt_root)
+    if loaded is None:
+        log("no checkpoint found: starting from step 0")
+        return 0
+    state, meta = loaded
+    start = int(meta["step"])
+    roles.load_trainer(str(ckpt_root / f"step_{start:06d}" / "trainer"))
+    inp.order.after_update(roles)  # the checkpoint's weights into the generator
+    C.set_rng_state(state["rng"])
+    log(f"resumed from {ckpt_root / f'step_{start:06d}'} (step {start})")
+    return start
+
+
+def _export_final(roles: Roles, files: Any, run_dir: Path) -> Path:
+    """The trained policy as a HF folder ``run_dir/final`` (written aside, then renamed into place)."""
+    final_dir = run_dir / "final"
+    tmp = run_dir / f".final.tmp-{os.getpid()}"
+    roles.export_hf(str(tmp))
+    files.tokenizer.save_pretrained(str(tmp))
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    os.replace(tmp, final_dir)
+    return final_dir
 
 
 def _summary(plan, run_dir, history, train_set, val_set, last, total, wall_s, final_dir, reward_stats) -> dict[str, Any]:

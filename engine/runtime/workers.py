@@ -4,7 +4,9 @@ same layout), generator, reward.
 Each worker is a plain class built from a `WorkerSetup` (the plan as JSON plus resolved local paths),
 so the same class runs in-process (the embedded default) or as a Ray actor (`engine.runtime.group`).
 Backends come from the plan through `engine.backends.registry`; workers hold them as the
-`engine.backends.base` protocols and never branch on a backend name.
+`engine.backends.base` protocols (optional abilities through its capability protocols) and never
+branch on a backend name. How the driver calls each method across a role's ranks is declared once,
+on the method, with `engine.runtime.dispatch.dispatch`.
 """
 
 from __future__ import annotations
@@ -15,15 +17,22 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from engine.backends.base import Generation, Generator, SamplingParams, Trainer
+from compiler.backends import backend
+from engine.backends.base import (BroadcastReceiver, Generation, Generator, RecordsEvents, SamplingParams, SharesModule,
+                                  Trainer, ValueModel)
+from engine.backends.device import parse_device
 from engine.backends.registry import BackendContext, build_generator, build_trainer
+from engine.runtime.dispatch import Mode, dispatch
 
 
 @dataclass(frozen=True)
 class WorkerSetup:
     """What every worker needs: the plan (JSON), the base model and tokenizer folders, the device.
 
-    device: "cpu" or "cuda[:i]"; threads: torch intra-op threads on CPU (None = leave as is).
+    device: "cpu" or "cuda:<local index>" (`engine.backends.device.parse_device` checks it); threads:
+    torch intra-op threads on CPU (None = leave as is). shared_paths: folders every worker must see
+    on its own node (model, tokenizer, run folder: a multi-node run needs them on a shared
+    filesystem). rehearsal: the rehearsal's stand-in settings (`engine.rehearse`), None in a real run.
     """
 
     plan_json: str
@@ -31,6 +40,8 @@ class WorkerSetup:
     tokenizer_path: str
     device: str = "cpu"
     threads: Optional[int] = None
+    shared_paths: tuple[str, ...] = ()
+    rehearsal: Optional[Any] = None
 
     def plan(self):
         from compiler.plan import Plan
@@ -38,18 +49,51 @@ class WorkerSetup:
         return Plan.from_json(self.plan_json)
 
 
-def _prepare(setup: WorkerSetup) -> None:
+class SharedPathError(RuntimeError):
+    """A worker's node does not see a folder the run needs (no shared filesystem)."""
+
+
+def node_address() -> str:
+    """This process's address for rendezvous and weight broadcasts: the Ray node IP under Ray (what peers
+    on other nodes reach), else loopback. Never ``gethostbyname(gethostname())``, which is 127.0.1.1 on
+    stock images."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.util.get_node_ip_address()
+    except Exception:
+        pass
+    return "127.0.0.1"
+
+
+def check_shared_paths(paths: Sequence[str]) -> None:
+    """Raise `SharedPathError` naming each of ``paths`` this node does not see."""
+    missing = [p for p in paths if p and not os.path.exists(p)]
+    if missing:
+        raise SharedPathError(
+            f"node {node_address()} (pid {os.getpid()}) does not see {', '.join(missing)}: the model, tokenizer and "
+            "run folder must be on a filesystem every node mounts at the same path (see README, Cluster prerequisites)")
+
+
+def _prepare(setup: WorkerSetup, network_interface: Optional[str] = None) -> None:
+    """Per-process set-up before any backend: threads, the network interface of gloo/NCCL, the shared-path check."""
     if setup.threads and setup.device == "cpu":
         torch.set_num_threads(setup.threads)
+    if network_interface:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", network_interface)
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", network_interface)
+    check_shared_paths(setup.shared_paths)
 
 
 def _init_distributed(rank: int, world: int, init_method: Optional[str], device: str) -> None:
     """Join the trainer group's torch.distributed world (gloo on CPU, NCCL on GPU)."""
     if world <= 1 or torch.distributed.is_initialized():
         return
-    backend = "nccl" if device.startswith("cuda") else "gloo"
-    if device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(device))
+    d = parse_device(device)
+    backend = "nccl" if d.type == "cuda" else "gloo"
+    if d.type == "cuda":
+        torch.cuda.set_device(d)
     torch.distributed.init_process_group(backend, init_method=init_method, rank=rank, world_size=world)
 
 
@@ -59,19 +103,24 @@ class GeneratorCalls:
 
     generator: Optional[Generator]
 
+    @dispatch(Mode.EACH)
     def generate(self, prompt_ids: list[list[int]], n: int, params: SamplingParams, seed: int) -> Generation:
         return self.generator.generate(prompt_ids, n, params, seed)
 
+    @dispatch(Mode.ALL)
     def generator_events(self) -> list[str]:
         """The calls the generator recorded, when its backend records them (vLLM)."""
-        return list(getattr(self.generator, "events", []))
+        return list(self.generator.events) if isinstance(self.generator, RecordsEvents) else []
 
+    @dispatch(Mode.ALL)
     def generator_sleep(self, level: int) -> None:
         self.generator.sleep(level)
 
+    @dispatch(Mode.ALL)
     def generator_wake(self, tags: Optional[Sequence[str]] = None) -> None:
         self.generator.wake(tags)
 
+    @dispatch(Mode.ALL)
     def reset_prefix_cache(self) -> None:
         self.generator.reset_prefix_cache()
 
@@ -82,71 +131,107 @@ class TrainerWorker(GeneratorCalls):
     directly (the hf generator on a torch trainer even shares its module)."""
 
     def __init__(self, setup: WorkerSetup, rank: int = 0, world: int = 1, hosts_generator: bool = False,
-                 hosts_reference: bool = False) -> None:
-        """Cheap: nothing is loaded until `start` (the group first agrees on a rendezvous address)."""
-        _prepare(setup)
+                 hosts_reference: bool = False, device_rank: Optional[int] = None) -> None:
+        """Cheap: nothing is loaded until `start` (the group first agrees on a rendezvous address).
+        ``device_rank``: the plan's global device rank this trainer rank runs on."""
         self.setup, self.rank, self.world = setup, rank, world
+        self.plan = setup.plan()
+        _prepare(setup, self.plan.spec.cluster.network_interface)
+        self.device = str(parse_device(setup.device))
+        self.device_rank = device_rank
         self.hosts_generator, self.hosts_reference = hosts_generator, hosts_reference
         self.trainer: Optional[Trainer] = None
         self.reference: Optional[Trainer] = None
         self.generator: Optional[Generator] = None
 
+    @dispatch(Mode.RANK0)
     def rendezvous(self) -> str:
-        """A ``tcp://host:port`` on this worker's host for the group's torch.distributed init (rank 0)."""
-        import socket
-
+        """A ``tcp://host:port`` for the group's torch.distributed init (rank 0): this node's Ray IP."""
         from engine.runtime.group import free_port
 
-        host = "127.0.0.1" if self.setup.device == "cpu" else socket.gethostbyname(socket.gethostname())
-        return f"tcp://{host}:{free_port()}"
+        return f"tcp://{node_address()}:{free_port()}"
 
+    def _ctx(self) -> BackendContext:
+        s = self.setup
+        return BackendContext(self.plan, s.model_path, s.tokenizer_path, self.device, self.rank, self.world,
+                              rehearsal=s.rehearsal, device_rank=self.device_rank)
+
+    @dispatch(Mode.ALL)
     def start(self, init_method: Optional[str] = None) -> None:
-        """Join the trainer group and build the backends (every rank at once)."""
-        _init_distributed(self.rank, self.world, init_method, self.setup.device)
-        setup = self.setup
-        self.plan = setup.plan()
-        ctx = BackendContext(self.plan, setup.model_path, setup.tokenizer_path, setup.device, self.rank, self.world)
+        """Join the trainer group and build the backends (every rank at once). A hosted generator that
+        keeps its own weights (vLLM) is built first: it reserves its share of the device while the
+        device is still free (vLLM refuses to start on less than ``gpu_memory_utilization`` x total)."""
+        if self.setup.rehearsal is None:  # a rehearsal's ranks form no torch.distributed world
+            _init_distributed(self.rank, self.world, init_method, self.device)
+        ctx = self._ctx()
+        shares = backend("generator", self.plan.rollout.backend).shared_module  # samples from the trainer's module
+        if self.hosts_generator and not shares:
+            self.generator = build_generator(replace(ctx, dummy_weights=True))
         self.trainer = build_trainer(ctx)
         # the reference policy: the base model, frozen, with the trainer's backend and layout
         self.reference = build_trainer(replace(ctx, frozen=True)) if self.hosts_reference else None
-        if self.hosts_generator:
+        if self.hosts_generator and shares:
             # the generator starts without weights of its own: the first sync brings the trainer's
-            hf_module = getattr(self.trainer, "hf_module", None)
-            shared = hf_module() if callable(hf_module) and self.plan.rollout.backend == "hf" else None
-            self.generator = build_generator(replace(ctx, dummy_weights=True), shared)
+            module = self.trainer.hf_module() if isinstance(self.trainer, SharesModule) else None
+            self.generator = build_generator(replace(ctx, dummy_weights=True), module)
 
     # -- trainer ------------------------------------------------------------------------------------
+    @dispatch(Mode.DP_SHARD)
     def compute_log_probs(self, batch: dict, with_entropy: bool = False) -> Any:
         return self.trainer.compute_log_probs(batch, with_entropy)
 
+    @dispatch(Mode.DP_SHARD)
     def compute_ref_log_probs(self, batch: dict) -> torch.Tensor:
         return self.reference.compute_log_probs(batch)
 
+    @dispatch(Mode.DP_SHARD)
     def compute_values(self, batch: dict) -> torch.Tensor:
+        if not isinstance(self.trainer, ValueModel):
+            raise TypeError(f"the {self.plan.trainer.backend} trainer has no critic (compute_values)")
         return self.trainer.compute_values(batch)
 
+    @dispatch(Mode.DP_SHARD)
     def update(self, batch: dict) -> dict[str, float]:
         return self.trainer.update(batch)
 
+    @dispatch(Mode.RANK0)
     def weight_names(self) -> list[str]:
         return self.trainer.weight_names()
 
+    @dispatch(Mode.ALL)
     def offload(self) -> None:
-        self.trainer.offload()
+        """The trainer and the reference off the device (the memory model counts both as offloaded)."""
+        for model in (self.trainer, self.reference):
+            if model is not None:
+                model.offload()
 
+    @dispatch(Mode.ALL)
     def onload(self) -> None:
-        self.trainer.onload()
+        for model in (self.trainer, self.reference):
+            if model is not None:
+                model.onload()
 
+    @dispatch(Mode.ALL)
+    def release_memory(self) -> None:
+        """Hand cached, unused accelerator memory back (before the weight push and the KV-cache wake)."""
+        for model in (self.trainer, self.reference):
+            if model is not None:
+                model.release_memory()
+
+    @dispatch(Mode.ALL)
     def save_checkpoint(self, folder: str) -> None:
         self.trainer.save_checkpoint(folder)
 
+    @dispatch(Mode.ALL)
     def load_checkpoint(self, folder: str) -> None:
         self.trainer.load_checkpoint(folder)
 
+    @dispatch(Mode.ALL)
     def export_hf(self, path: str) -> None:
         self.trainer.export_hf(path)
 
     # -- the hosted generator -----------------------------------------------------------------------
+    @dispatch(Mode.ALL)
     def push_weights(self, bucket_bytes: int, skip: Sequence[str] = ()) -> int:
         """Stream the trainer's weights into the hosted generator (every rank takes part: the stream
         gathers TP shards and PP stages). ``skip``: names left out on purpose (tests of the parity
@@ -161,6 +246,7 @@ class TrainerWorker(GeneratorCalls):
             return 0
         return self.generator.update_weights(stream, expected=None if skip else names)
 
+    @dispatch(Mode.ALL)
     def open_broadcast(self, host: str, port: int, world_size: int) -> None:
         """Rank 0 opens the weight broadcast group it sends on (the generator workers
         join it at the same time); other ranks have nothing to open."""
@@ -168,9 +254,10 @@ class TrainerWorker(GeneratorCalls):
 
         if self.rank == 0:
             backend = self.plan.weight_sync.backend
-            device = self.setup.device if backend == "nccl" else "cpu"
+            device = self.device if backend == "nccl" else "cpu"
             self.broadcast = BroadcastGroup(host, port, world_size, 0, backend, device=device)
 
+    @dispatch(Mode.ALL)
     def broadcast_weights(self, bucket_bytes: int) -> int:
         """The weight stream (every rank takes part in its gathers), sent by rank 0 to
         every generator worker. Returns the tensors sent (0 on other ranks)."""
@@ -181,25 +268,18 @@ class TrainerWorker(GeneratorCalls):
             return 0
         return self.broadcast.send(stream)
 
-
+    @dispatch(Mode.ALL)
     def close(self) -> None:
-        _close(self.generator)
-        _close(self.trainer)  # Megatron's process groups, so a later run in this process starts clean
+        for backend in (self.generator, self.reference, self.trainer):
+            if backend is not None:  # Megatron's process groups, vLLM's processes: torn down now
+                backend.close()
         if torch.distributed.is_initialized() and self.world > 1:
             torch.distributed.destroy_process_group()
 
+    @dispatch(Mode.ALL)
     def ping(self) -> dict[str, Any]:
         """Where this rank runs: pid, rank, and the accelerator ids Ray gave it (empty without Ray)."""
         return {"role": "trainer", "rank": self.rank, "pid": os.getpid(), "gpu_ids": _ray_gpu_ids()}
-
-
-def _close(backend: Any) -> None:
-    """Stop a backend's engine processes now (vLLM's ``shutdown``), not at garbage collection."""
-    for name in ("shutdown", "close"):
-        stop = getattr(backend, name, None)
-        if callable(stop):
-            stop()
-            return
 
 
 def _ray_gpu_ids() -> list[str]:
@@ -214,30 +294,41 @@ def _ray_gpu_ids() -> list[str]:
 class GeneratorWorker(GeneratorCalls):
     """A generator replica in its own worker (GPU replicas, split placement)."""
 
-    def __init__(self, setup: WorkerSetup, replica: int = 0, dummy_weights: bool = False) -> None:
+    def __init__(self, setup: WorkerSetup, replica: int = 0, dummy_weights: bool = False,
+                 device_rank: Optional[int] = None) -> None:
         """``dummy_weights``: start without loading the model's weights (a training run's first sync
-        brings the trainer's)."""
-        _prepare(setup)
+        brings the trainer's). ``device_rank``: the plan's device rank of the replica's first TP worker."""
         plan = setup.plan()
-        self.replica, self.device = replica, setup.device
-        self.generator: Generator = build_generator(BackendContext(plan, setup.model_path, setup.tokenizer_path,
-                                                                   setup.device, dummy_weights=dummy_weights))
+        _prepare(setup, plan.spec.cluster.network_interface)
+        self.replica, self.device = replica, str(parse_device(setup.device))
+        ctx = BackendContext(plan, setup.model_path, setup.tokenizer_path, self.device, dummy_weights=dummy_weights,
+                             rehearsal=setup.rehearsal, device_rank=device_rank, replica=replica)
+        self.generator: Generator = build_generator(ctx)
 
+    @dispatch(Mode.ALL)
     def update_weights(self, buckets, expected=None) -> int:
         return self.generator.update_weights(buckets, expected)
 
+    def _receiver(self) -> BroadcastReceiver:
+        if not isinstance(self.generator, BroadcastReceiver):
+            raise TypeError(f"generator replica {self.replica} cannot join a weight broadcast group")
+        return self.generator
+
+    @dispatch(Mode.EACH)
     def join_broadcast(self, host: str, port: int, world_size: int, rank_offset: int, backend: str) -> None:
         """This replica's workers join trainer rank 0's weight broadcast group."""
-        self.generator.join_broadcast(host, port, world_size, rank_offset, backend)
+        self._receiver().join_broadcast(host, port, world_size, rank_offset, backend)
 
+    @dispatch(Mode.ALL)
     def receive_weights(self, expected) -> int:
         """One weight stream from the broadcast group, checked against ``expected``."""
-        return self.generator.receive_weights(expected)
+        return self._receiver().receive_weights(expected)
 
-
+    @dispatch(Mode.ALL)
     def close(self) -> None:
-        _close(self.generator)
+        self.generator.close()
 
+    @dispatch(Mode.ALL)
     def ping(self) -> dict[str, Any]:
         return {"role": "generator", "replica": self.replica, "pid": os.getpid(), "gpu_ids": _ray_gpu_ids()}
 
@@ -253,6 +344,7 @@ class RewardWorker:
                            wrong=r.wrong, format_penalty=r.format_penalty)
         self.grader = Grader(cfg, end_tokens=end_tokens)
 
+    @dispatch(Mode.RANK0)
     def grade(self, responses: list[str], ground_truths: list[str]) -> dict[str, list]:
         """Rewards and verdicts, one per response."""
         res = self.grader.grade_batch(responses, ground_truths)
@@ -260,11 +352,14 @@ class RewardWorker:
                 "boxed": [bool(r.boxed) for r in res], "status": [r.status for r in res],
                 "extracted": [r.extracted for r in res]}
 
+    @dispatch(Mode.RANK0)
     def stats(self) -> dict[str, int]:
         return dict(self.grader.stats())
 
+    @dispatch(Mode.ALL)
     def close(self) -> None:
         self.grader.close()
 
+    @dispatch(Mode.ALL)
     def ping(self) -> dict[str, Any]:
         return {"role": "reward", "pid": os.getpid(), "gpu_ids": []}

@@ -28,6 +28,7 @@ import torch
 from engine.algorithm.losses import policy_loss_per_token
 from engine.backends.base import WeightBucket
 from engine.backends.config import BatchConfig, LossConfig, OptimConfig, from_plan
+from engine.backends.device import release_cached
 from engine.backends.manifest import bucketed
 from engine.backends.megatron.bridge import WeightBridge, norm_eps, read_hf_config
 from engine.backends.megatron.cpu import compat_for
@@ -365,6 +366,10 @@ class MegatronTrainer:
         offload_model_and_optimizer(self.model, self.optimizer)
         torch.cuda.empty_cache()
 
+    def release_memory(self) -> None:
+        """Empty the caching allocator (GPU; a no-op on CPU)."""
+        release_cached(self.device)
+
     def onload(self) -> None:
         """Inverse of `offload`."""
         if self.device.type != "cuda":
@@ -459,13 +464,7 @@ def layout_from_plan(plan: Any, device: str) -> ModelLayout:
 
 def build(ctx: Any) -> MegatronTrainer:
     """The plan's Megatron trainer for this rank (registry entry ``megatron``)."""
-    plan = ctx.plan
-    if plan.spec.algorithm.advantage == "gae":
-        raise ValueError("trainer.backend=megatron has no critic: use algorithm.advantage grpo (or the torch "
-                         "trainer for gae)")
-    if plan.trainer.context_parallel != 1:
-        raise ValueError(f"trainer.context_parallel={plan.trainer.context_parallel}: the megatron trainer runs "
-                         "context_parallel=1 only")
+    plan = ctx.plan  # gae and context parallelism are refused by the compiler (`compiler.backends`)
     arch, d = plan.architecture, plan.spec.data
     longest = d.max_prompt_length + d.max_response_length
     if arch.sliding_window and longest > arch.sliding_window:
