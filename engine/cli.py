@@ -5,6 +5,7 @@
     engine plan SPEC.yaml [...]                              compile and show the plan (compiler.cli)
     engine schema [...]                                      the spec schema (compiler.cli)
     engine grade [...]                                       grade answers (engine.reward.cli)
+    engine rehearse SPEC.yaml [...]                          run a GPU plan's runtime on CPU against a memory ledger
     engine eval SPEC.yaml | RUN_DIR | CHECKPOINT [...]       evaluate a model (engine.evaluation.cli)
     engine data simplerl [...]                               SimpleRL-Zoo data splits (engine.study.cli)
     engine analyze RUN_DIR [...]                             behaviours, judges, aha moment (engine.study.cli)
@@ -24,12 +25,14 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-USAGE = """usage: engine {run,plan,schema,grade,eval,data,analyze,report} ...
+USAGE = """usage: engine {run,plan,rehearse,schema,grade,eval,data,analyze,report} ...
 
   run SPEC.yaml [key=value ...] [--run-dir DIR]   train: compile the spec and execute the plan
   run RUN_DIR --resume [key=value ...]            continue a run after a crash or Ctrl-C (only safe overrides,
                                                   e.g. trainer.total_steps=N to train a finished run longer)
   plan SPEC.yaml [key=value ...]                  show the placement plan (runs nothing)
+  rehearse SPEC.yaml [key=value ...] [--json]     rehearse a GPU plan on this machine: the real runtime,
+                                                  a memory ledger per GPU; exit 1 on any violation
   schema                                          describe the spec fields
   grade                                           grade answers with the math reward
   eval SPEC.yaml | RUN_DIR | CHECKPOINT_DIR [--model DIR]   evaluate a model on data.val and the benchmarks
@@ -165,6 +168,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from engine.reward.cli import grade_command
 
         code = grade_command(rest)
+    elif cmd == "rehearse":
+        from engine.rehearse.cli import rehearse_command
+
+        code = rehearse_command(rest)
     elif cmd == "eval":
         from engine.evaluation.cli import eval_command
 

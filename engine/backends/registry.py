@@ -58,3 +58,17 @@ def build_generator(ctx: BackendContext, shared_model: Optional[Any] = None) -> 
     """The plan's generator backend (``shared_model``: an in-process trainer's HF module, which the hf
     generator samples from directly)."""
     return _load("generator", ctx.plan.rollout.backend, ctx.rehearsal is not None)(ctx, shared_model)
+
+
+def build_weight_sender(ctx: BackendContext, host: str, port: int, world_size: int, names: list[str]) -> Any:
+    """Trainer rank 0's side of the weight broadcast group (`plan.weight_sync.backend`): gloo through
+    host memory, or NCCL on the device; a rehearsal's stand-in checks the stream and sends nothing."""
+    if ctx.rehearsal is not None:
+        from engine.rehearse.standins import RehearsalSender
+
+        return RehearsalSender(names)
+    from engine.backends.weight_transfer import BroadcastGroup
+
+    backend_name = ctx.plan.weight_sync.backend
+    device = ctx.device if backend_name == "nccl" else "cpu"
+    return BroadcastGroup(host, port, world_size, 0, backend_name, device=device)

@@ -5,15 +5,21 @@ from __future__ import annotations
 import torch
 
 
+def ragged(rows: list[list], width: int, fill, dtype: torch.dtype, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lists of unequal length as one [B, width] tensor, padded with ``fill`` on the right (or the left),
+    and the long mask of real entries; one copy of all values, no per-row tensor."""
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    cols = torch.arange(width)[None, :]
+    mask = (cols >= width - lengths[:, None]) if left else (cols < lengths[:, None])
+    out = torch.full((len(rows), width), fill, dtype=dtype)
+    if int(lengths.sum()):
+        out[mask] = torch.tensor([v for r in rows for v in r], dtype=dtype)
+    return out, mask.long()
+
+
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad token lists to the longest one: ``ids`` and ``mask`` (1 on real tokens), both [B, P] long."""
-    p = max(len(x) for x in prompts)
-    ids = torch.full((len(prompts), p), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), p), dtype=torch.long)
-    for i, pr in enumerate(prompts):
-        ids[i, p - len(pr):] = torch.tensor(pr, dtype=torch.long)
-        mask[i, p - len(pr):] = 1
-    return ids, mask
+    return ragged(prompts, max(len(x) for x in prompts), pad_id, torch.long, left=True)
 
 
 def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -33,19 +39,16 @@ def _pack(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, responses: list[l
     """`pack` from already left-padded prompts [B, P]."""
     b, p = prompt_ids.shape
     t = max(1, max(len(x) for x in responses))
-    ids = torch.cat([prompt_ids, torch.full((b, t), pad_id, dtype=torch.long)], dim=1)
-    attn = torch.cat([prompt_mask, torch.zeros((b, t), dtype=torch.long)], dim=1)
-    for i, rs in enumerate(responses):
-        if rs:
-            ids[i, p:p + len(rs)] = torch.tensor(rs, dtype=torch.long)
-            attn[i, p:p + len(rs)] = 1
+    resp, resp_mask = ragged(responses, t, pad_id, torch.long)
+    ids = torch.cat([prompt_ids, resp], dim=1)
+    attn = torch.cat([prompt_mask, resp_mask], dim=1)
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
     return {
         "input_ids": ids,
         "attention_mask": attn,
         "position_ids": pos,
-        "responses": ids[:, p:].clone(),
-        "response_mask": attn[:, p:].float(),
+        "responses": resp,
+        "response_mask": resp_mask.float(),
     }
 
 
@@ -88,8 +91,11 @@ def dp_shards(batch: dict[str, torch.Tensor], dp: int, mini_batch: int) -> list[
     keep_groups = bool(n) and part % n == 0
     out = []
     for d in range(dp):
-        idx = torch.cat([torch.arange(m + d * part, m + (d + 1) * part) for m in range(0, rows, mini_batch)])
-        shard = {k: v[idx].contiguous() for k, v in batch.items() if isinstance(v, torch.Tensor) and k not in GROUP_KEYS}
+        starts = range(d * part, rows, mini_batch)
+        idx = torch.cat([torch.arange(m, m + part) for m in starts])
+        # row blocks copied whole (a memcpy each), not gathered row by row
+        shard = {k: torch.cat([v[m:m + part] for m in starts]) for k, v in batch.items()
+                 if isinstance(v, torch.Tensor) and k not in GROUP_KEYS}
         if keep_groups:
             gidx = torch.unique_consecutive(idx // n)
             shard.update({k: batch[k][gidx].contiguous() for k in GROUP_KEYS if k in batch})

@@ -96,10 +96,9 @@ def rollout_metrics(rewards: torch.Tensor, correct: list[bool], lengths: torch.T
 
 def rollout_log_probs_tensor(log_probs: list[list[float]], mask: torch.Tensor) -> torch.Tensor:
     """The generator's per-token log-probs as a [B, T] tensor aligned with ``response_mask``."""
-    out = torch.zeros_like(mask, dtype=torch.float32)
-    for i, lp in enumerate(log_probs):
-        out[i, :len(lp)] = torch.tensor(lp, dtype=torch.float32)
-    return out
+    from engine.runtime.batch import ragged
+
+    return ragged(log_probs, mask.shape[1], 0.0, torch.float32)[0]
 
 
 @dataclass
@@ -163,6 +162,7 @@ def rl_step(roles: Roles, inp: StepInputs, step: int) -> dict[str, float]:
     t_prep = time.perf_counter()
 
     # 6-7. update, then the new weights into the generator
+    inp.order.before_update(roles)
     m.update(roles.update(batch))
     inp.order.after_update(roles)
     t_train = time.perf_counter()
@@ -350,6 +350,7 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
 
         final_dir = None
         if last == final_step and spec.checkpoint.export_hf:
+            inp.order.before_export(roles)
             final_dir = _export_final(roles, files, run_dir)
         summary = _summary(plan, run_dir, history, train_set, val_set, last, total, time.perf_counter() - t_start,
                            final_dir, roles.reward_stats())

@@ -27,7 +27,7 @@ import torch
 from engine.backends.base import Generation, SamplingParams
 from engine.backends.vllm_launch import gpu_share, replica_launch
 from engine.model_files import ModelFiles
-from engine.runtime.batch import dp_shards, merge_dp
+from engine.runtime.batch import GROUP_KEYS, dp_shards, merge_dp
 from engine.runtime.group import LocalHandle, WorkerGroup, bundle_of, init_ray, placement_groups, spawn, uses_ray
 from engine.runtime.workers import GeneratorCalls, GeneratorWorker, RewardWorker, TrainerWorker, WorkerSetup
 
@@ -82,6 +82,8 @@ class Spawner:
             # a Ray-executor replica's actor holds no GPU; its TP workers, started by vLLM in the same
             # placement group (child-task capture), take the bundles' shares
             opts = {**self._bundle(rank, capture=launch.executor == "ray"), "num_gpus": launch.actor_gpus}
+            if launch.env:  # what vLLM's Ray executor reads: the bundles and GPU share of its TP workers
+                opts["runtime_env"] = {"env_vars": dict(launch.env)}
         return spawn(GeneratorWorker, args, options=opts, remote=True)
 
     def close(self) -> None:
@@ -117,6 +119,7 @@ class Roles:
         self.trainer: Optional[WorkerGroup] = None
         self.generators: Optional[WorkerGroup] = None
         self._broadcast_open = False
+        self._shard_cache: Optional[tuple[dict, dict]] = None
         reference = training and plan.spec.algorithm.kl_coef > 0
         hosted = plan.weight_sync.method == "in_process"
         try:
@@ -195,7 +198,22 @@ class Roles:
 
     # -- trainer ----------------------------------------------------------------------------------------
     def _shards(self, batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        return dp_shards(batch, self.trainer.data_parallel, self.mini_batch)
+        """The batch's data-parallel shards. One step calls the trainer several times on one growing batch
+        (old and reference log-probs, then the update with advantages): a tensor is sharded once, on the
+        first call that sends it."""
+        dp = self.trainer.data_parallel
+        if dp == 1:
+            return [batch]
+        if self._shard_cache is None or self._shard_cache[0] is not batch:
+            self._shard_cache = (batch, {})
+        known: dict[str, tuple[torch.Tensor, list]] = self._shard_cache[1]
+        tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        new = [k for k, v in tensors.items() if k not in known or known[k][0] is not v]
+        if new:
+            sub = dp_shards({k: tensors[k] for k in {*new, "responses", *GROUP_KEYS} if k in tensors}, dp, self.mini_batch)
+            for k in new:
+                known[k] = (tensors[k], [s[k] for s in sub if k in s])
+        return [{k: known[k][1][d] for k in tensors if len(known[k][1]) == dp} for d in range(dp)]
 
     def log_probs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The current policy's per-token log-probs of the responses, [B, T]."""

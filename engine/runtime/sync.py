@@ -4,10 +4,14 @@ A colocated GPU generator (vLLM) and the trainer take turns on the same devices:
 
     start:  generators start (reserving their memory on still-free devices) -> generator.sleep(level)
             -> the trainer builds its state -> first sync (below)
-    step:   generate -> generator.sleep(level) -> trainer.onload -> log-probs, update ->
+    step:   generate -> generator.sleep(level) -> [reference.onload] -> old and reference log-probs ->
+            [reference.offload -> trainer.onload] -> update ->
     sync:   trainer.release_memory -> generator.wake(["weights"]) -> stream the new weights in (the
-            generator resets its prefix cache once the stream is complete) -> trainer.offload ->
+            generator resets its prefix cache once the stream is complete) -> [trainer.offload] ->
             trainer.release_memory -> generator.wake(["kv_cache"])
+
+(bracketed: with ``trainer.offload``, as the memory model plans it: the optimizer state and gradients
+come back only for the update, the reference only for its log-prob pass.)
 
 Sleeping frees the KV cache (and offloads or drops the weights) while the trainer needs the memory;
 the weights are woken first so the new ones can be written into them before the KV cache takes its
@@ -40,12 +44,23 @@ class StepOrder:
         if self.sleep_level:
             roles.generators.generator_sleep(self.sleep_level)
 
+    def before_export(self, roles: Any) -> None:
+        """The run is over: the generator's memory goes back before the export gathers full tensors."""
+        if self.sleep_level:
+            roles.generators.generator_sleep(self.sleep_level)
+
     def after_generation(self, roles: Any) -> None:
-        """The generator gives its memory to the trainer; the trainer comes back on the devices."""
+        """The generator gives its memory to the trainer's log-prob passes (the reference comes back)."""
         if self.sleep_level:
             roles.generators.generator_sleep(self.sleep_level)
         if self.offload_trainer:
-            roles.trainer.onload()
+            roles.trainer.onload(["reference"])
+
+    def before_update(self, roles: Any) -> None:
+        """The log-prob passes are done: the reference leaves, the optimizer state comes back."""
+        if self.offload_trainer:
+            roles.trainer.offload(["reference"])
+            roles.trainer.onload(["trainer"])
 
     def after_update(self, roles: Any, skip: tuple[str, ...] = ()) -> int:
         """New weights into the generator (which resets its prefix cache), trainer off the devices, KV
@@ -56,7 +71,7 @@ class StepOrder:
             roles.generators.generator_wake(["weights"])
         received = roles.push_weights(self.bucket_bytes, skip=skip)
         if self.offload_trainer:
-            roles.trainer.offload()
+            roles.trainer.offload(["trainer", "reference"])
         roles.trainer.release_memory()
         if self.sleep_level:
             roles.generators.generator_wake(["kv_cache"])

@@ -21,7 +21,7 @@ from compiler.backends import backend
 from engine.backends.base import (BroadcastReceiver, Generation, Generator, RecordsEvents, SamplingParams, SharesModule,
                                   Trainer, ValueModel)
 from engine.backends.device import parse_device
-from engine.backends.registry import BackendContext, build_generator, build_trainer
+from engine.backends.registry import BackendContext, build_generator, build_trainer, build_weight_sender
 from engine.runtime.dispatch import Mode, dispatch
 
 
@@ -198,18 +198,20 @@ class TrainerWorker(GeneratorCalls):
     def weight_names(self) -> list[str]:
         return self.trainer.weight_names()
 
-    @dispatch(Mode.ALL)
-    def offload(self) -> None:
-        """The trainer and the reference off the device (the memory model counts both as offloaded)."""
-        for model in (self.trainer, self.reference):
-            if model is not None:
-                model.offload()
+    def _models(self, which: Sequence[str]) -> list[Trainer]:
+        chosen = {"trainer": self.trainer, "reference": self.reference}
+        return [chosen[w] for w in which if chosen[w] is not None]
 
     @dispatch(Mode.ALL)
-    def onload(self) -> None:
-        for model in (self.trainer, self.reference):
-            if model is not None:
-                model.onload()
+    def offload(self, which: Sequence[str] = ("trainer", "reference")) -> None:
+        """``which`` of the trainer and the reference off the device (the memory model offloads both)."""
+        for model in self._models(which):
+            model.offload()
+
+    @dispatch(Mode.ALL)
+    def onload(self, which: Sequence[str] = ("trainer", "reference")) -> None:
+        for model in self._models(which):
+            model.onload()
 
     @dispatch(Mode.ALL)
     def release_memory(self) -> None:
@@ -250,12 +252,8 @@ class TrainerWorker(GeneratorCalls):
     def open_broadcast(self, host: str, port: int, world_size: int) -> None:
         """Rank 0 opens the weight broadcast group it sends on (the generator workers
         join it at the same time); other ranks have nothing to open."""
-        from engine.backends.weight_transfer import BroadcastGroup
-
         if self.rank == 0:
-            backend = self.plan.weight_sync.backend
-            device = self.device if backend == "nccl" else "cpu"
-            self.broadcast = BroadcastGroup(host, port, world_size, 0, backend, device=device)
+            self.broadcast = build_weight_sender(self._ctx(), host, port, world_size, self.trainer.weight_names())
 
     @dispatch(Mode.ALL)
     def broadcast_weights(self, bucket_bytes: int) -> int:

@@ -361,6 +361,10 @@ class MegatronTrainer:
         """Move parameters, gradients and optimizer state to host memory (GPU; a no-op on CPU)."""
         if self.device.type != "cuda":
             return
+        if self._frozen:  # the reference: a plain module, no DDP buffers or optimizer to move
+            self.model.to("cpu")
+            torch.cuda.empty_cache()
+            return
         from engine.backends.megatron.offload import offload_model_and_optimizer
 
         offload_model_and_optimizer(self.model, self.optimizer)
@@ -373,6 +377,9 @@ class MegatronTrainer:
     def onload(self) -> None:
         """Inverse of `offload`."""
         if self.device.type != "cuda":
+            return
+        if self._frozen:
+            self.model.to(self.device)
             return
         from engine.backends.megatron.offload import onload_model_and_optimizer
 
