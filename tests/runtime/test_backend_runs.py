@@ -110,10 +110,10 @@ def test_colocated_step_order_as_the_real_engine_recorded_it(tmp_path):
     roles = Roles(plan, resolve_model_files(plan, lambda _: None), threads=1)
     try:
         order = StepOrder(plan)
-        (before,) = roles.generator_call("generator_events")
+        (before,) = roles.generators.generator_events()
         order.after_generation(roles)
         order.after_update(roles)
-        (events,) = roles.generator_call("generator_events")
+        (events,) = roles.generators.generator_events()
     finally:
         roles.shutdown()
     # the prefix cache is reset once the stream is complete, before the KV cache comes back
