@@ -306,3 +306,16 @@ def test_every_trainer_gpu_plans_the_weight_push_buffers():
     assert M.largest_tensor_bytes(arch) == 2 * 152064 * 3584
     for d in p.devices:
         assert d.phases_gib["sync"] >= want
+
+
+def test_the_generator_holds_the_longest_evaluation_sequence():
+    """The recipe evaluates up to 16K response tokens; an engine built for the 9216-token training
+    sequence would cut every longer answer (main 1155b1c: max_model_len 9216)."""
+    from compiler import compile_spec
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
+    p = compile_spec(str(root / "specs" / "qwen2.5-7b.yaml"))
+    assert p.spec.evaluation.max_response_length == 16384
+    assert p.rollout.max_model_len == 1024 + 16384
+    math = compile_spec(str(root / "specs" / "qwen2.5-math-7b.yaml"))  # 4K context: evaluation = training length
+    assert math.rollout.max_model_len == 4096

@@ -206,3 +206,12 @@ def test_network_interface_reaches_gloo_and_nccl(monkeypatch, tmp_path):
     plan = compile_spec(str(ROOT / "specs" / "qwen2.5-0.5b.yaml"), ["cluster.network_interface=eth7"])
     W.TrainerWorker(W.WorkerSetup(plan.to_json(), str(tmp_path), str(tmp_path), "cuda:0"))
     assert os.environ["GLOO_SOCKET_IFNAME"] == "eth7" and os.environ["NCCL_SOCKET_IFNAME"] == "eth7"
+
+
+def test_evaluation_samples_its_own_length_not_the_training_one():
+    from compiler import compile_spec
+    from engine.sampling import sampling_params
+
+    plan = compile_spec(str(ROOT / "specs" / "qwen2.5-7b.yaml"))
+    sp = sampling_params(plan.spec, (1,), evaluation=True)
+    assert sp.max_new_tokens == 16384 and plan.rollout.max_model_len >= 1024 + sp.max_new_tokens
