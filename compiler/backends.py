@@ -70,9 +70,10 @@ CATALOG: dict[tuple[Role, str], BackendInfo] = {
 
 #: Builders of the rehearsal's stand-ins (`engine.rehearse`): same protocols, a memory ledger
 #: instead of a GPU. Used in place of the catalog's builder when a worker is told to rehearse.
-REHEARSAL_BUILDERS: dict[Role, str] = {
+REHEARSAL_BUILDERS: dict[str, str] = {
     "trainer": "engine.rehearse.standins:build_trainer",
     "generator": "engine.rehearse.standins:build_generator",
+    "sender": "engine.rehearse.standins:RehearsalSender",  # trainer rank 0's side of a weight broadcast
 }
 
 

@@ -64,9 +64,8 @@ def build_weight_sender(ctx: BackendContext, host: str, port: int, world_size: i
     """Trainer rank 0's side of the weight broadcast group (`plan.weight_sync.backend`): gloo through
     host memory, or NCCL on the device; a rehearsal's stand-in checks the stream and sends nothing."""
     if ctx.rehearsal is not None:
-        from engine.rehearse.standins import RehearsalSender
-
-        return RehearsalSender(names)
+        module, cls = REHEARSAL_BUILDERS["sender"].split(":")
+        return getattr(importlib.import_module(module), cls)(names)
     from engine.backends.weight_transfer import BroadcastGroup
 
     backend_name = ctx.plan.weight_sync.backend
