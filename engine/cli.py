@@ -45,6 +45,9 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="a YAML spec, or a run folder with --resume")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="spec overrides (OmegaConf dotlist)")
     p.add_argument("--resume", action="store_true", help="continue the run folder from its last checkpoint")
+    p.add_argument("--from-previous", action="store_true",
+                   help="with --resume: continue from the checkpoint before the last one (when the last is "
+                        "corrupt; the last is moved aside to checkpoints/skipped-step_N, not deleted)")
     p.add_argument("--run-dir", default=None, help="run folder (default: <tracking.runs_dir>/<name>-<time>)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     return p
@@ -56,6 +59,9 @@ def run_command(argv: Sequence[str]) -> int:
 
     args = _run_parser().parse_intermixed_args(list(argv))
     target = Path(args.target)
+    if args.from_previous and not args.resume:
+        print("engine run: --from-previous goes with --resume", file=sys.stderr)
+        return 2
     if args.resume:
         run_dir = Path(args.run_dir) if args.run_dir else target
         if not (run_dir / "plan.json").exists():
@@ -109,7 +115,7 @@ def run_command(argv: Sequence[str]) -> int:
     stream = open("/dev/null", "w") if args.quiet else None
     print(f"run folder: {run_dir}  (plan {plan.hash})", file=sys.stderr)
     try:
-        summary = train(plan, run_dir, resume=args.resume, progress_stream=stream)
+        summary = train(plan, run_dir, resume=args.resume, progress_stream=stream, from_previous=args.from_previous)
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: engine run {run_dir} --resume", file=sys.stderr)
         return 130
