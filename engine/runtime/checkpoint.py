@@ -202,7 +202,7 @@ def save_checkpoint(ckpt_root: str | Path, step: int, state: dict[str, Any], met
     previous = list_checkpoints(root)
     if previous:  # the next checkpoint is about as large as the last one
         require_free(root, folder_bytes(root / f"step_{previous[-1]:06d}"), f"the checkpoint of step {step}",
-                     last_checkpoint=previous[-1])
+                     last_checkpoint=previous[-1], then=f"continue with `engine run {root.parent} --resume`")
     tmp.mkdir()
     try:
         _write_checkpoint_files(tmp, step, state, meta, plan_json, write)

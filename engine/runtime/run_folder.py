@@ -33,8 +33,13 @@ from typing import Any, Callable, Optional
 #: What makes a folder a run folder (any one of them).
 RUN_MARKERS = ("plan.json", "run.json", "metrics.jsonl", "summary.json", "checkpoints", "final", "rollouts")
 LOCK_FILE = ".lock"
-#: Room kept free on top of the estimates (logs, rollouts, aim), bytes.
-MARGIN_BYTES = 64 * 2**20
+#: Room kept free on top of an estimate (logs, rollouts, aim): this many bytes plus a tenth of it.
+MARGIN_BYTES = 2**20
+
+
+def margin(need: int) -> int:
+    """Bytes asked for on top of an estimate of ``need`` bytes."""
+    return MARGIN_BYTES + need // 10
 
 
 class RunFolderError(FileExistsError):
@@ -93,14 +98,15 @@ def is_disk_full(exc: BaseException, where: str | Path) -> bool:
         return False
 
 
-def require_free(where: str | Path, need: int, what: str, last_checkpoint: Optional[int] = None) -> None:
-    """Raise `DiskFullError` unless ``need`` bytes (plus `MARGIN_BYTES`) are free at ``where``."""
+def require_free(where: str | Path, need: int, what: str, last_checkpoint: Optional[int] = None,
+                 then: str = "run again") -> None:
+    """Raise `DiskFullError` unless ``need`` bytes (plus `margin`) are free at ``where``."""
     free = free_bytes(where)
-    if free < need + MARGIN_BYTES:
+    need += margin(need)
+    if free < need:
         intact = f"; the last complete checkpoint (step {last_checkpoint}) is intact" if last_checkpoint else ""
         raise DiskFullError(f"not enough disk space for {what} in {where}: {fmt_bytes(free)} free, about "
-                            f"{fmt_bytes(need + MARGIN_BYTES)} needed{intact}. Free space there (or choose another "
-                            "--run-dir), then run again")
+                            f"{fmt_bytes(need)} needed{intact}. Free space there, then {then}")
 
 
 def checkpoint_bytes(plan: Any) -> int:
@@ -129,9 +135,11 @@ def check_space(plan: Any, run_dir: Path, log: Callable[[str], None]) -> None:
     """Before the run: room for one checkpoint and the export (`DiskFullError`); a warning when the
     ``keep_last + 1`` checkpoints a save holds at once would not fit."""
     one, final = checkpoint_bytes(plan), export_bytes(plan)
-    require_free(run_dir, one + final, f"one checkpoint and the final export of this plan")
+    require_free(run_dir, one + final, "one checkpoint and the final export of this plan",
+                 then="run again (or choose another --run-dir)")
     keep = plan.spec.checkpoint.keep_last
-    all_of_them = one * ((keep if keep > 0 else 1) + 1) + final + MARGIN_BYTES
+    all_of_them = one * ((keep if keep > 0 else 1) + 1) + final
+    all_of_them += margin(all_of_them)
     free = free_bytes(run_dir)
     if free < all_of_them:
         log(f"warning: {fmt_bytes(free)} free in {run_dir}, but keeping {keep} checkpoints of about "
