@@ -10,6 +10,7 @@
     engine analyze RUN_DIR [...]                             behaviours, judges, aha moment (engine.study.cli)
     engine report RUN_DIR [...] --out DIR                    HTML + PNG report (engine.study.cli)
     engine --version
+    engine ... --debug                                        a Python traceback on an unexpected failure
 
 Dispatch is lazy: `engine plan` and `engine schema` never import torch. Exit codes of `run`:
 0 done, 1 failed (e.g. the plan needs hardware that is not there), 2 invalid spec or usage,
@@ -37,6 +38,7 @@ USAGE = """usage: engine {run,plan,schema,grade,eval,data,analyze,report} ...
   analyze RUN_DIR [--judge-url URL --judge-model M]  behaviours per step, the aha moment
   report RUN_DIR [RUN_DIR ...] --out DIR          HTML page + PNG plots, runs side by side
   --version                                       print the version
+  --debug (with any command)                      show the Python traceback of an unexpected failure
 """
 
 
@@ -71,7 +73,12 @@ def run_command(argv: Sequence[str]) -> int:
         from compiler.plan import Plan
         from engine.runtime.resume import plan_with_overrides
 
-        plan = Plan.from_json((run_dir / "plan.json").read_text())
+        try:
+            plan = Plan.from_json((run_dir / "plan.json").read_text())
+        except (ValueError, OSError) as e:  # JSON, schema (pydantic), version; UnicodeDecodeError
+            print(f"engine run --resume: {run_dir / 'plan.json'} is not a plan this engine can read: "
+                  f"{str(e).splitlines()[0][:300]}", file=sys.stderr)
+            return 2
         try:  # overrides: the resume checks allow only those that leave the maths unchanged
             plan = plan_with_overrides(plan, list(args.overrides))
         except SpecError as e:
@@ -148,8 +155,16 @@ def version() -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the `engine` console script."""
+    """Entry point of the `engine` console script: one error path for every command (a message and
+    exit 1 or 2; a traceback only with ``--debug``)."""
+    from compiler.errors import DEBUG_FLAG, run_guarded
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    cmd = next((a for a in argv if a != DEBUG_FLAG), "")
+    return run_guarded(f"engine {cmd}".strip(), _dispatch, argv)
+
+
+def _dispatch(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if argv else 2

@@ -45,7 +45,7 @@ def data_command(argv: Sequence[str]) -> int:
     try:
         report = prepare(args.gsm8k, args.math, args.out, args.benchmarks, size=args.size, val_size=args.val_size,
                          seed=args.seed)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # ValueError: a data file that cannot be read, named
         print(f"engine data simplerl: {e}", file=sys.stderr)
         return 1
     print(format_report(report))
@@ -96,7 +96,7 @@ def analyze_command(argv: Sequence[str]) -> int:
     try:
         result = analyze_run(args.run_dir, judges, sample_per_step=args.sample_per_step, alpha=args.alpha,
                              min_rise=args.min_rise, log=lambda m: print(m, file=sys.stderr))
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # ValueError: a data file that cannot be read, named
         print(f"engine analyze: {e}", file=sys.stderr)
         return 1
     print(format_analysis(result))
@@ -134,7 +134,7 @@ def report_command(argv: Sequence[str]) -> int:
 
     try:
         report = build_report(args.run_dirs, args.out, log=lambda m: print(m, file=sys.stderr))
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # ValueError: a data file that cannot be read, named
         print(f"engine report: {e}", file=sys.stderr)
         return 1
     print(f"report: {Path(args.out) / 'index.html'} ({len(report['plots'])} plots, {len(report['runs'])} runs)")
