@@ -136,11 +136,12 @@ def load_plain(path: str | Path, map_location: Any = "cpu") -> Any:
     except FileNotFoundError:
         raise CheckpointFileError(f"{p}: missing") from None
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()
-        why = next((ln.strip() for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else "")
+        import re
+
+        names = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(exc))))
+        what = f"it references {', '.join(names)}" if names else "it holds objects other than tensors and plain data"
         raise CheckpointFileError(
-            f"{p}: refused: it holds objects other than tensors and plain data ({why[:200]}); loading it could "
-            "run code, so it was not loaded") from None
+            f"{p}: refused: {what} (code, not checkpoint data); loading it could run code, so it was not loaded") from None
     except (EOFError, RuntimeError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         size = p.stat().st_size if p.exists() else 0
         raise CheckpointFileError(f"{p}: cannot read it ({size} bytes; truncated, empty or not a torch file: "

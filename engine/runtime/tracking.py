@@ -87,10 +87,24 @@ def _abandon_stores(repo_path: str) -> None:
         return
     root = str(Path(repo_path).resolve())
     for instance, (_priority, finalizer) in list(AutoClean._finalizers.items()):
-        path = getattr(instance, "path", None)
+        path = getattr(instance, "path", None) or getattr(getattr(instance, "repo", None), "path", None)
         if path is not None and str(Path(str(path)).resolve()).startswith(root):
             finalizer.detach()
             _ABANDONED.append(instance)
+
+
+class _NoCheckIns:
+    def check_in(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def _stop_heartbeat(run: Any) -> None:
+    """Stop aim's heartbeat thread of ``run`` without letting it write again (its files may be gone)."""
+    hb = getattr(run, "_heartbeat", None)
+    if hb is not None and hasattr(hb, "stop_signal"):
+        hb.touch_path = None
+        hb.status_reporter = _NoCheckIns()
+        hb.stop_signal.set()
 
 
 class AimTracker:
@@ -135,6 +149,7 @@ class AimTracker:
 
     def _fail(self, what: str, exc: BaseException) -> None:
         self.failed = f"{what}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        _stop_heartbeat(self.run)
         _abandon_stores(self.repo_path)
         rest = ("metrics.jsonl holds every step" if what.startswith("closing") else
                 "tracking stops here, training goes on and metrics.jsonl keeps every step")
@@ -144,6 +159,9 @@ class AimTracker:
         """Track every finite number under its name (``a/b`` names become context-free keys); after a
         failure (reported once) this does nothing."""
         if self.failed:
+            return
+        if not (Path(self.repo_path) / ".aim").is_dir():
+            self._fail(f"step {step}", FileNotFoundError(f"{Path(self.repo_path) / '.aim'} was deleted"))
             return
         try:
             for k, v in metrics.items():
@@ -165,6 +183,8 @@ class AimTracker:
             full = shutil.disk_usage(self.repo_path).free < 2**20
         except OSError:
             full = False
+        if not self.failed and not (Path(self.repo_path) / ".aim").is_dir():
+            self._fail("closing the run", FileNotFoundError(f"{Path(self.repo_path) / '.aim'} was deleted"))
         if full and not self.failed:  # aim's flush would wait for room forever
             self._fail("closing the run", OSError(28, "No space left on device; its last writes are not flushed"))
         if self.failed:
