@@ -51,7 +51,7 @@ def _run_parser() -> argparse.ArgumentParser:
                    help="with --resume: continue from the checkpoint before the last one (when the last is "
                         "corrupt; the last is moved aside to checkpoints/skipped-step_N, not deleted)")
     p.add_argument("--run-dir", default=None, help="run folder (default: <tracking.runs_dir>/<name>-<time>)")
-    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--quiet", action="store_true", help="no progress line and no routine messages (warnings still show)")
     return p
 
 
@@ -122,7 +122,10 @@ def run_command(argv: Sequence[str]) -> int:
     stream = open("/dev/null", "w") if args.quiet else None
     print(f"run folder: {run_dir}  (plan {plan.hash})", file=sys.stderr)
     try:
-        summary = train(plan, run_dir, resume=args.resume, progress_stream=stream, from_previous=args.from_previous)
+        # --quiet: no progress line and no routine messages, but warnings always reach stderr
+        log = (lambda m: print(m, file=sys.stderr) if m.startswith("warning") else None) if args.quiet else None
+        summary = train(plan, run_dir, resume=args.resume, log=log, progress_stream=stream,
+                        from_previous=args.from_previous)
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: engine run {run_dir} --resume", file=sys.stderr)
         return 130

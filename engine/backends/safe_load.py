@@ -33,6 +33,7 @@ PICKLE_ALLOWED: dict[str, frozenset[str]] = {
         "complex64", "complex128", "float8_e4m3fn", "float8_e5m2", "uint16", "uint32", "uint64",
     }),
     "collections": frozenset({"OrderedDict"}),
+    "pathlib": frozenset({"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath", "Path"}),
     "builtins": frozenset({"set", "frozenset", "slice"}),
     "megatron.core.dist_checkpointing.strategies.torch": frozenset({"MCoreMetadata", "MCoreSavePlan"}),
 }

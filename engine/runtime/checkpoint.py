@@ -297,7 +297,7 @@ def resume_step(ckpt_root: str | Path, previous: bool = False, log: Callable[[st
             n += 1
             target = root / f"{SKIPPED_PREFIX}{skipped.name}.{n}"
         os.replace(skipped, target)
-        log(f"--from-previous: skipping the checkpoint of step {steps[-1]} (moved to {target}; delete it when done)")
+        log(f"warning: --from-previous: skipping the checkpoint of step {steps[-1]} (moved to {target}; delete it when done)")
     return step
 
 
