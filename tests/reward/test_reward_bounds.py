@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from engine.reward import Grader, RewardConfig
-from engine.reward.deadline import call_with_deadline
 from engine.reward.parser import TooBig, parse_answer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,6 +85,8 @@ def test_pool_timeouts_are_cached():
 
 
 def test_call_with_deadline_returns_results_and_raises_errors():
+    from engine.reward.deadline import call_with_deadline
+
     assert call_with_deadline(lambda a, b: a + b, (2, 3), 5.0) == (True, 5)
     with pytest.raises(ZeroDivisionError):
         call_with_deadline(lambda: 1 / 0, (), 5.0)
