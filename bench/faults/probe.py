@@ -24,15 +24,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import http.server
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import zipfile
 from dataclasses import dataclass
@@ -40,6 +37,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 HERE = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(HERE))
+from tests.study.judge_servers import GOOD, Answers, Silent  # noqa: E402  (loopback servers that misbehave)
 CATEGORIES = ("clean", "unclear", "traceback", "hang", "silent", "lost")
 TRACEBACK = "Traceback (most recent call last)"
 
@@ -228,79 +227,6 @@ def _steps(run: Path) -> list[int]:
         return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     except (OSError, ValueError, KeyError):
         return []
-
-
-class _Server:
-    """Loopback servers that misbehave: ``silent`` accepts and never answers, ``drip`` sends a byte
-    every 0.3 s forever; ``answer`` answers every chat request with ``content`` and ``status``."""
-
-    def __init__(self, kind: str, content: str = "", status: int = 200) -> None:
-        self.kind, self.requests, self.stop = kind, 0, threading.Event()
-        if kind in ("silent", "drip"):
-            self.sock = socket.socket()
-            self.sock.bind(("127.0.0.1", 0))
-            self.sock.listen(64)
-            self.sock.settimeout(0.2)
-            self.port = self.sock.getsockname()[1]
-            self.conns: list[socket.socket] = []
-            threading.Thread(target=self._accept, daemon=True).start()
-        else:
-            outer = self
-
-            class H(http.server.BaseHTTPRequestHandler):
-                def do_POST(self):  # noqa: N802
-                    outer.requests += 1
-                    self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                    body = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
-                    self.send_response(status)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-
-                def log_message(self, *a):
-                    pass
-
-            self.http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-            self.port = self.http.server_address[1]
-            threading.Thread(target=self.http.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def _accept(self) -> None:
-        while not self.stop.is_set():
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.conns.append(c)
-            if self.kind == "drip":
-                threading.Thread(target=self._drip, args=(c,), daemon=True).start()
-
-    def _drip(self, c: socket.socket) -> None:
-        msg = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 10**6
-        for i in range(len(msg)):
-            if self.stop.is_set():
-                return
-            try:
-                c.sendall(msg[i:i + 1])
-            except OSError:
-                return
-            time.sleep(0.3)
-
-    def close(self) -> None:
-        self.stop.set()
-        if self.kind in ("silent", "drip"):
-            for c in self.conns:
-                c.close()
-            self.sock.close()
-        else:
-            self.http.shutdown()
-            self.http.server_close()
-
-
-GOOD = json.dumps({"verification": True, "backtracking": False, "subgoal_setting": True, "enumeration": False})
 
 
 # -- the cases -------------------------------------------------------------------------------------
@@ -585,7 +511,7 @@ def cases(p: Probe, fx: Fixtures) -> dict[str, tuple[str, Callable[[], tuple[str
 
     @case("judge")
     def judge_never_answers():
-        s = _Server("silent")
+        s = Silent()
         try:
             return expect_failure(_analyze(fx.copy("judge-silent"), s.url), ("verdict",))
         finally:
@@ -593,7 +519,7 @@ def cases(p: Probe, fx: Fixtures) -> dict[str, tuple[str, Callable[[], tuple[str
 
     @case("judge")
     def judge_slow_drip():
-        s = _Server("drip")
+        s = Silent(drip=True)
         try:
             return expect_failure(_analyze(fx.copy("judge-drip"), s.url), ("verdict",))
         finally:
@@ -601,7 +527,7 @@ def cases(p: Probe, fx: Fixtures) -> dict[str, tuple[str, Callable[[], tuple[str
 
     @case("judge")
     def judge_every_request_fails():
-        s = _Server("answer", GOOD, status=500)
+        s = Answers(GOOD, status=500)
         try:
             return expect_failure(_analyze(fx.copy("judge-500"), s.url), ("500",))
         finally:
@@ -610,12 +536,12 @@ def cases(p: Probe, fx: Fixtures) -> dict[str, tuple[str, Callable[[], tuple[str
     @case("judge")
     def judge_junk_is_not_cached():
         run = fx.copy("judge-junk")
-        junk = _Server("answer", "probably some verification")
+        junk = Answers("probably some verification")
         try:
             first = _analyze(run, junk.url)
         finally:
             junk.close()
-        good = _Server("answer", GOOD)
+        good = Answers(GOOD)
         try:
             r = _analyze(run, good.url)
         finally:

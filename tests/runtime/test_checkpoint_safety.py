@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import pickle
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -26,23 +25,9 @@ from engine.runtime import checkpoint as C
 from tests.runtime.conftest import write_spec
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    """A tiny run of 4 steps with checkpoints at steps 2 and 4 and its final/ export."""
-    import os
-
-    folder = tmp_path_factory.mktemp("ckpt-run")
-    os.environ.setdefault("ENGINE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "engine-cache"))
-    run = folder / "run"
-    assert main(["run", str(write_spec(folder, steps=4, every=2)), "--run-dir", str(run), "--quiet"]) == 0
-    return run
-
-
 @pytest.fixture
-def run(finished_run, tmp_path) -> Path:
-    out = tmp_path / "run"
-    shutil.copytree(finished_run, out)
-    return out
+def run(tiny_run_copy) -> Path:
+    return tiny_run_copy
 
 
 class _Payload:

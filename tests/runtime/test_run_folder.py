@@ -27,20 +27,9 @@ from tests.runtime.conftest import write_spec
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("folder-run")
-    os.environ.setdefault("ENGINE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "engine-cache"))
-    run = folder / "run"
-    assert main(["run", str(write_spec(folder, steps=4, every=2)), "--run-dir", str(run), "--quiet"]) == 0
-    return run
-
-
 @pytest.fixture
-def run(finished_run, tmp_path) -> Path:
-    out = tmp_path / "run"
-    shutil.copytree(finished_run, out)
-    return out
+def run(tiny_run_copy) -> Path:
+    return tiny_run_copy
 
 
 def _files(folder: Path) -> dict[str, bytes]:
