@@ -152,6 +152,16 @@ def holds_run(run_dir: Path) -> list[str]:
     return [m for m in RUN_MARKERS if (run_dir / m).exists()]
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class RunLock:
     """An exclusive lock on ``RUN/.lock`` (see the module docstring); `release` or process exit frees it."""
 
@@ -173,6 +183,9 @@ class RunLock:
                 raise
             who = (f"process {holder.get('pid')} on {holder.get('host')} (started {holder.get('started')}: "
                    f"{holder.get('command')})" if holder else "another process")
+            if holder.get("host") == socket.gethostname() and holder.get("pid") and not _alive(int(holder["pid"])):
+                who += (f"; that process has ended, but one it started still holds the folder (`fuser "
+                        f"{self.path}` names it)")
             raise RunFolderError(f"{self.path.parent} is in use by {who}; wait for it to finish or stop it, "
                                  "then resume with `engine run " f"{self.path.parent} --resume`") from None
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -180,7 +193,18 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         self.fd = fd
+        # a forked child (a generator engine's worker) must not keep the lock alive after this process
+        # ends: it drops its copy of the descriptor at once (the lock stays with this process)
+        os.register_at_fork(after_in_child=self._forget)
         return self
+
+    def _forget(self) -> None:
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None
 
     def release(self) -> None:
         if self.fd is not None:

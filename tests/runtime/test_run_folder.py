@@ -171,3 +171,21 @@ def test_a_non_finite_reward_stops_the_run_at_its_step(tmp_path, monkeypatch, ca
     assert "step 1:" in err and "not finite" in err and "Traceback" not in err
     assert not (run / "metrics.jsonl").exists() or _steps(run) == []
     assert C.list_checkpoints(run / "checkpoints") == []
+
+
+def test_a_forked_child_does_not_keep_the_folder_locked(tmp_path):
+    """A generator engine's forked worker that outlives the run must not hold its lock."""
+    import time
+
+    from engine.runtime.run_folder import RunLock
+
+    lock = RunLock(tmp_path).acquire()
+    pid = os.fork()
+    if pid == 0:  # the child lingers after the parent let go of the folder
+        time.sleep(5)
+        os._exit(0)
+    try:
+        lock.release()
+        RunLock(tmp_path).acquire().release()  # free at once, though the child still runs
+    finally:
+        os.waitpid(pid, 0)
