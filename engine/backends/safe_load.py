@@ -21,11 +21,14 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 #: Globals a raw checkpoint pickle may reference: module -> names (``"*"``: every name). The
-#: torch.distributed.checkpoint metadata module holds only dataclasses and enums.
+#: torch.distributed.checkpoint metadata module holds only dataclasses and enums. Checked against
+#: the ``.metadata`` of a real Megatron checkpoint (megatron-core 0.16.1, torch 2.13).
 PICKLE_ALLOWED: dict[str, frozenset[str]] = {
     "torch.distributed.checkpoint.metadata": frozenset({"*"}),
     "torch.distributed.checkpoint.filesystem": frozenset({"_StorageInfo"}),
-    "torch.distributed.checkpoint.planner": frozenset({"LoadItemType", "WriteItemType"}),
+    # the save plan Megatron keeps in the metadata: dataclasses and enums only (not the planners)
+    "torch.distributed.checkpoint.planner": frozenset({"LoadItemType", "WriteItemType", "SavePlan", "LoadPlan",
+                                                        "WriteItem", "ReadItem", "TensorWriteData", "BytesIOWriteData"}),
     "torch.serialization": frozenset({"_get_layout"}),
     "torch": frozenset({
         "Size", "strided", "sparse_coo", "sparse_csr", "contiguous_format", "channels_last", "preserve_format",
