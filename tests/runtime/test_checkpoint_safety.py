@@ -46,9 +46,11 @@ def _plant(step_dir: Path, rel: str, obj) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     (step_dir / rel).write_bytes(buf.getvalue())
-    sums = json.loads((step_dir / C.CHECKSUMS).read_text())
-    sums["files"][rel] = {"bytes": len(buf.getvalue()), "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}
-    (step_dir / C.CHECKSUMS).write_text(json.dumps(sums))
+    path = step_dir / "checksums.json"
+    if path.exists():
+        sums = json.loads(path.read_text())
+        sums["files"][rel] = {"bytes": len(buf.getvalue()), "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}
+        path.write_text(json.dumps(sums))
 
 
 def _flip_a_tensor_byte(path: Path) -> None:
