@@ -133,8 +133,9 @@ def verify_checkpoint(step_dir: str | Path, log: Optional[Callable[[str], None]]
     else:
         try:
             listed = json.loads(sums_path.read_text())["files"]
-            assert isinstance(listed, dict)
-        except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        except (OSError, ValueError, KeyError, TypeError):
+            listed = None
+        if not isinstance(listed, dict):
             return problems + [f"{CHECKSUMS}: unreadable (truncated or corrupt)"]
         present = {p.relative_to(d).as_posix(): p for p in _files(d)}
         for rel in sorted(set(present) - set(listed)):
