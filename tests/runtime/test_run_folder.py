@@ -180,11 +180,14 @@ def test_a_forked_child_does_not_keep_the_folder_locked(tmp_path):
     from engine.runtime.run_folder import RunLock
 
     lock = RunLock(tmp_path).acquire()
+    r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child lingers after the parent let go of the folder
+    if pid == 0:  # the child (its fork handlers have run) lingers after the parent let go of the folder
+        os.write(w, b"x")
         time.sleep(5)
         os._exit(0)
     try:
+        assert os.read(r, 1) == b"x"
         lock.release()
         RunLock(tmp_path).acquire().release()  # free at once, though the child still runs
     finally:
