@@ -166,13 +166,17 @@ def schema_command(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m compiler.cli {plan,schema} ...``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"plan": plan_command, "schema": schema_command}
-    if not argv or argv[0] not in commands:
-        print("usage: python -m compiler.cli {plan,schema} ...", file=sys.stderr)
-        return EXIT_INVALID
-    return commands[argv[0]](argv[1:])
+    """``python -m compiler.cli {plan,schema} ...`` (``--debug``: a traceback on an unexpected failure)."""
+    from compiler.errors import run_guarded
+
+    def dispatch(args: list[str]) -> int:
+        commands = {"plan": plan_command, "schema": schema_command}
+        if not args or args[0] not in commands:
+            print("usage: python -m compiler.cli {plan,schema} ...", file=sys.stderr)
+            return EXIT_INVALID
+        return commands[args[0]](args[1:])
+
+    return run_guarded("compiler.cli", dispatch, list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

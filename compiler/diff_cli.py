@@ -43,6 +43,13 @@ def format_table(changes: Sequence[Change], name_a: str = "A", name_b: str = "B"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """`spec-diff` (``--debug``: a traceback on an unexpected failure)."""
+    from compiler.errors import run_guarded
+
+    return run_guarded("spec-diff", _main, list(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
     p = _Parser(prog="spec-diff", description="Compare two experiment specs after inheritance and defaults.")
     p.add_argument("a", help="first spec file")
     p.add_argument("b", help="second spec file")

@@ -41,3 +41,53 @@ class SpecError(Exception):
         n = len(self.problems)
         head = f"invalid spec: {n} problem{'s' if n != 1 else ''}"
         return "\n".join([head, *(f"  - {p}" for p in self.problems)])
+
+
+# ---------------------------------------------------------------------------------------------
+# One error path for every command line
+
+
+DEBUG_FLAG = "--debug"
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a user: what failed and on which file, without Python's internals."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"input is not UTF-8 text ({exc.reason} at byte {exc.start})"
+    if isinstance(exc, OSError) and exc.filename:
+        what = exc.strerror or str(exc)
+        return f"{exc.filename}: {what}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+    if isinstance(exc, MemoryError):
+        return "out of memory"
+    if isinstance(exc, RecursionError):
+        return "input nested too deeply"
+    text = str(exc).strip()
+    first = text.splitlines()[0][:500] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def run_guarded(prog: str, command, argv) -> int:
+    """``command(argv)`` with one error path: its own messages and exit codes as they are; a spec
+    error printed with every problem (exit 2); anything else one line naming the error (exit 1), and a
+    Python traceback only with ``--debug`` (taken out of ``argv`` wherever it stands) or
+    ``ENGINE_DEBUG=1``. Ctrl-C exits 130."""
+    import os
+    import sys
+
+    argv = list(argv)
+    debug = DEBUG_FLAG in argv or os.environ.get("ENGINE_DEBUG") == "1"
+    argv = [a for a in argv if a != DEBUG_FLAG]
+    if debug:
+        return int(command(argv) or 0)
+    try:
+        return int(command(argv) or 0)
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted", file=sys.stderr)
+        return 130
+    except SpecError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the one place an unexpected error becomes a message
+        print(f"{prog}: {describe_error(exc)}\n  (an unexpected failure: rerun with {DEBUG_FLAG} for the traceback)",
+              file=sys.stderr)
+        return 1

@@ -90,6 +90,7 @@ def _line_map(text: str, name: str) -> dict[str, tuple[str, int]]:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:  # reported by _parse with the same mark
         raise _yaml_error(exc, name) from None
+    _check_expansion(root, text, name)
     out: dict[str, tuple[str, int]] = {}
     replaces: set[str] = set()
 
@@ -116,6 +117,56 @@ def _line_map(text: str, name: str) -> dict[str, tuple[str, int]]:
         walk(root, "")
     out[_REPLACES] = replaces  # type: ignore[assignment]
     return out
+
+
+#: Most YAML nodes a spec may expand to once its aliases (``*name``) are replaced by what they name.
+#: A real spec has a few hundred; an "alias bomb" (each level repeating the previous one ten times)
+#: has 10**levels and would take minutes and gigabytes to expand.
+MAX_YAML_NODES = 100_000
+
+
+def _check_expansion(root: Optional[yaml.Node], text: str, name: str) -> None:
+    """Refuse a document whose aliases expand past `MAX_YAML_NODES` nodes, or refer to themselves,
+    before anything expands them. The count is memoised per node, so it costs one pass over the
+    composed (unexpanded) graph."""
+    import re
+
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def line_of_alias() -> Optional[int]:
+        m = re.search(r"(?m)^[^#\n]*?(?<![\w&])\*[\w-]+", text)
+        return text.count("\n", 0, m.start()) + 1 if m else None
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise SpecError([Problem("<yaml>", "a YAML alias refers to the node that contains it (a recursive alias)",
+                                     "remove the alias (*name) inside its own anchor (&name)", name, line_of_alias())])
+        active.add(key)
+        n = 1
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                n += size(k) + size(v)
+                if n > MAX_YAML_NODES:
+                    break
+        elif isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                n += size(item)
+                if n > MAX_YAML_NODES:
+                    break
+        active.discard(key)
+        sizes[key] = n
+        if n > MAX_YAML_NODES:
+            raise SpecError([Problem("<yaml>", f"YAML aliases expand this spec to more than {MAX_YAML_NODES:,} values",
+                                     "a spec holds a few hundred values; remove the repeated aliases (*name)",
+                                     name, line_of_alias())])
+        return n
+
+    if root is not None:
+        size(root)
 
 
 #: Line-map entry holding the set of keys whose value replaces (rather than merges into) a parent's.

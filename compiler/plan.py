@@ -199,6 +199,8 @@ class Plan(_Frozen):
     def from_json(cls, text: str) -> "Plan":
         """Inverse of `to_json` (derived keys are dropped)."""
         data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("a plan is a JSON object; this file holds none")
         version = data.get("version")
         if version != PLAN_VERSION:
             raise ValueError(f"plan version {version!r} is not the version this engine reads ({PLAN_VERSION}); "

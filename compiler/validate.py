@@ -212,6 +212,9 @@ def _one_problem(path: str, parts: list[Union[str, int]], errs: list[dict], load
         hint = (f"allowed range: {bounds}" + (f" ({what})" if what else "")) if bounds else (f"expected {what}" if what else "")
         return loaded.problem(path, f"{_short(value)}: {first['msg'][0].lower()}{first['msg'][1:]}", hint)
     expected = describe_type(annotation) if annotation is not None else ""
+    if kind == "finite_number":  # nan / inf: nothing could train with it
+        return loaded.problem(path, f"{_short(value)} is not a finite number",
+                              f"expected a finite {expected or 'number'} (not nan or inf)")
     if len(errs) > 1 or kind.endswith(("_type", "_parsing")) or kind == "model_type":
         return loaded.problem(path, f"{_short(value)} has the wrong type",
                               f"expected {expected}" if expected else first["msg"])

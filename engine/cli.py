@@ -11,6 +11,7 @@
     engine analyze RUN_DIR [...]                             behaviours, judges, aha moment (engine.study.cli)
     engine report RUN_DIR [...] --out DIR                    HTML + PNG report (engine.study.cli)
     engine --version
+    engine ... --debug                                        a Python traceback on an unexpected failure
 
 Dispatch is lazy: `engine plan` and `engine schema` never import torch. Exit codes of `run`:
 0 done, 1 failed (e.g. the plan needs hardware that is not there), 2 invalid spec or usage,
@@ -40,6 +41,7 @@ USAGE = """usage: engine {run,plan,rehearse,schema,grade,eval,data,analyze,repor
   analyze RUN_DIR [--judge-url URL --judge-model M]  behaviours per step, the aha moment
   report RUN_DIR [RUN_DIR ...] --out DIR          HTML page + PNG plots, runs side by side
   --version                                       print the version
+  --debug (with any command)                      show the Python traceback of an unexpected failure
 """
 
 
@@ -48,8 +50,11 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="a YAML spec, or a run folder with --resume")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="spec overrides (OmegaConf dotlist)")
     p.add_argument("--resume", action="store_true", help="continue the run folder from its last checkpoint")
+    p.add_argument("--from-previous", action="store_true",
+                   help="with --resume: continue from the checkpoint before the last one (when the last is "
+                        "corrupt; the last is moved aside to checkpoints/skipped-step_N, not deleted)")
     p.add_argument("--run-dir", default=None, help="run folder (default: <tracking.runs_dir>/<name>-<time>)")
-    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--quiet", action="store_true", help="no progress line and no routine messages (warnings still show)")
     return p
 
 
@@ -59,6 +64,9 @@ def run_command(argv: Sequence[str]) -> int:
 
     args = _run_parser().parse_intermixed_args(list(argv))
     target = Path(args.target)
+    if args.from_previous and not args.resume:
+        print("engine run: --from-previous goes with --resume", file=sys.stderr)
+        return 2
     if args.resume:
         run_dir = Path(args.run_dir) if args.run_dir else target
         if not (run_dir / "plan.json").exists():
@@ -68,7 +76,12 @@ def run_command(argv: Sequence[str]) -> int:
         from compiler.plan import Plan
         from engine.runtime.resume import plan_with_overrides
 
-        plan = Plan.from_json((run_dir / "plan.json").read_text())
+        try:
+            plan = Plan.from_json((run_dir / "plan.json").read_text())
+        except (ValueError, OSError) as e:  # JSON, schema (pydantic), version; UnicodeDecodeError
+            print(f"engine run --resume: {run_dir / 'plan.json'} is not a plan this engine can read: "
+                  f"{str(e).splitlines()[0][:300]}", file=sys.stderr)
+            return 2
         try:  # overrides: the resume checks allow only those that leave the maths unchanged
             plan = plan_with_overrides(plan, list(args.overrides))
         except SpecError as e:
@@ -112,7 +125,10 @@ def run_command(argv: Sequence[str]) -> int:
     stream = open("/dev/null", "w") if args.quiet else None
     print(f"run folder: {run_dir}  (plan {plan.hash})", file=sys.stderr)
     try:
-        summary = train(plan, run_dir, resume=args.resume, progress_stream=stream, preflight=False)  # checked above
+        # --quiet: no progress line and no routine messages, but warnings always reach stderr
+        log = (lambda m: print(m, file=sys.stderr) if m.startswith("warning") else None) if args.quiet else None
+        summary = train(plan, run_dir, resume=args.resume, log=log, progress_stream=stream,
+                        from_previous=args.from_previous, preflight=False)  # preflight done above
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: engine run {run_dir} --resume", file=sys.stderr)
         return 130
@@ -145,8 +161,16 @@ def version() -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the `engine` console script."""
+    """Entry point of the `engine` console script: one error path for every command (a message and
+    exit 1 or 2; a traceback only with ``--debug``)."""
+    from compiler.errors import DEBUG_FLAG, run_guarded
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    cmd = next((a for a in argv if a != DEBUG_FLAG), "")
+    return run_guarded(f"engine {cmd}".strip(), _dispatch, argv)
+
+
+def _dispatch(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if argv else 2

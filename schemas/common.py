@@ -15,4 +15,4 @@ IntOrAuto = Union[int, Literal["auto"]]
 class Section(BaseModel):
     """Base of every spec section: unknown keys are errors, values are validated on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=True, allow_inf_nan=False)

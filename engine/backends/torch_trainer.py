@@ -318,16 +318,27 @@ class TorchTrainer:
             self.critic_opt.load_state_dict(state["critic_optimizer"])
 
     def save_checkpoint(self, folder: str) -> None:
-        """``folder/trainer.pt``: `state_dict` (one rank: the torch trainer runs on one device)."""
+        """``folder/trainer.pt``: `state_dict` (one rank: the torch trainer runs on one device), and on a
+        GPU this device's CUDA RNG state (``cuda_rng``): the rank saves its own, the driver never
+        touches CUDA. Tensors and plain data only."""
         Path(folder).mkdir(parents=True, exist_ok=True)
+        state = self.state_dict()
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         with open(Path(folder) / "trainer.pt", "wb") as f:
-            torch.save(self.state_dict(), f)
+            torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
 
     def load_checkpoint(self, folder: str) -> None:
-        """Inverse of `save_checkpoint`."""
-        self.load_state_dict(torch.load(Path(folder) / "trainer.pt", map_location=self.device, weights_only=False))
+        """Inverse of `save_checkpoint`. ``trainer.pt`` is read with ``weights_only=True``: anything but
+        tensors and plain data (a pickled callable) is refused with a `CheckpointFileError`, never run."""
+        from engine.backends.safe_load import load_plain
+
+        state = load_plain(Path(folder) / "trainer.pt", map_location=self.device)
+        self.load_state_dict(state)
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
 
     def export_hf(self, path: str) -> None:
         """Save the policy as a HF model folder (safetensors)."""

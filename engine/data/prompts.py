@@ -8,7 +8,6 @@ levels and prompts over ``max_prompt_length`` are counted in `PromptSet.report`.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections import Counter
@@ -45,19 +44,13 @@ def read_rows(path: str | Path) -> list[dict]:
     if not p.exists():
         raise FileNotFoundError(f"data file not found: {p}")
     if p.suffix == ".parquet":
-        import pyarrow.parquet as pq
+        from engine.data.files import parquet_rows
 
-        return pq.read_table(p).to_pylist()
+        return parquet_rows(p)
     if p.suffix in (".jsonl", ".json"):
-        rows = []
-        with p.open() as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        rows.append({"__error__": f"line {n}: invalid JSON ({e.msg})"})
-        return rows
+        from engine.data.files import json_lines
+
+        return [row if err is None else {"__error__": err} for _, row, err in json_lines(p)]
     raise ValueError(f"unsupported data file {p} (expected .parquet or .jsonl)")
 
 

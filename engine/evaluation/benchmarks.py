@@ -17,7 +17,6 @@ Gold answers:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -83,24 +82,18 @@ def benchmark_rows(name: str, data_dir: str | Path) -> list[dict]:
     path = benchmark_path(name, data_dir)
     if not path.exists():
         raise FileNotFoundError(f"benchmark file not found: {path} (evaluation.data_dir={data_dir})")
+    from engine.data.files import json_lines
+
     rows: list[dict] = []
-    with path.open() as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as e:
-                rows.append({"__error__": f"line {n}: invalid JSON ({e.msg})"})
-                continue
-            if not isinstance(raw, dict):
-                rows.append({"__error__": f"line {n}: not a JSON object"})
-                continue
-            question = question_text(raw)
-            rows.append({
-                "prompt": [{"role": "user", "content": question}] if question else None,
-                "reward_model": {"style": "rule", "ground_truth": gold_answer(name, raw)},
-                "data_source": name,
-                "level": raw.get("level"),
-            })
+    for _, raw, err in json_lines(path):
+        if err is not None:
+            rows.append({"__error__": err})
+            continue
+        question = question_text(raw)
+        rows.append({
+            "prompt": [{"role": "user", "content": question}] if question else None,
+            "reward_model": {"style": "rule", "ground_truth": gold_answer(name, raw)},
+            "data_source": name,
+            "level": raw.get("level"),
+        })
     return rows

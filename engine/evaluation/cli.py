@@ -86,7 +86,11 @@ def eval_command(argv: Sequence[str]) -> int:
         from engine.runtime.checkpoint import checkpoint_plan_or_run_plan
 
         checkpoint = target
-        plan = checkpoint_plan_or_run_plan(target)
+        try:
+            plan = checkpoint_plan_or_run_plan(target)
+        except ValueError as e:
+            print(f"engine eval: {e}", file=sys.stderr)
+            return 2
         if plan is None:
             print(f"engine eval: no plan for {target} (neither {target / 'plan.json'} nor the run's plan.json)",
                   file=sys.stderr)
@@ -101,7 +105,12 @@ def eval_command(argv: Sequence[str]) -> int:
             return 2
         from compiler.plan import Plan
 
-        plan = Plan.from_json((target / "plan.json").read_text())
+        try:
+            plan = Plan.from_json((target / "plan.json").read_text())
+        except (ValueError, OSError) as e:  # JSON, schema (pydantic) or version errors; UnicodeDecodeError
+            print(f"engine eval: {target / 'plan.json'} is not a plan this engine can read: "
+                  f"{str(e).splitlines()[0][:300]}", file=sys.stderr)
+            return 2
         model = model or str(target / "final")
         if not args.model and not (target / "final" / "config.json").exists():
             from engine.runtime.checkpoint import list_checkpoints

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from pathlib import Path
 from typing import List, Optional
 
 from .config import RewardConfig
@@ -65,13 +67,51 @@ def grade_command(args: List[str]) -> int:
         return 2
     t0 = time.monotonic()
     counts = {"rows": 0, "bad_rows": 0}
+    out_path = Path(ns.out)
+    if out_path.is_dir():
+        print(f"engine grade: --out {ns.out} is a folder; give a file path, e.g. {out_path / 'graded.jsonl'}",
+              file=sys.stderr)
+        return 2
+    if out_path.exists() and Path(ns.input).exists() and os.path.samefile(out_path, ns.input):
+        print(f"engine grade: --out {ns.out} is the input file; writing it would destroy the rows being read. "
+              "Give another --out", file=sys.stderr)
+        return 2
     try:
         fin = open(ns.input, "r", encoding="utf-8", errors="replace")
     except OSError as e:
-        print(f"engine grade: cannot read {ns.input}: {e}", file=sys.stderr)
+        print(f"engine grade: cannot read {ns.input}: {e.strerror or e}", file=sys.stderr)
         return 2
-    with fin, open(ns.out, "w", encoding="utf-8") as fout, \
-            Grader(config, end_tokens=ns.end_token, assistant_marker=ns.assistant_marker) as grader:
+    # the output is written beside --out and moved into place at the end: a failure leaves --out as it was
+    tmp_out = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
+    try:
+        fout = open(tmp_out, "w", encoding="utf-8")
+    except OSError as e:
+        fin.close()
+        print(f"engine grade: cannot write {ns.out}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    try:
+        _grade_file(fin, fout, config, ns, counts)
+    except BaseException:
+        fout.close()
+        tmp_out.unlink(missing_ok=True)
+        raise
+    finally:
+        fin.close()
+    fout.close()
+    os.replace(tmp_out, out_path)
+    st = counts.pop("stats")
+    dt = time.monotonic() - t0
+    graded = st["total"]
+    acc = st["correct"] / graded if graded else 0.0
+    print(f"rows: {counts['rows']}  graded: {graded}  correct: {st['correct']} ({acc:.1%})  "
+          f"no_answer: {st['no_answer']}  timeouts: {st['timeouts']}  errors: {st['errors']}  "
+          f"bad_rows: {counts['bad_rows']}  ({dt:.1f}s) -> {ns.out}")
+    return 1 if counts["bad_rows"] else 0
+
+
+def _grade_file(fin, fout, config: RewardConfig, ns, counts: dict) -> None:
+    """Grade every row of ``fin`` into ``fout``; ``counts`` gets rows, bad_rows and the grader's stats."""
+    with Grader(config, end_tokens=ns.end_token, assistant_marker=ns.assistant_marker) as grader:
         chunk: list = []   # (row dict or None, error or None, raw line)
 
         def flush() -> None:
@@ -109,18 +149,13 @@ def grade_command(args: List[str]) -> int:
                 flush()
         if chunk:
             flush()
-        st = grader.stats()
-    dt = time.monotonic() - t0
-    graded = st["total"]
-    acc = st["correct"] / graded if graded else 0.0
-    print(f"rows: {counts['rows']}  graded: {graded}  correct: {st['correct']} ({acc:.1%})  "
-          f"no_answer: {st['no_answer']}  timeouts: {st['timeouts']}  errors: {st['errors']}  "
-          f"bad_rows: {counts['bad_rows']}  ({dt:.1f}s) -> {ns.out}")
-    return 1 if counts["bad_rows"] else 0
+        counts["stats"] = grader.stats()
 
 
 def main() -> None:
-    sys.exit(grade_command(sys.argv[1:]))
+    from compiler.errors import run_guarded
+
+    sys.exit(run_guarded("engine grade", grade_command, sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -36,8 +37,11 @@ class RewardConfig:
     def __post_init__(self) -> None:
         if self.format not in _FORMATS:
             raise ValueError(f"reward.format must be one of {_FORMATS}, got {self.format!r}")
-        if not (self.timeout_s > 0):
-            raise ValueError(f"reward.timeout_s must be > 0, got {self.timeout_s!r}")
+        if not (0 < self.timeout_s < math.inf):
+            raise ValueError(f"reward.timeout_s must be a finite number > 0, got {self.timeout_s!r}")
+        for name in ("correct", "wrong", "format_penalty"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"reward.{name} must be a finite number, got {getattr(self, name)!r}")
         if not isinstance(self.workers, int) or self.workers < 0:
             raise ValueError(f"reward.workers must be an integer >= 0, got {self.workers!r}")
 

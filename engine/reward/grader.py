@@ -52,7 +52,7 @@ class Grader:
         self.assistant_marker = assistant_marker
         self._pool = None
         self._lock = threading.Lock()
-        self._cache: "OrderedDict[Tuple[str, str], bool]" = OrderedDict()
+        self._cache: "OrderedDict[Tuple[str, str], Tuple[str, bool]]" = OrderedDict()  # (status, correct)
         self._stats: Dict[str, int] = {
             "total": 0, "correct": 0, "timeouts": 0, "errors": 0, "no_answer": 0,
             "fast_path": 0, "cached": 0, "symbolic": 0,
@@ -82,11 +82,14 @@ class Grader:
 
     # grading ------------------------------------------------------------------------------------
     def _verify_symbolic(self, tasks: List[Tuple[str, str]]) -> List[Tuple[str, bool]]:
-        if self.config.workers == 0:
+        if self.config.workers == 0:  # in-process, each item bounded by timeout_s (`deadline`)
+            from .deadline import call_with_deadline
+
             out = []
             for pred, gold in tasks:
                 try:
-                    out.append(("ok", bool(is_equivalent(pred, gold))))
+                    finished, ok = call_with_deadline(is_equivalent, (pred, gold), self.config.timeout_s)
+                    out.append(("ok", bool(ok)) if finished else ("timeout", False))
                 except Exception:  # noqa: BLE001 - a failure is this item's error
                     out.append(("error", False))
             return out
@@ -123,7 +126,7 @@ class Grader:
             key = (ans, gold)
             if key in self._cache:
                 self._cache.move_to_end(key)
-                correct[i] = self._cache[key]
+                status[i], correct[i] = self._cache[key]
                 st["cached"] += 1
                 continue
             try:
@@ -140,8 +143,8 @@ class Grader:
             st["symbolic"] += len(tasks)
             verdicts = self._verify_symbolic(tasks)
             for key, (s, ok) in zip(tasks, verdicts):
-                if s == "ok":
-                    self._cache[key] = ok
+                if s in ("ok", "timeout"):  # a timeout is a verdict too: the same answer is not tried again
+                    self._cache[key] = (s, ok)
                     if len(self._cache) > _VERDICT_CACHE_SIZE:
                         self._cache.popitem(last=False)
                 for i in pending[key]:

@@ -381,8 +381,30 @@ def _bits(n: int) -> int:
     return max(1, abs(int(n)).bit_length())
 
 
+def check_power_size(base, exp) -> None:
+    """Refuse a constant power whose value would need more than ``MAX_POW_BITS`` bits of magnitude
+    (``|exp| * log2|base|``), estimated from 15-digit values of base and exponent (each already
+    bounded when it was parsed): towers such as ``e^{e^{e^{100}}}`` or ``e^{e^{e^3}}``, which sympy
+    would otherwise evaluate (or floor) digit by digit without end. A value that does not fit a float
+    is refused too."""
+    import math
+
+    try:
+        b = complex(sympy.N(base, 15))
+        e = complex(sympy.N(exp, 15))
+    except (TypeError, ValueError, OverflowError, ArithmeticError, AttributeError, RecursionError):
+        raise TooBig("power cannot be sized") from None
+    if not all(math.isfinite(x) for x in (b.real, b.imag, e.real, e.imag)):
+        raise TooBig("power too large")
+    if abs(b) == 0 or abs(b) == 1:
+        return
+    if abs(e) * abs(math.log2(abs(b))) > MAX_POW_BITS:
+        raise TooBig("power too large")
+
+
 def safe_pow(base, exp):
-    """``base**exp`` after checking that an exact numeric result stays small."""
+    """``base**exp`` after checking that an exact numeric result stays small, and that a constant
+    power's magnitude does (`check_power_size`)."""
     if exp.is_Rational and base.is_Rational:
         if base in (0, 1, -1):
             return sympy.Pow(base, exp)
@@ -391,6 +413,8 @@ def safe_pow(base, exp):
             raise TooBig("power too large")
     elif exp.is_Rational and abs(exp) > (10 ** 4 if base.is_number else 10 ** 9):
         raise TooBig("exponent too large")
+    elif base.is_number and exp.is_number and not exp.is_Rational:
+        check_power_size(base, exp)
     return sympy.Pow(base, exp)
 
 
@@ -704,6 +728,8 @@ class _ExprParser:
         fn = _FUNCS[name]
         if power is not None and power == -1 and name in _INVERSE:
             return _INVERSE[name](argv)
+        if name in ("exp", "sinh", "cosh") and argv.is_number:
+            check_power_size(sympy.E, argv)  # e^x grows like a power tower
         if base is not None:
             v = sympy.log(argv, base)
         else:

@@ -18,6 +18,19 @@ from engine.runtime.threads import apply_threads
 from engine.sampling import sampling_params
 
 
+def _unreadable_model(exc: BaseException) -> bool:
+    """Whether loading a model folder failed on its files (truncated weights, bad JSON)."""
+    import json
+
+    e: Optional[BaseException] = exc
+    while e is not None:
+        if isinstance(e, (OSError, EOFError, json.JSONDecodeError)) or "safetensors" in type(e).__module__.lower() \
+                or "Safetensor" in type(e).__name__:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def evaluate_model(plan: Any, model_path: Optional[str] = None, log: Callable[[str], None] = print,
                    base: Optional[bool] = None) -> dict[str, Any]:
     """Evaluate one model on ``data.val`` and ``evaluation.benchmarks`` without training: the plan's
@@ -41,7 +54,13 @@ def evaluate_model(plan: Any, model_path: Optional[str] = None, log: Callable[[s
     files = resolve_model_files(plan, log, model_path)
     val_set = load_prompts(spec.data.val, spec, files.tokenizer, "val", log) if spec.data.val else None
     bench_sets = load_benchmarks(spec, files.tokenizer, log, always=True)
-    roles = Roles(plan, files, threads=threads, training=False)
+    try:
+        roles = Roles(plan, files, threads=threads, training=False)
+    except Exception as exc:  # noqa: BLE001 - re-raised unless it is an unreadable model folder
+        if model_path is None or not _unreadable_model(exc):
+            raise
+        raise ValueError(f"cannot load the model in {files.model_path}: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:300] if str(exc) else ''} (a truncated or corrupt file there?)") from exc
     t0 = time.perf_counter()
     try:
         sampling = sampling_params(spec, files.end_token_ids, evaluation=True, base=base)

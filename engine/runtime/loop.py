@@ -40,6 +40,7 @@ from engine.evaluation.behaviour import behaviour_ratios
 from engine.evaluation.runner import evaluate_all
 from engine.model_files import resolve_model_files
 from engine.runtime import checkpoint as C
+from engine.runtime import run_folder
 from engine.runtime.batch import pack_groups
 from engine.runtime.resources import check_resources
 from engine.runtime.roles import Roles
@@ -56,6 +57,10 @@ TIMING_KEYS = ("time/", "perf/")
 class ParityError(RuntimeError):
     """At step 0 the generator's log-probs disagree with the trainer's on the same tokens: the weights
     were not synced (or converted) correctly. Nothing was trained."""
+
+
+class NonFiniteRewardError(ValueError):
+    """A step's rewards hold nan or inf: the run stops at that step, before its update."""
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -130,6 +135,9 @@ def rl_step(roles: Roles, inp: StepInputs, step: int) -> dict[str, float]:
     # 3. reward
     graded = roles.grade(gen.texts, gts)
     rewards = torch.tensor(graded["reward"], dtype=torch.float32)
+    if not bool(torch.isfinite(rewards).all()):
+        raise NonFiniteRewardError(f"step {step}: {int((~torch.isfinite(rewards)).sum())} of {len(rewards)} rewards are "
+                                   "not finite (nan or inf); nothing of this step was trained. Check the reward.* values")
     R.save_step(inp.writer, step, inp.train_set, idx, gen, graded, gts, n)
     t_reward = time.perf_counter()
 
@@ -241,12 +249,14 @@ class Harness:
     finish_at_stop: bool = True
 
 
+@run_folder.guarded  # lock the folder, never overwrite a run in it, check the free space
 def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Callable[[str], None]] = None,
           progress_stream=None, stop_after: Optional[int] = None, sync_skip: tuple[str, ...] = (),
-          preflight: bool = True, harness: Optional[Harness] = None) -> dict[str, Any]:
+          from_previous: bool = False, preflight: bool = True, harness: Optional[Harness] = None) -> dict[str, Any]:
     """Execute ``plan`` in ``run_dir``; returns the summary (also written to ``summary.json``).
 
-    resume: continue from the latest complete checkpoint in ``run_dir``. stop_after: end after this
+    resume: continue from the latest complete checkpoint in ``run_dir`` (verified first);
+    from_previous: from the one before it (a corrupt latest checkpoint). stop_after: end after this
     step number (for tests; the run stays resumable). sync_skip: weight names the first sync leaves out
     (tests of the parity gate only). preflight: check hardware and backends here (False when the
     caller, e.g. ``engine run``, already did). harness: a rehearsal's inputs and stand-ins.
@@ -271,7 +281,8 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
     if resume:  # refuse a changed experiment, stop at a finished run, say what is redone
         from engine.runtime.resume import check_resume
 
-        finished = check_resume(plan, run_dir, log)
+        resume_from = C.resume_step(run_dir / "checkpoints", previous=from_previous, log=log)  # verified
+        finished = check_resume(plan, run_dir, log, checkpoint_step=resume_from)
         if finished is not None:
             return finished
 
@@ -300,7 +311,7 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
 
         # -- resume --------------------------------------------------------------------------------
         ckpt_root = run_dir / "checkpoints"
-        start = _resume_point(roles, inp, ckpt_root, resume, run_dir, log)
+        start = _resume_point(roles, inp, ckpt_root, resume_from if resume else None, resume, run_dir, log)
 
         if spec.tracking.backend == "aim":
             tracker = AimTracker(run_dir, spec.tracking.experiment,
@@ -362,16 +373,16 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
         roles.shutdown()
 
 
-def _resume_point(roles: Roles, inp: StepInputs, ckpt_root: Path, resume: bool, run_dir: Path,
-                  log: Callable[[str], None]) -> int:
-    """The step a run continues after: the latest complete checkpoint's (loaded into the trainer and
-    synced into the generator) when resuming, else 0 (refusing a folder that already has checkpoints)."""
+def _resume_point(roles: Roles, inp: StepInputs, ckpt_root: Path, resume_from: Optional[int], resume: bool,
+                  run_dir: Path, log: Callable[[str], None]) -> int:
+    """The step a run continues after: checkpoint ``resume_from`` (already verified; loaded into the
+    trainer and synced into the generator) when resuming, else 0 (refusing a folder that already has
+    checkpoints)."""
     if not resume:
         if C.list_checkpoints(ckpt_root):
             raise FileExistsError(f"{run_dir} already has checkpoints; continue it with `engine run {run_dir} --resume`")
         return 0
-    C.clean_partial(ckpt_root)
-    loaded = C.load_checkpoint(ckpt_root)
+    loaded = C.load_checkpoint(ckpt_root, resume_from, verify=False) if resume_from is not None else None
     if loaded is None:
         log("no checkpoint found: starting from step 0")
         return 0

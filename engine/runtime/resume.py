@@ -130,8 +130,14 @@ def logged_steps(metrics_path: Path) -> list[int]:
     return steps
 
 
-def check_resume(plan: Any, run_dir: Path, log: Callable[[str], None]) -> Optional[dict]:
+_LATEST = object()
+
+
+def check_resume(plan: Any, run_dir: Path, log: Callable[[str], None], checkpoint_step: Any = _LATEST) -> Optional[dict]:
     """Run the resume checks for ``plan`` in ``run_dir`` before anything is loaded.
+
+    ``checkpoint_step``: the checkpoint the resume continues from (`checkpoint.resume_step`; None:
+    none); by default the latest complete one.
 
     Returns the run's summary when it is finished (the caller stops); raises `ResumeError` when
     the plan differs from the checkpoint's in something that changes the maths; otherwise logs
@@ -142,8 +148,11 @@ def check_resume(plan: Any, run_dir: Path, log: Callable[[str], None]) -> Option
     run_dir = Path(run_dir)
     ckpt_root = run_dir / "checkpoints"
     C.clean_partial(ckpt_root)
-    steps = C.list_checkpoints(ckpt_root)
-    last = steps[-1] if steps else None
+    if checkpoint_step is _LATEST:
+        steps = C.list_checkpoints(ckpt_root)
+        last = steps[-1] if steps else None
+    else:
+        last = checkpoint_step
     new_json = json.loads(plan.to_json())
     if last is not None:
         saved_json, saved_hash = C.checkpoint_plan(ckpt_root, last)
@@ -164,7 +173,10 @@ def check_resume(plan: Any, run_dir: Path, log: Callable[[str], None]) -> Option
             raise ResumeError(f"cannot resume {run_dir}: checkpoint step {last} was trained with plan {saved_hash}, "
                               f"not {plan.hash} (this checkpoint holds no plan copy to compare key by key)")
     summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    try:
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    except ValueError:
+        summary = None  # a garbled summary: the run is not taken as finished, and is rewritten at its end
     total = plan.spec.trainer.total_steps
     if is_finished(last, total, summary):
         log(f"{run_dir} is finished: step {last} of {total} is checkpointed"

@@ -48,14 +48,83 @@ class MetricsLog:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
 
+def _bounded(fn, timeout_s: float) -> None:
+    """Run ``fn()`` in a daemon thread and wait at most ``timeout_s`` seconds; its exception is re-raised,
+    a call still running after the wait raises TimeoutError (the thread is left behind, never joined)."""
+    import threading
+
+    box: dict[str, BaseException] = {}
+
+    def target() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["exc"] = exc
+
+    t = threading.Thread(target=target, daemon=True, name="aim-close")
+    t.start()
+    t.join(timeout_s)
+    if t.is_alive():
+        raise TimeoutError(f"still running after {timeout_s:.0f} s")
+    if "exc" in box:
+        raise box["exc"]
+
+
+#: aim stores given up after a write failure: kept referenced (never flushed, never freed) until exit.
+_ABANDONED: list[Any] = []
+
+
+def _abandon_stores(repo_path: str) -> None:
+    """Give up aim's RocksDB stores under ``repo_path`` after a write failed.
+
+    aim flushes every store at exit (an ``atexit`` hook that waits for it); a store whose disk is full
+    never finishes that flush, so the process would never exit. The stores' exit flushes are cancelled
+    and the stores themselves kept referenced, so neither a flush nor a destructor runs on them.
+    """
+    try:
+        from aim.ext.cleanup import AutoClean
+    except Exception:  # noqa: BLE001
+        return
+    root = str(Path(repo_path).resolve())
+    for instance, (_priority, finalizer) in list(AutoClean._finalizers.items()):
+        path = getattr(instance, "path", None) or getattr(getattr(instance, "repo", None), "path", None)
+        if path is not None and str(Path(str(path)).resolve()).startswith(root):
+            finalizer.detach()
+            _ABANDONED.append(instance)
+
+
+class _NoCheckIns:
+    def check_in(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def _stop_heartbeat(run: Any) -> None:
+    """Stop aim's heartbeat thread of ``run`` without letting it write again (its files may be gone)."""
+    hb = getattr(run, "_heartbeat", None)
+    if hb is not None and hasattr(hb, "stop_signal"):
+        hb.touch_path = None
+        hb.status_reporter = _NoCheckIns()
+        hb.stop_signal.set()
+
+
 class AimTracker:
-    """An aim run stored in ``RUN/.aim`` (``aim up --repo RUN`` shows it); resumes the same run hash."""
+    """An aim run stored in ``RUN/.aim`` (``aim up --repo RUN`` shows it); resumes the same run hash.
+
+    Tracking never stops training: a failure to write (a full disk, the ``.aim`` folder deleted mid-run)
+    is reported once through ``warn`` and tracking ends for the run, while ``metrics.jsonl`` keeps every
+    step; closing is bounded by ``close_timeout_s`` so a stuck store cannot hang the run's exit.
+    """
 
     def __init__(self, run_dir: str | Path, experiment: str, params: dict[str, Any],
-                 run_hash: Optional[str] = None) -> None:
+                 run_hash: Optional[str] = None, warn=None, close_timeout_s: float = 60.0) -> None:
         from aim import Repo, Run
 
+        self.warn = warn or (lambda m: print(m, file=sys.stderr))
+        self.failed: Optional[str] = None
+        self.close_timeout_s = close_timeout_s
+
         repo_path = str(run_dir)
+        self.repo_path = repo_path
         if not (Path(repo_path) / ".aim").exists():
             Repo.from_path(repo_path, init=True)
         # No force_resume: aim itself removes the lock of a run whose process is gone (SIGKILL); a
@@ -78,20 +147,56 @@ class AimTracker:
         """The aim run hash (stored in the run folder so a resume continues the same run)."""
         return self.run.hash
 
+    def _fail(self, what: str, exc: BaseException) -> None:
+        self.failed = f"{what}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        _stop_heartbeat(self.run)
+        _abandon_stores(self.repo_path)
+        rest = ("metrics.jsonl holds every step" if what.startswith("closing") else
+                "tracking stops here, training goes on and metrics.jsonl keeps every step")
+        self.warn(f"warning: aim tracking failed ({self.failed}); {rest}")
+
     def track(self, step: int, metrics: dict[str, float]) -> None:
-        """Track every finite number under its name (``a/b`` names become context-free keys)."""
-        for k, v in metrics.items():
-            if isinstance(v, (int, float)) and math.isfinite(float(v)):
-                self.run.track(float(v), name=k.replace("/", "."), step=step)
+        """Track every finite number under its name (``a/b`` names become context-free keys); after a
+        failure (reported once) this does nothing."""
+        if self.failed:
+            return
+        if not (Path(self.repo_path) / ".aim").is_dir():
+            self._fail(f"step {step}", FileNotFoundError(f"{Path(self.repo_path) / '.aim'} was deleted"))
+            return
+        try:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and math.isfinite(float(v)):
+                    self.run.track(float(v), name=k.replace("/", "."), step=step)
+        except Exception as exc:  # noqa: BLE001 - any tracking failure: reported, training goes on
+            self._fail(f"step {step}", exc)
 
     def close(self) -> None:
         """Flush and close the run (releasing its lock), then index it so `aim` queries (and
-        `Repo.get_run`) see it at once. A second call does nothing."""
+        `Repo.get_run`) see it at once. A second call does nothing; a failure is reported, not raised."""
         if self._closed:
             return
         self._closed = True
         run_hash, repo = self.run.hash, self.run.repo
-        self.run.close()
+        import shutil
+
+        try:
+            full = shutil.disk_usage(self.repo_path).free < 2**20
+        except OSError:
+            full = False
+        if not self.failed and not (Path(self.repo_path) / ".aim").is_dir():
+            self._fail("closing the run", FileNotFoundError(f"{Path(self.repo_path) / '.aim'} was deleted"))
+        if full and not self.failed:  # aim's flush would wait for room forever
+            self._fail("closing the run", OSError(28, "No space left on device; its last writes are not flushed"))
+        if self.failed:
+            return
+        try:
+            _bounded(self.run.close, self.close_timeout_s)
+        except Exception as exc:  # noqa: BLE001
+            if not self.failed:
+                self._fail("closing the run", exc)
+            return
+        if self.failed:
+            return
         try:
             from aim.sdk.index_manager import RepoIndexManager
 

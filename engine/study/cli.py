@@ -45,7 +45,7 @@ def data_command(argv: Sequence[str]) -> int:
     try:
         report = prepare(args.gsm8k, args.math, args.out, args.benchmarks, size=args.size, val_size=args.val_size,
                          seed=args.seed)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # ValueError: a data file that cannot be read, named
         print(f"engine data simplerl: {e}", file=sys.stderr)
         return 1
     print(format_report(report))
@@ -61,7 +61,13 @@ def analyze_command(argv: Sequence[str]) -> int:
     p.add_argument("--judge-model", help="model name for --judge-url")
     p.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="env variable holding the API key, if any")
     p.add_argument("--batch-size", type=int, default=8, help="LLM requests in flight (default %(default)s)")
-    p.add_argument("--retries", type=int, default=3)
+    p.add_argument("--retries", type=int, default=3, help="extra attempts per LLM request (default %(default)s)")
+    p.add_argument("--judge-timeout-s", type=float, default=120.0,
+                   help="most seconds one LLM request may take, connect to last byte (default %(default)s)")
+    p.add_argument("--judge-connect-timeout-s", type=float, default=10.0,
+                   help="most seconds to open a connection (default %(default)s)")
+    p.add_argument("--judge-deadline-s", type=float, default=3600.0,
+                   help="most seconds for all LLM judging; then the rest counts as failed (default %(default)s)")
     p.add_argument("--sample-per-step", type=int, default=None, help="judge at most N responses per step")
     p.add_argument("--alpha", type=float, default=0.01, help="aha test level (default %(default)s)")
     p.add_argument("--min-rise", type=float, default=0.05, help="smallest rise in ratio that counts (default %(default)s)")
@@ -79,20 +85,39 @@ def analyze_command(argv: Sequence[str]) -> int:
     if args.judge_url:
         cache = Path(args.run_dir) / "analysis" / "judge_cache.jsonl"
         cache.parent.mkdir(parents=True, exist_ok=True)
-        judges.append(LLMJudge(args.judge_url, args.judge_model, api_key=os.environ.get(args.judge_key_env),
-                               batch_size=args.batch_size, retries=args.retries, cache=cache))
+        try:
+            judges.append(LLMJudge(args.judge_url, args.judge_model, api_key=os.environ.get(args.judge_key_env),
+                                   batch_size=args.batch_size, retries=args.retries, cache=cache,
+                                   timeout_s=args.judge_timeout_s, connect_timeout_s=args.judge_connect_timeout_s,
+                                   deadline_s=args.judge_deadline_s))
+        except ValueError as e:
+            print(f"engine analyze: {e}", file=sys.stderr)
+            return 2
     try:
         result = analyze_run(args.run_dir, judges, sample_per_step=args.sample_per_step, alpha=args.alpha,
                              min_rise=args.min_rise, log=lambda m: print(m, file=sys.stderr))
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # ValueError: a data file that cannot be read, named
         print(f"engine analyze: {e}", file=sys.stderr)
         return 1
     print(format_analysis(result))
+    written = Path(args.run_dir) / "analysis" / "analysis.json"
     llm = result["judges"].get("llm")
-    if llm and llm["stats"]["failed"] == llm["stats"]["responses"] - llm["stats"]["cached"] and llm["stats"]["failed"]:
-        print(f"engine analyze: every request to {args.judge_url} failed", file=sys.stderr)
-        return 1
-    print(f"written: {Path(args.run_dir) / 'analysis' / 'analysis.json'}", file=sys.stderr)
+    if llm:  # the LLM judge's verdicts are what was asked for: say plainly when some or all are missing
+        st = llm["stats"]
+        asked = st["responses"] - st["cached"]
+        why = "; ".join(st.get("errors", [])[:2])
+        if asked and not st["labelled"] and not st["cached"]:
+            print(f"engine analyze: no verdict came back from {args.judge_url}: {st['failed']} request(s) failed"
+                  f"{' (deadline reached)' if st.get('deadline_hit') else ''}, {st['parse_failures']} answer(s) "
+                  f"unparseable{': ' + why if why else ''}", file=sys.stderr)
+            return 1
+        if st["failed"]:
+            print(f"engine analyze: {st['failed']} of {asked} LLM request(s) got no answer"
+                  f"{' (deadline reached)' if st.get('deadline_hit') else ''}{': ' + why if why else ''}; "
+                  f"their labels are empty in {written}; run again to ask for them (answers are cached)",
+                  file=sys.stderr)
+            return 1
+    print(f"written: {written}", file=sys.stderr)
     return 0
 
 
@@ -109,7 +134,7 @@ def report_command(argv: Sequence[str]) -> int:
 
     try:
         report = build_report(args.run_dirs, args.out, log=lambda m: print(m, file=sys.stderr))
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # ValueError: a data file that cannot be read, named
         print(f"engine report: {e}", file=sys.stderr)
         return 1
     print(f"report: {Path(args.out) / 'index.html'} ({len(report['plots'])} plots, {len(report['runs'])} runs)")

@@ -17,9 +17,10 @@ Two judges share one interface, ``judge.label(texts) -> list[Labels]``:
   on a result, not "checkbook"; "wait" as an interjection, not "wait time"), and enumeration and
   subgoals need at least two ordered parts;
 * `LLMJudge`: any OpenAI-compatible ``/chat/completions`` endpoint with the labelling prompt kept
-  in this package (`judge_prompt.md`), requests sent concurrently in batches, retried with
-  back-off, answers cached by response hash, every unparseable answer counted (its labels are
-  None, never guessed).
+  in this package (`judge_prompt.md`), requests sent concurrently in batches, retried a bounded
+  number of times with back-off, every wait bounded (connect, each read, each attempt, and a total
+  deadline), parsed answers cached by response hash, every unparseable answer counted (its labels
+  are None, never guessed, never cached).
 
 Model outputs are untrusted text: they are only matched with regular expressions or sent as a
 JSON string; nothing is evaluated.
@@ -32,8 +33,6 @@ import json
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,7 +168,8 @@ def response_key(model: str, text: str) -> str:
 @dataclass
 class JudgeStats:
     """What an `LLMJudge` did: responses asked about, cache hits, HTTP requests, retries, requests
-    that failed after every retry, and answers that could not be parsed."""
+    that failed after every retry (or were never sent because the deadline had passed), answers that
+    could not be parsed, and whether the total deadline cut the judging short."""
 
     responses: int = 0
     cached: int = 0
@@ -177,43 +177,76 @@ class JudgeStats:
     retries: int = 0
     failed: int = 0
     parse_failures: int = 0
+    labelled: int = 0
+    deadline_hit: bool = False
     examples: list[str] = field(default_factory=list)  # a few unparseable answers (truncated)
+    errors: list[str] = field(default_factory=list)  # a few request failures (truncated)
+
+
+class JudgeRequestError(RuntimeError):
+    """One request that got no usable answer after its attempts (the message says why)."""
+
+
+#: Largest answer body read (bytes); a longer one is an error, not read on.
+MAX_ANSWER_BYTES = 1 << 20
 
 
 class LLMJudge:
     """Labels responses through an OpenAI-compatible chat endpoint (``<url>/chat/completions``).
 
-    batch_size: requests in flight at once; retries: extra attempts per request on connection
-    errors, timeouts, HTTP 429 and 5xx (back-off ``backoff_s * 2**attempt`` seconds);
-    cache: a JSON-lines file ``{key, labels, raw}`` read at start and appended to.
-    max_chars: a longer response is cut to its first and last ``max_chars // 2`` characters.
+    Every wait is bounded. connect_timeout_s: opening the connection; read_timeout_s: each read of
+    the socket (a server that accepts and never answers); request_timeout_s: one attempt from connect
+    to the last byte (a server that drips bytes slowly: the socket is shut at this time);
+    deadline_s: the judge's whole life, over every `label` call: after it nothing more is sent and
+    requests in flight are cut, their responses counted as failed. retries: extra attempts per
+    request on connection errors, timeouts, HTTP 429 and 5xx and malformed bodies (back-off
+    ``backoff_s * 2**attempt`` seconds, within the deadline).
+
+    batch_size: requests in flight at once; cache: a JSON-lines file ``{key, labels, raw}`` read at
+    start and appended to, holding parsed answers only (an unparseable or failed answer is asked
+    again by a later run). max_chars: a longer response is cut to its first and last
+    ``max_chars // 2`` characters.
     """
 
     name = "llm"
 
     def __init__(self, url: str, model: str, *, api_key: Optional[str] = None, batch_size: int = 8,
                  retries: int = 3, backoff_s: float = 0.5, timeout_s: float = 120.0, max_tokens: int = 256,
-                 cache: Optional[str | Path] = None, max_chars: int = 8000) -> None:
+                 cache: Optional[str | Path] = None, max_chars: int = 8000, connect_timeout_s: float = 10.0,
+                 read_timeout_s: Optional[float] = None, deadline_s: float = 3600.0) -> None:
+        import urllib.parse
+
         self.url = url.rstrip("/") + "/chat/completions"
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"judge url {url!r} is not an http(s) URL")
+        self._parts = parts
         self.model = model
         self.api_key = api_key
         self.batch_size = max(1, batch_size)
-        self.retries = retries
+        self.retries = max(0, int(retries))
         self.backoff_s = backoff_s
-        self.timeout_s = timeout_s
+        self.request_timeout_s = float(timeout_s)
+        self.connect_timeout_s = float(connect_timeout_s)
+        self.read_timeout_s = float(read_timeout_s if read_timeout_s is not None else min(60.0, timeout_s))
+        self.deadline_s = float(deadline_s)
+        self._until: Optional[float] = None
         self.max_tokens = max_tokens
         self.max_chars = max_chars
         self.prompt = judge_prompt()
         self.cache_path = Path(cache) if cache else None
-        self._cache: dict[str, Optional[Labels]] = {}
+        self._cache: dict[str, Labels] = {}
         self._lock = threading.Lock()
         self.s = JudgeStats()
         if self.cache_path and self.cache_path.exists():
-            for line in self.cache_path.read_text().splitlines():
+            for line in self.cache_path.read_text(errors="replace").splitlines():
                 try:
                     rec = json.loads(line)
-                    self._cache[rec["key"]] = rec["labels"]
-                except (json.JSONDecodeError, KeyError, TypeError):
+                    labels = rec["labels"]
+                    if isinstance(labels, dict) and all(isinstance(labels.get(b), bool) for b in BEHAVIOURS):
+                        self._cache[rec["key"]] = {b: labels[b] for b in BEHAVIOURS}
+                    # anything else (an unparseable answer cached by an older version, junk) is asked again
+                except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
                     continue  # a line cut by a crash
 
     def _clip(self, text: str) -> str:
@@ -222,7 +255,63 @@ class LLMJudge:
         half = self.max_chars // 2
         return text[:half] + "\n[...]\n" + text[-half:]
 
+    def _left(self) -> float:
+        """Seconds left before the deadline."""
+        if self._until is None:
+            self._until = time.monotonic() + self.deadline_s
+        return self._until - time.monotonic()
+
+    def _attempt(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        """One POST: (status, body), every wait bounded (see the class docstring)."""
+        import http.client
+        import socket
+
+        budget = min(self.request_timeout_s, self._left())
+        if budget <= 0:
+            raise TimeoutError("the judge's deadline has passed")
+        u = self._parts
+        cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
+        conn = cls(u.hostname, u.port, timeout=min(self.connect_timeout_s, budget))
+        cut = threading.Event()
+
+        def shut() -> None:  # the attempt's time is up: unblock any read by shutting the socket
+            cut.set()
+            sock = conn.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        timer = threading.Timer(budget, shut)
+        timer.daemon = True
+        timer.start()
+        try:
+            conn.connect()
+            conn.sock.settimeout(min(self.read_timeout_s, budget))
+            path = u.path + (f"?{u.query}" if u.query else "")
+            conn.request("POST", path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read(MAX_ANSWER_BYTES + 1)
+            status = resp.status
+        except (OSError, http.client.HTTPException) as exc:
+            if cut.is_set():
+                raise TimeoutError(f"no complete answer within {budget:.0f} s") from None
+            if isinstance(exc, (socket.timeout, TimeoutError)):
+                raise TimeoutError(f"no data for {min(self.read_timeout_s, budget):.0f} s") from None
+            raise
+        finally:
+            timer.cancel()
+            conn.close()
+        if cut.is_set():
+            raise TimeoutError(f"no complete answer within {budget:.0f} s")
+        if len(data) > MAX_ANSWER_BYTES:
+            raise ValueError(f"answer larger than {MAX_ANSWER_BYTES} bytes")
+        return status, data
+
     def _post(self, text: str) -> str:
+        import http.client
+
         body = json.dumps({
             "model": self.model, "temperature": 0.0, "max_tokens": self.max_tokens,
             "messages": [{"role": "system", "content": self.prompt},
@@ -231,42 +320,64 @@ class LLMJudge:
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        last: Exception = RuntimeError("no attempt")
+        last = "no attempt"
         for attempt in range(self.retries + 1):
             if attempt:
+                pause = self.backoff_s * 2 ** (attempt - 1)
+                if pause >= self._left():
+                    break
                 with self._lock:
                     self.s.retries += 1
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+                time.sleep(pause)
+            if self._left() <= 0:
+                with self._lock:
+                    self.s.deadline_hit = True
+                last = "the judge's deadline passed"
+                break
             with self._lock:
                 self.s.requests += 1
             try:
-                req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                    data = json.loads(resp.read().decode())
-                return str(data["choices"][0]["message"]["content"] or "")
-            except urllib.error.HTTPError as e:
-                last = e
-                if e.code != 429 and e.code < 500:
+                status, data = self._attempt(body, headers)
+            except (OSError, http.client.HTTPException, ValueError) as exc:  # TimeoutError is an OSError
+                last = f"{type(exc).__name__}: {exc}"
+                if self._left() <= 0:
+                    with self._lock:
+                        self.s.deadline_hit = True
+                continue
+            if status != 200:
+                last = f"HTTP {status}: {data[:200].decode(errors='replace')}"
+                if status != 429 and status < 500:
                     break  # a client error does not get better by asking again
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-                last = e
-            except (json.JSONDecodeError, KeyError, IndexError, TypeError) as e:
-                last = e  # a malformed reply body: ask again
-        raise RuntimeError(f"judge request failed after {self.retries + 1} attempts: {last}")
+                continue
+            try:
+                content = json.loads(data.decode("utf-8"))["choices"][0]["message"]["content"]
+                return str(content or "")
+            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
+                last = f"malformed reply body ({type(exc).__name__}): {data[:120].decode(errors='replace')}"
+        raise JudgeRequestError(f"judge request failed after {attempt + 1} attempt(s): {last}")
 
     def _one(self, key: str, text: str) -> Optional[Labels]:
-        try:
-            raw = self._post(text)
-        except RuntimeError:
+        if self._left() <= 0:
             with self._lock:
                 self.s.failed += 1
+                self.s.deadline_hit = True
+            return None
+        try:
+            raw = self._post(text)
+        except JudgeRequestError as exc:
+            with self._lock:
+                self.s.failed += 1
+                if len(self.s.errors) < 5:
+                    self.s.errors.append(str(exc)[:300])
             return None  # not cached: a later run asks again
         labels = parse_labels(raw)
         with self._lock:
-            if labels is None:
+            if labels is None:  # counted, never cached: a later run (a better judge) asks again
                 self.s.parse_failures += 1
                 if len(self.s.examples) < 5:
                     self.s.examples.append(raw[:200])
+                return None
+            self.s.labelled += 1
             self._cache[key] = labels
             if self.cache_path:
                 with self.cache_path.open("a") as f:
@@ -283,15 +394,15 @@ class LLMJudge:
                 self.s.cached += 1
             elif k not in todo:
                 todo[k] = t
+        got: dict[str, Optional[Labels]] = {}
         items = list(todo.items())
         with ThreadPoolExecutor(max_workers=self.batch_size) as pool:
             for s in range(0, len(items), self.batch_size):
                 chunk = items[s:s + self.batch_size]
                 results = list(pool.map(lambda kv: self._one(*kv), chunk))
-                for (k, _), labels in zip(chunk, results):
-                    self._cache.setdefault(k, labels)
+                got.update({k: labels for (k, _), labels in zip(chunk, results)})
         none: Labels = {b: None for b in BEHAVIOURS}
-        return [dict(self._cache.get(k) or none) for k in keys]
+        return [dict(self._cache.get(k) or got.get(k) or none) for k in keys]
 
     def stats(self) -> dict:
         return {k: v for k, v in self.s.__dict__.items()}

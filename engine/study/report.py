@@ -14,7 +14,7 @@ import html
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from engine.study.judge import BEHAVIOURS
 
@@ -30,13 +30,29 @@ PLOTS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
 )
 
 
-def read_run(run_dir: str | Path) -> dict[str, Any]:
+def read_run(run_dir: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     """The files of one run folder the report uses (missing ones are None / empty)."""
     d = Path(run_dir)
     if not (d / "metrics.jsonl").exists():
         raise FileNotFoundError(f"{d} is not a run folder (no metrics.jsonl)")
-    metrics = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    load = lambda p: json.loads(p.read_text()) if p.exists() else None  # noqa: E731
+    from engine.data.files import json_lines
+
+    metrics, bad = [], []
+    for _, rec, err in json_lines(d / "metrics.jsonl"):
+        if err is None and isinstance(rec.get("step"), int):
+            metrics.append(rec)
+        else:
+            bad.append(err or "no integer step")
+    if bad:
+        log(f"warning: {d / 'metrics.jsonl'}: {len(bad)} line(s) skipped ({'; '.join(bad[:3])})")
+
+    def load(p: Path) -> Any:
+        try:
+            return json.loads(p.read_text()) if p.exists() else None
+        except (ValueError, OSError) as e:  # UnicodeDecodeError is a ValueError
+            log(f"warning: {p} is unreadable ({type(e).__name__}); left out of the report")
+            return None
+
     return {"dir": d, "name": d.name, "metrics": metrics, "summary": load(d / "summary.json"),
             "analysis": load(d / "analysis" / "analysis.json"), "plan": (d / "plan.json").read_text()
             if (d / "plan.json").exists() else None}
@@ -99,7 +115,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path, log=print)
     """Write the report of ``run_dirs`` into ``out_dir``; returns what ``report.json`` holds."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    runs = [read_run(d) for d in run_dirs]
+    runs = [read_run(d, log) for d in run_dirs]
     names = [r["name"] for r in runs]
     if len(set(names)) < len(names):  # two folders with one name: tell them apart by their parents
         names = [f"{Path(r['dir']).parent.name}/{r['name']}" for r in runs]

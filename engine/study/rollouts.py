@@ -183,10 +183,11 @@ def eval_files(run_dir: str | Path) -> dict[tuple[int, str], Path]:
 
 
 def read_rollouts(path: str | Path) -> list[dict]:
-    """The rows of one rollout file as dicts."""
-    import pyarrow.parquet as pq
+    """The rows of one rollout file as dicts (`engine.data.files.DataFileError` naming a file that
+    cannot be read)."""
+    from engine.data.files import parquet_rows
 
-    return pq.read_table(str(path)).to_pylist()
+    return parquet_rows(path)
 
 
 def read_run(run_dir: str | Path, evaluations: bool = False) -> list[dict]:

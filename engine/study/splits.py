@@ -52,28 +52,22 @@ def normalise_problem(text: str) -> str:
 
 
 def _read_json_lines(path: Path, bad: Counter) -> list[dict]:
+    from engine.data.files import json_lines
+
     rows = []
-    with path.open() as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                bad[f"{path.name}: invalid JSON"] += 1
-                continue
-            if isinstance(obj, dict):
-                rows.append(obj)
-            else:
-                bad[f"{path.name}: not a JSON object"] += 1
+    for _, obj, err in json_lines(path):
+        if err is None:
+            rows.append(obj)
+        else:
+            bad[f"{path.name}: {err.split(': ', 1)[1]}"] += 1
     return rows
 
 
 def _read_table(path: Path, bad: Counter) -> list[dict]:
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+        from engine.data.files import parquet_rows
 
-        return pq.read_table(str(path)).to_pylist()
+        return parquet_rows(path)
     return _read_json_lines(path, bad)
 
 

@@ -75,3 +75,35 @@ def tiny_model(tokenizer):
                         ffn_hidden_size=64, vocab_size=126, tied_embeddings=True, max_position_embeddings=128,
                         qkv_bias=True)
     return random_model(arch, tokenizer, seed=0).eval()
+
+
+@pytest.fixture(scope="session")
+def finished_tiny_run(tmp_path_factory) -> Path:
+    """A finished tiny run folder (4 steps, checkpoints at steps 2 and 4, final/), trained once per
+    session; copy it before changing it."""
+    import os
+
+    from engine.cli import main
+
+    folder = tmp_path_factory.mktemp("finished-run")
+    old = os.environ.get("ENGINE_CACHE_DIR")
+    os.environ["ENGINE_CACHE_DIR"] = str(tmp_path_factory.getbasetemp() / "engine-cache")
+    try:
+        run = folder / "run"
+        assert main(["run", str(write_spec(folder, steps=4, every=2)), "--run-dir", str(run), "--quiet"]) == 0
+    finally:
+        if old is None:
+            os.environ.pop("ENGINE_CACHE_DIR", None)
+        else:
+            os.environ["ENGINE_CACHE_DIR"] = old
+    return run
+
+
+@pytest.fixture
+def tiny_run_copy(finished_tiny_run, tmp_path) -> Path:
+    """A copy of `finished_tiny_run` of this test's own."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(finished_tiny_run, out)
+    return out

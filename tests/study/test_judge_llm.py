@@ -153,11 +153,11 @@ def test_llm_judge_requests_batches_cache_and_parse_failures(server, tmp_path):
     assert st["parse_failures"] == 5 - parsed
     assert all(lab[b] is None for lab in labels if lab["verification"] is None for b in BEHAVIOURS)
     assert labels[3] == labels[5]
-    assert len(cache.read_text().splitlines()) == 5
-    # a second judge reads the cache: no request at all
+    # only parsed answers are cached: an unparseable one is asked again by a later run
+    assert len(cache.read_text().splitlines() if cache.exists() else []) == parsed == st["labelled"]
     again = LLMJudge(server, "tiny", batch_size=3, max_tokens=24, cache=cache)
-    assert again.label(TEXTS) == labels
-    assert again.stats()["requests"] == 0 and again.stats()["cached"] == len(TEXTS)
+    assert again.label(TEXTS) == labels  # temperature 0: the same answers
+    assert again.stats()["requests"] == 5 - parsed
 
 
 def test_llm_judge_retries_through_a_failing_endpoint(server):
@@ -186,13 +186,15 @@ def test_engine_analyze_with_both_judges(server, tiny_run, tmp_path, capsys):
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    assert main(["analyze", str(run), "--judge-url", server, "--judge-model", "tiny",
-                 "--sample-per-step", "2", "--batch-size", "4"]) == 0
-    out = capsys.readouterr().out
+    rc = main(["analyze", str(run), "--judge-url", server, "--judge-model", "tiny",
+               "--sample-per-step", "2", "--batch-size", "4"])
+    out, err = capsys.readouterr()
     assert "parse failures" in out and "agreement rules~llm" in out
     result = json.loads((run / "analysis" / "analysis.json").read_text())
     assert set(result["judges"]) == {"rules", "llm"}
     st = result["judges"]["llm"]["stats"]
     assert st["responses"] == result["responses"]["train"] + result["responses"]["eval"]
     assert st["failed"] == 0 and st["parse_failures"] <= st["requests"]
+    # the tiny random model rarely writes the JSON object: with no verdict at all analyze says so, exit 1
+    assert rc == (0 if st["labelled"] else 1) and (st["labelled"] or "no verdict came back" in err)
     assert set(result["agreement"]["rules~llm"]) == set(BEHAVIOURS)
