@@ -49,7 +49,8 @@ def _start_ray(gpus_per_node: int, nodes: int) -> tuple[Any, Optional[Any]]:
         ray.shutdown()
     env = {"env_vars": dict(_ZERO_COPY)}
     if nodes <= 1:
-        ray.init(num_cpus=2, num_gpus=gpus_per_node, include_dashboard=False, log_to_driver=False, runtime_env=env)
+        ray.init(address="local", num_cpus=2, num_gpus=gpus_per_node, include_dashboard=False, log_to_driver=False,
+                 runtime_env=env)
         return ray, None
     from ray.cluster_utils import Cluster
 

@@ -177,7 +177,7 @@ def test_g7_the_rendezvous_host_is_the_ray_node_ip(monkeypatch, tmp_path):
     monkeypatch.setattr(socket, "gethostbyname", lambda name: "127.0.1.1")
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         w = W.TrainerWorker(W.WorkerSetup(plan.to_json(), str(tmp_path), str(tmp_path), "cuda:0"), 0, 2)
         host = w.rendezvous().removeprefix("tcp://").rsplit(":", 1)[0]
