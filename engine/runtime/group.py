@@ -193,8 +193,8 @@ def init_ray(address: Optional[str]) -> None:
     kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": True}
     if address and address != "local":
         kwargs["address"] = address
-    else:
-        kwargs.update(include_dashboard=False)
+    else:  # "local" starts one: never Ray's guess from /tmp/ray/ray_current_cluster (a stale one hangs)
+        kwargs.update(address="local", include_dashboard=False)
     ray.init(**kwargs)
 
 
