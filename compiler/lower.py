@@ -14,8 +14,8 @@ from compiler import memory as M
 from compiler.errors import Problem
 from compiler.placement import BASE_MFU, DECODE_BW_EFF, Candidate, Inputs, SearchResult, choice_notes, search
 from compiler.mesh import coords
-from compiler.plan import (BundlePlan, DevicePlan, Estimates, MeshCoords, OffloadPlan, Plan, RolloutPlan, TrainerPlan,
-                           WeightSyncPlan)
+from compiler.plan import (BundlePlan, DevicePlan, Estimates, MeshCoords, ObjectivePlan, OffloadPlan, Plan, RolloutPlan,
+                           TrainerPlan, WeightSyncPlan)
 from compiler.rules import check_spec, fixed_size
 
 
@@ -42,7 +42,7 @@ def lower(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str] = ())
     if spec.cluster.accelerator == "cpu":
         return _cpu_plan(spec, arch, sources, problems)
     base = dict(spec=spec, sources=list(sources), architecture=arch, accelerator="gpu", placement=spec.placement,
-                nodes=spec.cluster.nodes, gpus_per_node=spec.cluster.gpus_per_node)
+                nodes=spec.cluster.nodes, gpus_per_node=spec.cluster.gpus_per_node, objective=objective_plan(spec))
     params_b = _r(M.total_params(arch) / 1e9, 6)
     if problems:
         return Plan(**base, feasible=False, reasons=_reasons(problems),
@@ -60,6 +60,23 @@ def lower(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str] = ())
                 trainer=trainer, rollout=rollout, devices=devices, estimates=_estimates(spec, cand, params_b),
                 weight_sync=_weight_sync(spec, trainer, rollout), bundles=_bundles(devices),
                 offload=_offload(spec, inp))
+
+
+def resolved_loss_agg(spec: ExperimentSpec) -> str:
+    """``algorithm.loss_agg`` with ``auto`` resolved: Dr.GRPO's constant normaliser with its advantage
+    (the whole Dr.GRPO recipe), the token mean otherwise."""
+    a = spec.algorithm
+    if a.loss_agg != "auto":
+        return a.loss_agg
+    return "seq_mean_token_sum_norm" if a.advantage == "dr_grpo" else "token_mean"
+
+
+def objective_plan(spec: ExperimentSpec) -> ObjectivePlan:
+    """The objective both trainers execute: log-probs and entropy at the rollout temperature (the
+    policy that sampled), and the resolved loss aggregation with its constants."""
+    a = spec.algorithm
+    return ObjectivePlan(temperature=spec.rollout.temperature, loss_agg=resolved_loss_agg(spec),
+                         loss_micro_batch=a.loss_micro_batch, max_response_length=spec.data.max_response_length)
 
 
 def _trainer_plan(spec: ExperimentSpec, inp: Inputs, c: Candidate) -> TrainerPlan:
@@ -256,4 +273,5 @@ def _cpu_plan(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str], 
         gpus_per_node=0, feasible=feasible, reasons=_reasons(problems), notes=notes, trainer=trainer, rollout=rollout,
         devices=devices, estimates=Estimates(tokens_per_step=_tokens_per_step(spec), params_b=_r(P / 1e9, 6)),
         weight_sync=_weight_sync(spec, trainer, rollout), bundles=[], offload=_offload(spec, Inputs.from_spec(spec, arch)),
+        objective=objective_plan(spec),
     )

@@ -102,7 +102,10 @@ class Trainer(Protocol):
         with ``with_entropy``, a pair (log_probs, entropy) of [B, T] tensors."""
 
     def update(self, batch: Mapping[str, Any]) -> dict[str, float]:
-        """One RL update over the batch (mini-batches, micro-batches, accumulation); returns metrics."""
+        """One RL update over the batch (mini-batches, micro-batches, accumulation); returns metrics.
+        Without ``old_log_probs`` the update is on-policy (old = current, detached); with
+        ``rollout_log_probs`` too, it also returns the ``rollout/*`` trainer-vs-generator metrics of
+        `engine.algorithm.losses.mismatch_metrics`, taken from its own forward pass."""
 
     def weight_stream(self, bucket_bytes: int) -> Iterator[WeightBucket]:
         """The current policy as HF-named full tensors, in buckets of at most ``bucket_bytes`` (a tensor

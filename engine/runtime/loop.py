@@ -141,18 +141,19 @@ def rl_step(roles: Roles, inp: StepInputs, step: int) -> dict[str, float]:
     R.save_step(inp.writer, step, inp.train_set, idx, gen, graded, gts, n)
     t_reward = time.perf_counter()
 
-    # 4. log-probs: the policy before the update (needed unless the update is on-policy), the reference
+    # 4. log-probs: the policy before the update (needed unless the update is on-policy: one optimizer
+    # step, whose forward pass *is* the old policy's; the trainer then reports the rollout/* gap), the reference
     batch = pack_groups(prompts, gen.response_ids, n, inp.pad_id)
     mask = batch["response_mask"]
     m: dict[str, float] = {}
     on_policy = a.ppo_mini_batch_size >= bsz and a.ppo_epochs == 1  # one optimizer step per batch
     if gen.log_probs is not None:
         batch["rollout_log_probs"] = rollout_log_probs_tensor(gen.log_probs, mask)
-    if not on_policy or gen.log_probs is not None:
+    if not on_policy:
         batch["old_log_probs"] = roles.log_probs(batch)
-    if gen.log_probs is not None:
-        m.update({f"rollout/{k}": v for k, v in
-                  mismatch_metrics(batch["old_log_probs"], batch["rollout_log_probs"], mask).items()})
+        if gen.log_probs is not None:
+            m.update({f"rollout/{k}": v for k, v in
+                      mismatch_metrics(batch["old_log_probs"], batch["rollout_log_probs"], mask).items()})
     if a.kl_coef > 0:
         batch["ref_log_probs"] = roles.reference_log_probs(batch)
 

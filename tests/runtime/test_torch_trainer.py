@@ -17,7 +17,8 @@ def _batch(tok, model):
 
 
 def _trainer(model, micro, agg="token_mean", kl=0.0, ent=0.0):
-    return TorchTrainer(model, OptimConfig(lr=1e-2), LossConfig(loss_agg=agg, kl_coef=kl, entropy_coef=ent),
+    return TorchTrainer(model, OptimConfig(lr=1e-2), LossConfig(loss_agg=agg, kl_coef=kl, entropy_coef=ent,
+                                                                max_response_length=4),
                         BatchConfig(mini_batch=4, micro_batch=micro, log_prob_micro_batch=3))
 
 
@@ -30,7 +31,8 @@ def test_pack_layout(tokenizer):
 
 
 def test_micro_batches_accumulate_to_the_full_batch_gradient(tiny_model, tokenizer):
-    for agg in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"):
+    for agg in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm",
+                "micro_batch_token_mean"):
         grads = []
         for micro in (4, 1):
             model = copy.deepcopy(tiny_model)

@@ -25,7 +25,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 import torch
 
-from engine.algorithm.losses import policy_loss_per_token
+from engine.algorithm.losses import loss_weights, policy_loss_per_token
 from engine.backends.base import WeightBucket
 from engine.backends.config import BatchConfig, LossConfig, OptimConfig, from_plan
 from engine.backends.device import release_cached
@@ -35,8 +35,10 @@ from engine.backends.megatron.cpu import compat_for
 from engine.backends.megatron.logprobs import vocab_parallel_log_probs
 from engine.backends.megatron.model import ModelLayout, build_gpt, transformer_config
 
-#: Per-token statistics summed by the loss function: name -> index in the stats vector.
+#: Per-token statistics summed by the loss function: name -> index in the stats vector; then the
+#: trainer-vs-generator gap of an on-policy update (`_MISMATCH`: two sums and a max).
 _STATS = ("trainer/pg_loss", "trainer/entropy", "trainer/pg_clipfrac", "trainer/ppo_kl", "trainer/kl")
+_MISMATCH = ("rollout/token_mult_prob_error", "rollout/kl", "rollout/max_abs_diff")
 
 
 def _compat(method):
@@ -74,13 +76,14 @@ class MegatronTrainer:
     """Policy optimisation with megatron-core (one rank of a TP x PP x DP group)."""
 
     def __init__(self, arch: Any, model_path: str, layout: ModelLayout, optim: OptimConfig, loss: LossConfig,
-                 sizes: BatchConfig, data_parallel: int = 1, seed: int = 0, temperature: float = 1.0,
+                 sizes: BatchConfig, data_parallel: int = 1, seed: int = 0, temperature: Optional[float] = None,
                  distributed_optimizer: bool = True, frozen: bool = False) -> None:
         """``frozen``: the reference policy, forward only (no DDP, no optimizer), on the process groups
-        the trainer of the same rank already set up."""
+        the trainer of the same rank already set up. ``temperature``: that of the log-probs and entropy
+        (default ``loss.temperature``, the rollout's)."""
         self.arch, self.layout, self.optim_cfg, self.loss_cfg, self.sizes = arch, layout, optim, loss, sizes
         self.device = torch.device(layout.device)
-        self.temperature = float(temperature)
+        self.temperature = float(loss.temperature if temperature is None else temperature)
         self.data_parallel = data_parallel
         self.model_path = model_path
         self.steps = 0  # optimizer steps taken (drives the warm-up)
@@ -261,18 +264,17 @@ class MegatronTrainer:
                                                          mb.get("rollout_log_probs"))
         if kl is None:
             kl = torch.zeros_like(logp)
-        # a *sum* and its count: Megatron divides the summed gradients by the global count
-        if cfg.loss_agg == "token_mean":
-            total, count = (per_tok * m).sum(), m.sum()
-        elif cfg.loss_agg == "seq_mean_token_mean":
-            total, count = ((per_tok * m).sum(-1) / m.sum(-1).clamp(min=1.0)).sum(), torch.tensor(float(m.shape[0]))
-        elif cfg.loss_agg == "seq_mean_token_sum":
-            total, count = (per_tok * m).sum(-1).sum(), torch.tensor(float(m.shape[0]))
-        else:
-            raise ValueError(f"unknown loss aggregation {cfg.loss_agg!r}")
+        # a weighted *sum* and its (whole-number) count, weights from the mini-batch (`loss_weights`):
+        # Megatron divides the summed gradients by the global count
+        total, count = (per_tok * mb["loss_weights"]).sum(), mb["loss_counts"].sum().round()
         with torch.no_grad():
-            stats = torch.stack([(pg * m).sum(), (ent * m).sum(), (clipped * m).sum(), ((old - logp) * m).sum(),
-                                 (kl * m).sum(), m.sum()])
+            parts = [(pg * m).sum(), (ent * m).sum(), (clipped * m).sum(), ((old - logp) * m).sum(), (kl * m).sum()]
+            if "old_log_probs" not in mb and "rollout_log_probs" in mb:  # on-policy: logp is pi_old
+                gap = (logp - mb["rollout_log_probs"]).float()
+                parts += [(gap.abs().exp() * m).sum(), (-gap * m).sum(), (gap.abs() * m).max()]
+            else:
+                parts += [torch.zeros((), device=m.device)] * 3
+            stats = torch.stack([*parts, m.sum()])
         return total, count.to(torch.int).to(logits.device), {"stats": stats}
 
     @_compat
@@ -283,16 +285,22 @@ class MegatronTrainer:
 
         flat = _flat(batch, self.device)
         self.model.train()
-        stats = torch.zeros(len(_STATS) + 1, dtype=torch.float64, device=self.device)
+        stats = torch.zeros(len(_STATS) + len(_MISMATCH) + 1, dtype=torch.float64, device=self.device)
         grad_norms: list[float] = []
         skipped = 0
         for _ in range(self.sizes.epochs):
             for mini in _rows(flat, self.sizes.mini_batch):
+                cfg = self.loss_cfg
+                mini["loss_weights"], mini["loss_counts"] = loss_weights(
+                    mini["response_mask"], cfg.loss_agg, cfg.max_response_length, cfg.loss_micro_batch)
                 self.model.zero_grad_buffer()
                 self.optimizer.zero_grad()
                 outs = self._run(_rows(mini, self.sizes.micro_batch), self._loss, forward_only=False)
                 for o in outs:
-                    stats += o["stats"].to(stats.dtype)
+                    o = o["stats"].to(stats.dtype)
+                    worst = torch.maximum(stats[-2], o[-2])
+                    stats += o
+                    stats[-2] = worst
                 self._set_lr(self._lr_at(self.steps))
                 gn = self._checked_step()
                 if gn is None:
@@ -302,10 +310,17 @@ class MegatronTrainer:
                 self.steps += 1
         # per-token sums: over DP ranks, then from the last stage to every stage
         if self.data_parallel > 1:
+            worst = stats[-2:-1].clone()
             torch.distributed.all_reduce(stats, group=ps.get_data_parallel_group())
+            torch.distributed.all_reduce(worst, op=torch.distributed.ReduceOp.MAX, group=ps.get_data_parallel_group())
+            stats[-2] = worst[0]
         stats = self._broadcast_from_last_stage(stats)
         tokens = float(stats[-1])
         out = {name: float(stats[i]) / tokens for i, name in enumerate(_STATS) if tokens > 0}
+        if "old_log_probs" not in flat and "rollout_log_probs" in flat and tokens > 0:
+            k = len(_STATS)
+            out.update({_MISMATCH[0]: float(stats[k]) / tokens, _MISMATCH[1]: float(stats[k + 1]) / tokens,
+                        _MISMATCH[2]: float(stats[k + 2])})
         if self.loss_cfg.kl_coef <= 0:
             out.pop("trainer/kl", None)
         if grad_norms:
