@@ -291,7 +291,9 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
     data = harness.inputs if harness else load_run_inputs(plan, log)
     files, train_set, val_set, bench_sets = data.files, data.train_set, data.val_set, data.bench_sets
     gate = plan.rollout.backend == "vllm" or spec.algorithm.rollout_correction == "tis" or bool(sync_skip)
-    inp = StepInputs(plan, train_set, sampling_params(spec, files.end_token_ids, logprobs=gate),
+    # the generator's log-probs every step (one value per sampled token): each step logs the rollout/*
+    # trainer-vs-generator gap, with any generator, and TIS has its denominators
+    inp = StepInputs(plan, train_set, sampling_params(spec, files.end_token_ids, logprobs=True),
                      files.tokenizer.pad_token_id, StepOrder(plan))
     roles = Roles(plan, files, threads=threads, order=inp.order, run_dir=str(run_dir),
                   rehearsal=harness.rehearsal if harness else None, spawner=harness.spawner if harness else None)
