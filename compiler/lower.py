@@ -16,7 +16,7 @@ from compiler.placement import BASE_MFU, DECODE_BW_EFF, Candidate, Inputs, Searc
 from compiler.mesh import coords
 from compiler.plan import (BundlePlan, DevicePlan, Estimates, MeshCoords, ObjectivePlan, OffloadPlan, Plan, RolloutPlan,
                            TrainerPlan, WeightSyncPlan)
-from compiler.rules import check_spec, fixed_size
+from compiler.rules import check_spec, fixed_size, loss_batch_problems
 
 
 def _r(x: float, nd: int = 3) -> float:
@@ -56,7 +56,8 @@ def lower(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str] = ())
                     estimates=Estimates(tokens_per_step=_tokens_per_step(spec), params_b=params_b))
     trainer, rollout = _trainer_plan(spec, inp, cand), _rollout_plan(spec, inp, cand)
     devices = _devices(inp, cand, trainer, rollout)
-    return Plan(**base, feasible=res.feasible, reasons=[] if res.feasible else res.reasons, notes=notes,
+    late = _reasons(loss_batch_problems(spec, trainer.data_parallel))  # the chosen DP splits the loss micro-batches
+    return Plan(**base, feasible=res.feasible and not late, reasons=([] if res.feasible else res.reasons) + late, notes=notes,
                 trainer=trainer, rollout=rollout, devices=devices, estimates=_estimates(spec, cand, params_b),
                 weight_sync=_weight_sync(spec, trainer, rollout), bundles=_bundles(devices),
                 offload=_offload(spec, inp))

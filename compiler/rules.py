@@ -252,7 +252,7 @@ def check_spec(spec: ExperimentSpec, arch: Architecture) -> list[Problem]:
                                f"micro_batch_size dividing {seqs // dp if seqs % dp == 0 else seqs}/DP, e.g. 1"
                                if seqs % dp == 0 else f"change ppo_mini_batch_size or rollout.n so {seqs} divides by DP {dp}"))
 
-    out += _loss_batch_problems(spec, dp)
+    out += loss_batch_problems(spec, dp)
     out += objective_problems(spec)
 
     # --- precision ----------------------------------------------------------------------------------
@@ -297,7 +297,7 @@ def objective_problems(spec: ExperimentSpec) -> list[Problem]:
     return out
 
 
-def _loss_batch_problems(spec: ExperimentSpec, dp: Optional[int]) -> list[Problem]:
+def loss_batch_problems(spec: ExperimentSpec, dp: Optional[int]) -> list[Problem]:
     """micro_batch_token_mean: every data-parallel rank's share of a mini-batch is whole loss micro-batches."""
     a = spec.algorithm
     if a.loss_agg != "micro_batch_token_mean":
