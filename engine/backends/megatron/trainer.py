@@ -6,10 +6,11 @@ Megatron's parallel groups with the plan's sizes and checks that they agree with
 convention (`compiler.mesh`: tp fastest, then dp, then pp). A single-process run needs no caller
 setup (the trainer starts a one-rank group itself).
 
-Losses are those of `engine.algorithm.losses`, as in the torch trainer. Exactness across ranks:
-the loss function returns *sums* over its micro-batch and the number of tokens (or sequences) they
-cover (`calculate_per_token_loss`); Megatron adds gradients over micro-batches and DP ranks and
-divides by the global count, so the update equals the single-process update on the whole batch.
+Losses are those of `engine.algorithm.losses`, as in the torch trainer, at the rollout temperature.
+Exactness across ranks: the loss function returns a *sum* over its micro-batch, weighted by the
+mini-batch's `loss_weights`, and the whole-number count they cover (`calculate_per_token_loss`);
+Megatron adds gradients over micro-batches and DP ranks and divides by the global count, so the
+update equals the single-process update on the whole batch, in every aggregation mode.
 
 On CPU every call into megatron-core runs inside `engine.backends.megatron.cpu.cpu_compat` (its
 CUDA assumptions mapped to the CPU); on GPU megatron-core runs unpatched.
