@@ -52,7 +52,7 @@ def resolve_model_files(plan: Any, log: Callable[[str], None], model_path: Optio
     own tokenizer."""
     from transformers import GenerationConfig
 
-    from engine.backends.hf_generator import end_token_ids
+    from engine.core.tokens import end_token_ids
     from engine.modeling import load_tokenizer
 
     if model_path is None:

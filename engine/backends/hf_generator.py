@@ -16,7 +16,8 @@ import torch
 from engine.backends.base import Generation, SamplingParams, WeightBucket
 from engine.backends.manifest import check_manifest
 from engine.modeling import cache_kwarg
-from engine.runtime.batch import left_pad
+from engine.core.batch import left_pad
+from engine.core.tokens import end_token_ids  # noqa: F401  (re-exported: tests and benches import it here)
 
 
 def sample_next(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> torch.Tensor:
@@ -35,25 +36,6 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, gen: torch.Generat
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, idx, sorted_p)
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
-
-
-def end_token_ids(tokenizer: Any, generation_config: Any = None) -> tuple[int, ...]:
-    """End-of-response token ids taken from the tokenizer (and the model's generation config).
-
-    The tokenizer's eos token, the generation config's eos ids, and whichever of the common chat /
-    document end markers exist *as tokens in this vocabulary*. Nothing is inferred from a model name.
-    """
-    ids: list[int] = []
-    if tokenizer.eos_token_id is not None:
-        ids.append(int(tokenizer.eos_token_id))
-    if generation_config is not None and getattr(generation_config, "eos_token_id", None) is not None:
-        eos = generation_config.eos_token_id
-        ids.extend(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
-    vocab = tokenizer.get_vocab()
-    for marker in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "</s>", "<|end|>"):
-        if marker in vocab and marker in set(tokenizer.all_special_tokens):
-            ids.append(int(vocab[marker]))
-    return tuple(dict.fromkeys(ids))
 
 
 class HFGenerator:

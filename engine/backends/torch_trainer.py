@@ -24,7 +24,7 @@ from engine.backends.config import BatchConfig, LossConfig, OptimConfig  # noqa:
 from engine.backends.device import release_cached
 from engine.backends.manifest import bucketed
 from engine.modeling import cache_kwarg
-from engine.runtime.batch import GROUP_KEYS
+from engine.core.batch import GROUP_KEYS
 
 
 def response_logits(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from engine.backends.base import SamplingParams
+from engine.core.generation import SamplingParams
 from engine.data import prompts as P
 from engine.sampling import Sampler, step_seed
 

@@ -1,25 +1,10 @@
-"""Packing prompts and responses into the padded tensors the trainer consumes."""
+"""Packing prompts and responses into the padded tensors the trainer consumes (the layout: `engine.core.batch`)."""
 
 from __future__ import annotations
 
 import torch
 
-
-def ragged(rows: list[list], width: int, fill, dtype: torch.dtype, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lists of unequal length as one [B, width] tensor, padded with ``fill`` on the right (or the left),
-    and the long mask of real entries; one copy of all values, no per-row tensor."""
-    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
-    cols = torch.arange(width)[None, :]
-    mask = (cols >= width - lengths[:, None]) if left else (cols < lengths[:, None])
-    out = torch.full((len(rows), width), fill, dtype=dtype)
-    if int(lengths.sum()):
-        out[mask] = torch.tensor([v for r in rows for v in r], dtype=dtype)
-    return out, mask.long()
-
-
-def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token lists to the longest one: ``ids`` and ``mask`` (1 on real tokens), both [B, P] long."""
-    return ragged(prompts, max(len(x) for x in prompts), pad_id, torch.long, left=True)
+from engine.core.batch import GROUP_KEYS, Batch, left_pad, ragged  # noqa: F401  (re-exported)
 
 
 def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -66,10 +51,6 @@ def pack_groups(prompts: list[list[int]], responses: list[list[int]], group_size
                 responses, pad_id)
     out["prompt_ids"], out["prompt_mask"] = ids, mask
     return out
-
-
-#: Tensors with one row per prompt (a group of n sequences) rather than one per sequence.
-GROUP_KEYS = ("prompt_ids", "prompt_mask")
 
 
 def dp_shards(batch: dict[str, torch.Tensor], dp: int, mini_batch: int) -> list[dict[str, torch.Tensor]]:

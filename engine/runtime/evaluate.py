@@ -14,7 +14,7 @@ from engine.evaluation.runner import evaluate_all
 from engine.model_files import resolve_model_files
 from engine.runtime.resources import check_resources
 from engine.runtime.roles import Roles
-from engine.runtime.threads import apply_threads
+from engine.core.threads import apply_threads
 from engine.sampling import sampling_params
 
 

@@ -32,7 +32,7 @@ import torch
 
 from engine.algorithm.advantages import broadcast_to_tokens, gae, group_advantages, whiten
 from engine.algorithm.losses import mismatch_metrics
-from engine.backends.base import SamplingParams
+from engine.core.generation import SamplingParams
 from engine.data import prompts as P
 from engine.data.loading import load_benchmarks, load_prompts
 from engine.data.selection import select_by_pass_rate
@@ -45,10 +45,10 @@ from engine.runtime.batch import pack_groups
 from engine.runtime.resources import check_resources
 from engine.runtime.roles import Roles
 from engine.runtime.sync import StepOrder
-from engine.runtime.threads import apply_threads
+from engine.core.threads import apply_threads
 from engine.runtime.tracking import AimTracker, MetricsLog, Progress
 from engine.sampling import sampling_params, step_seed
-from engine.study import rollouts as R
+from engine.core import rollouts as R
 
 #: Metrics that measure time or throughput (they differ between otherwise identical runs).
 TIMING_KEYS = ("time/", "perf/")

@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from engine.study import rollouts as R
+from engine.core import rollouts as R
 from engine.study.aha import detect_rise
 from engine.study.judge import BEHAVIOURS, Labels
 

@@ -35,7 +35,7 @@ def read_run(run_dir: str | Path, log: Callable[[str], None] = print) -> dict[st
     d = Path(run_dir)
     if not (d / "metrics.jsonl").exists():
         raise FileNotFoundError(f"{d} is not a run folder (no metrics.jsonl)")
-    from engine.data.files import json_lines
+    from engine.core.files import json_lines
 
     metrics, bad = [], []
     for _, rec, err in json_lines(d / "metrics.jsonl"):
@@ -122,7 +122,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path, log=print)
     for r, n in zip(runs, names):
         r["label"] = n
         if r["analysis"] is None:
-            from engine.study.rollouts import step_files
+            from engine.core.rollouts import step_files
 
             if step_files(r["dir"]):
                 from engine.study.analyze import analyze_run
@@ -197,7 +197,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path, log=print)
 def _key_examples(run: dict, rec: Optional[dict], length_rise: Optional[dict] = None, per_step: int = 2) -> list[dict]:
     """Responses at the first step, the aha step(s) found, the step responses got longer (when
     found) and the last step (from the saved rollouts)."""
-    from engine.study.rollouts import read_rollouts, step_files
+    from engine.core.rollouts import read_rollouts, step_files
 
     files = step_files(run["dir"])
     if not files:

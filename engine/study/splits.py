@@ -29,8 +29,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from engine.data.columns import final_answer
-from engine.reward.extract import last_boxed
+from compiler.boxed import last_boxed
+from compiler.columns import final_answer
 
 #: The recipe's splits: name -> (include GSM8K, MATH levels).
 SPLITS: dict[str, tuple[bool, tuple[int, ...]]] = {
@@ -52,7 +52,7 @@ def normalise_problem(text: str) -> str:
 
 
 def _read_json_lines(path: Path, bad: Counter) -> list[dict]:
-    from engine.data.files import json_lines
+    from engine.core.files import json_lines
 
     rows = []
     for _, obj, err in json_lines(path):
@@ -65,7 +65,7 @@ def _read_json_lines(path: Path, bad: Counter) -> list[dict]:
 
 def _read_table(path: Path, bad: Counter) -> list[dict]:
     if path.suffix == ".parquet":
-        from engine.data.files import parquet_rows
+        from engine.core.files import parquet_rows
 
         return parquet_rows(path)
     return _read_json_lines(path, bad)

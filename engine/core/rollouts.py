@@ -183,9 +183,9 @@ def eval_files(run_dir: str | Path) -> dict[tuple[int, str], Path]:
 
 
 def read_rollouts(path: str | Path) -> list[dict]:
-    """The rows of one rollout file as dicts (`engine.data.files.DataFileError` naming a file that
+    """The rows of one rollout file as dicts (`engine.core.files.DataFileError` naming a file that
     cannot be read)."""
-    from engine.data.files import parquet_rows
+    from engine.core.files import parquet_rows
 
     return parquet_rows(path)
 
