@@ -14,6 +14,7 @@ from typing import Any, Iterable, Optional, Sequence
 import torch
 
 from engine.backends.base import Generation, SamplingParams, WeightBucket
+from engine.core.generation import stops_at
 from engine.backends.manifest import check_manifest
 from engine.modeling import cache_kwarg
 from engine.core.batch import left_pad
@@ -120,7 +121,7 @@ class HFGenerator:
         b = len(prompts) * n
         end_ids = torch.tensor(sorted(set(params.end_token_ids)) or [-1], device=self.device)
         stops = tuple(params.stop)
-        stop_window = max((len(s) for s in stops), default=0) + 4  # tokens of tail to decode (>= chars)
+        decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False)  # noqa: E731
 
         out = torch.full((b, params.max_new_tokens), self.pad_id, dtype=torch.long, device=self.device)
         out_lp = torch.zeros((b, params.max_new_tokens), dtype=torch.float32, device=self.device)
@@ -147,9 +148,7 @@ class HFGenerator:
             hit_end = torch.isin(tok, end_ids) & ~done
             if stops:
                 for i in (~done & ~hit_end).nonzero().flatten().tolist():
-                    lo = max(0, t + 1 - stop_window)
-                    tail = self.tokenizer.decode(out[i, lo:t + 1].tolist(), skip_special_tokens=False)
-                    if any(s in tail for s in stops):
+                    if stops_at(out[i], t, stops, decode):
                         hit_end[i] = True
             stopped |= hit_end
             done |= hit_end

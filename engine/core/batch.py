@@ -63,3 +63,34 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple["torch.Tensor", "to
     import torch
 
     return ragged(prompts, max(len(x) for x in prompts), pad_id, torch.long, left=True)
+
+
+def sequences_per_group(batch: "dict") -> int:
+    """Sequences per prompt of a batch that carries per-prompt tensors (`GROUP_KEYS`): ``rows / groups``;
+    0 when it carries none or the rows are not whole groups (then only the flat layout is valid)."""
+    if "prompt_ids" not in batch:
+        return 0
+    rows, groups = batch["responses"].shape[0], batch["prompt_ids"].shape[0]
+    return rows // groups if groups and rows % groups == 0 else 0
+
+
+def split_rows(batch: "dict", size: int) -> list[dict]:
+    """Consecutive chunks of at most ``size`` sequences of every tensor in ``batch`` (the mini- and
+    micro-batches of both trainers).
+
+    Per-prompt tensors (`GROUP_KEYS`, one row per group of n sequences) are cut along with their
+    sequences when ``size`` is a multiple of n; otherwise they are dropped and the chunk falls back to
+    the flat layout. Entries that are not tensors are dropped.
+    """
+    import torch
+
+    rows = batch["responses"].shape[0]
+    n = sequences_per_group(batch)
+    keep_groups = bool(n) and size % n == 0
+    out = []
+    for i in range(0, rows, size):
+        chunk = {k: v[i:i + size] for k, v in batch.items() if isinstance(v, torch.Tensor) and k not in GROUP_KEYS}
+        if keep_groups:
+            chunk.update({k: batch[k][i // n:(i + size) // n] for k in GROUP_KEYS})
+        out.append(chunk)
+    return out

@@ -7,7 +7,7 @@ evaluation and sampling code can name them without importing the backends.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Callable, Optional, Sequence
 
 
 @dataclass(frozen=True)
@@ -45,3 +45,23 @@ class Generation:
     texts: list[str]
     stats: dict[str, float] = field(default_factory=dict)
     log_probs: Optional[list[list[float]]] = None
+
+
+def stop_window(stops: Sequence[str]) -> int:
+    """Tokens of a response's tail decoded to look for a stop string: the longest stop string's length
+    in characters, plus 4 (a token decodes to at least one character, so the window covers any stop
+    string that ends at the last token)."""
+    return max((len(s) for s in stops), default=0) + 4
+
+
+def stops_at(ids: Any, t: int, stops: Sequence[str], decode: Callable[[list[int]], str]) -> bool:
+    """Whether a response ends at its token ``t``: the last `stop_window` tokens up to ``t`` of ``ids`` (a
+    list or a 1-d tensor), decoded with special tokens kept (``decode``), contain one of ``stops``.
+
+    The one stop-string rule of every generator: the hf generator applies it while decoding, the vLLM
+    generator to the tokens vLLM returns (`engine.backends.vllm_generator.stop_cut`)."""
+    if not stops:
+        return False
+    window = ids[max(0, t + 1 - stop_window(stops)):t + 1]
+    tail = decode(window.tolist() if hasattr(window, "tolist") else list(window))
+    return any(s in tail for s in stops)

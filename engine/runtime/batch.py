@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.core.batch import GROUP_KEYS, Batch, left_pad, ragged  # noqa: F401  (re-exported)
+from engine.core.batch import GROUP_KEYS, Batch, left_pad, ragged, sequences_per_group  # noqa: F401  (re-exported)
 
 
 def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -67,8 +67,7 @@ def dp_shards(batch: dict[str, torch.Tensor], dp: int, mini_batch: int) -> list[
     if mini_batch % dp or rows % mini_batch:
         raise ValueError(f"{rows} sequences in mini-batches of {mini_batch} do not split over DP {dp}")
     part = mini_batch // dp
-    groups = batch["prompt_ids"].shape[0] if "prompt_ids" in batch else 0
-    n = rows // groups if groups else 0
+    n = sequences_per_group(batch)
     keep_groups = bool(n) and part % n == 0
     out = []
     for d in range(dp):

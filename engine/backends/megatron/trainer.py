@@ -34,6 +34,7 @@ from engine.backends.megatron.bridge import WeightBridge, norm_eps, read_hf_conf
 from engine.backends.megatron.cpu import compat_for
 from engine.backends.megatron.logprobs import vocab_parallel_log_probs
 from engine.backends.megatron.model import ModelLayout, build_gpt, transformer_config
+from engine.core.batch import GROUP_KEYS, split_rows
 
 #: Per-token statistics summed by the loss function: name -> index in the stats vector.
 _STATS = ("trainer/pg_loss", "trainer/entropy", "trainer/pg_clipfrac", "trainer/ppo_kl", "trainer/kl")
@@ -62,12 +63,7 @@ def megatron_attention_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 def _flat(batch: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
     """The flat-layout tensors of a `pack_groups` batch on ``device`` (per-prompt keys dropped)."""
     return {k: v.to(device) for k, v in batch.items()
-            if isinstance(v, torch.Tensor) and k not in ("prompt_ids", "prompt_mask")}
-
-
-def _rows(batch: Mapping[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
-    n = batch["responses"].shape[0]
-    return [{k: v[i:i + size] for k, v in batch.items()} for i in range(0, n, size)]
+            if isinstance(v, torch.Tensor) and k not in GROUP_KEYS}
 
 
 class MegatronTrainer:
@@ -159,8 +155,7 @@ class MegatronTrainer:
 
     # -- learning rate (the torch trainer's linear warm-up) -----------------------------------------
     def _lr_at(self, step: int) -> float:
-        warm = self.optim_cfg.warmup_steps
-        return self.optim_cfg.lr * (min(1.0, (step + 1) / warm) if warm else 1.0)
+        return self.optim_cfg.lr * self.optim_cfg.lr_factor(step)
 
     def _set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -232,7 +227,7 @@ class MegatronTrainer:
         with ``with_entropy`` a pair (log_probs, entropy)."""
         self.model.eval()
         flat = _flat(batch, self.device)
-        micro = _rows(flat, self.sizes.log_prob_micro_batch)
+        micro = split_rows(flat, self.sizes.log_prob_micro_batch)
 
         def loss_fn(mb, logits):
             logp, ent = self._response_log_probs(logits, mb, with_entropy)
@@ -287,10 +282,10 @@ class MegatronTrainer:
         grad_norms: list[float] = []
         skipped = 0
         for _ in range(self.sizes.epochs):
-            for mini in _rows(flat, self.sizes.mini_batch):
+            for mini in split_rows(flat, self.sizes.mini_batch):
                 self.model.zero_grad_buffer()
                 self.optimizer.zero_grad()
-                outs = self._run(_rows(mini, self.sizes.micro_batch), self._loss, forward_only=False)
+                outs = self._run(split_rows(mini, self.sizes.micro_batch), self._loss, forward_only=False)
                 for o in outs:
                     stats += o["stats"].to(stats.dtype)
                 self._set_lr(self._lr_at(self.steps))
