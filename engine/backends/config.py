@@ -7,7 +7,10 @@ same objective (`engine.algorithm.losses`) with the same sizes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: no import at run time
+    from compiler.plan import Plan
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ class BatchConfig:
     epochs: int = 1
 
 
-def from_plan(plan: Any) -> tuple[OptimConfig, LossConfig, BatchConfig]:
+def from_plan(plan: Plan) -> tuple[OptimConfig, LossConfig, BatchConfig]:
     """The three configs of ``plan`` (sizes in sequences per data-parallel rank)."""
     spec = plan.spec
     a, t = spec.algorithm, spec.trainer

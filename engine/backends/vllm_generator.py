@@ -28,12 +28,16 @@ from __future__ import annotations
 import os
 import random
 import time
-from typing import Any, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 
 from engine.backends.base import SLEEP_LEVELS, WAKE_TAGS, Generation, SamplingParams, WeightBucket
 from engine.backends.manifest import check_manifest
 from engine.backends.weight_transfer import pack_bytes
 from engine.core.generation import stops_at
+
+if TYPE_CHECKING:  # annotations only: no import at run time
+    from compiler.plan import Plan
+
 
 #: The worker extension vLLM mixes into its workers (see `engine.backends.vllm_worker`).
 WORKER_EXTENSION = "engine.backends.vllm_worker.WeightReceiverExtension"
@@ -231,7 +235,7 @@ class VLLMGenerator:
                 core.shutdown()
 
 
-def engine_kwargs(plan: Any, device: str, model_config: Any = None) -> dict[str, Any]:
+def engine_kwargs(plan: Plan, device: str, model_config: Any = None) -> dict[str, Any]:
     """The ``vllm.LLM`` arguments a plan fixes for one replica (see the module doc)."""
     ro = plan.rollout
     spec = plan.spec

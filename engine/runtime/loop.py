@@ -25,7 +25,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -49,6 +49,10 @@ from engine.core.threads import apply_threads
 from engine.runtime.tracking import AimTracker, MetricsLog, Progress
 from engine.sampling import sampling_params, step_seed
 from engine.core import rollouts as R
+
+if TYPE_CHECKING:  # annotations only: no import at run time
+    from compiler.plan import Plan
+
 
 #: Metrics that measure time or throughput (they differ between otherwise identical runs).
 TIMING_KEYS = ("time/", "perf/")
@@ -110,7 +114,7 @@ def rollout_log_probs_tensor(log_probs: list[list[float]], mask: torch.Tensor) -
 class StepInputs:
     """What one RL step reads besides the roles: the run's fixed settings."""
 
-    plan: Any
+    plan: Plan
     train_set: P.PromptSet
     sampling: SamplingParams
     pad_id: int
@@ -224,7 +228,7 @@ class RunInputs:
     bench_sets: dict[str, P.PromptSet]
 
 
-def load_run_inputs(plan: Any, log: Callable[[str], None]) -> RunInputs:
+def load_run_inputs(plan: Plan, log: Callable[[str], None]) -> RunInputs:
     """The plan's base model (built and cached if need be), its training and validation prompts, and the
     benchmarks, each data set counted and reported (bad rows are never dropped silently)."""
     spec = plan.spec
@@ -250,7 +254,7 @@ class Harness:
 
 
 @run_folder.guarded  # lock the folder, never overwrite a run in it, check the free space
-def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Callable[[str], None]] = None,
+def train(plan: Plan, run_dir: str | Path, resume: bool = False, log: Optional[Callable[[str], None]] = None,
           progress_stream=None, stop_after: Optional[int] = None, sync_skip: tuple[str, ...] = (),
           from_previous: bool = False, preflight: bool = True, harness: Optional[Harness] = None) -> dict[str, Any]:
     """Execute ``plan`` in ``run_dir``; returns the summary (also written to ``summary.json``).

@@ -20,7 +20,7 @@ declares.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
@@ -30,6 +30,9 @@ from engine.model_files import ModelFiles
 from engine.runtime.batch import GROUP_KEYS, dp_shards, merge_dp
 from engine.runtime.group import LocalHandle, WorkerGroup, bundle_of, init_ray, placement_groups, spawn, uses_ray
 from engine.runtime.workers import GeneratorCalls, GeneratorWorker, RewardWorker, TrainerWorker, WorkerSetup
+
+if TYPE_CHECKING:  # annotations only: no import at run time
+    from compiler.plan import Plan
 
 
 @dataclass
@@ -41,7 +44,7 @@ class Spawner:
     some nodes for real and runs the other nodes' workers in this process against its ledger.
     """
 
-    plan: Any
+    plan: Plan
     remote: bool
     nodes: Optional[set[int]] = None
 
@@ -95,7 +98,7 @@ class Spawner:
             self.groups = {}
 
 
-def worker_device(plan: Any) -> str:
+def worker_device(plan: Plan) -> str:
     """The device string a worker gets: ``cuda:0`` on GPU (its one visible GPU: Ray sets
     ``CUDA_VISIBLE_DEVICES`` per actor, and a one-GPU run uses the first), ``cpu`` otherwise."""
     return "cuda:0" if plan.accelerator == "gpu" else "cpu"
@@ -108,7 +111,7 @@ class Roles:
     workers start (default: as the plan places them); ``rehearsal``: stand-in settings for every
     worker (`engine.rehearse`)."""
 
-    def __init__(self, plan: Any, files: ModelFiles, threads: Optional[int] = None, training: bool = True,
+    def __init__(self, plan: Plan, files: ModelFiles, threads: Optional[int] = None, training: bool = True,
                  order: Any = None, spawner: Optional[Spawner] = None, rehearsal: Any = None,
                  run_dir: Optional[str] = None) -> None:
         self.plan = plan

@@ -21,7 +21,7 @@ import functools
 import math
 import os
 import shutil
-from typing import Any, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
 
 import torch
 
@@ -35,6 +35,10 @@ from engine.backends.megatron.cpu import compat_for
 from engine.backends.megatron.logprobs import vocab_parallel_log_probs
 from engine.backends.megatron.model import ModelLayout, build_gpt, transformer_config
 from engine.core.batch import GROUP_KEYS, split_rows
+
+if TYPE_CHECKING:  # annotations only: no import at run time
+    from compiler.plan import Plan
+
 
 #: Per-token statistics summed by the loss function: name -> index in the stats vector.
 _STATS = ("trainer/pg_loss", "trainer/entropy", "trainer/pg_clipfrac", "trainer/ppo_kl", "trainer/kl")
@@ -454,7 +458,7 @@ class MegatronTrainer:
                                       if isinstance(old, torch.Tensor) else group["step"])
 
 
-def layout_from_plan(plan: Any, device: str) -> ModelLayout:
+def layout_from_plan(plan: Plan, device: str) -> ModelLayout:
     """The model layout the plan asks for on ``device``."""
     t = plan.trainer
     on_gpu = torch.device(device).type == "cuda"
