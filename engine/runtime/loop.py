@@ -49,6 +49,7 @@ from engine.core.threads import apply_threads
 from engine.runtime.tracking import AimTracker, MetricsLog, Progress
 from engine.sampling import sampling_params, step_seed
 from engine.core import rollouts as R
+from engine.core.files import write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:  # annotations only: no import at run time
     from compiler.plan import Plan
@@ -67,15 +68,8 @@ class NonFiniteRewardError(ValueError):
     """A step's rewards hold nan or inf: the run stops at that step, before its update."""
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (a temporary file, then `os.replace`)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write_json(path: Path, data: Any) -> None:
-    _write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str))
+    write_json_atomic(path, data, indent=2, sort_keys=True, default=str)
 
 
 def rollout_metrics(rewards: torch.Tensor, correct: list[bool], lengths: torch.Tensor,
@@ -281,7 +275,7 @@ def train(plan: Plan, run_dir: str | Path, resume: bool = False, log: Optional[C
     run_info_path = run_dir / "run.json"
     run_info = json.loads(run_info_path.read_text()) if run_info_path.exists() else {}
     if not (run_dir / "plan.json").exists():
-        _write_text(run_dir / "plan.json", plan.to_json())  # a crash here must not leave a half plan
+        write_text_atomic(run_dir / "plan.json", plan.to_json())  # a crash here must not leave a half plan
     if resume:  # refuse a changed experiment, stop at a finished run, say what is redone
         from engine.runtime.resume import check_resume
 

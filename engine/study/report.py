@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from engine.core.files import atomic_path, write_json_atomic, write_text_atomic
 from engine.study.judge import BEHAVIOURS
 
 #: (file stem, title, y label, metric keys plotted; several keys are drawn as separate lines).
@@ -94,10 +94,9 @@ def _plot(path: Path, title: str, ylabel: str, lines: list[tuple[str, list[int],
     if len(lines) > 1:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)
     return True
 
 
@@ -184,13 +183,8 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path, log=print)
             "judges": sorted(a["judges"]) if a else [],
             "agreement": (a or {}).get("agreement"),
         })
-    tmp = out / ".report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2, default=str))
-    os.replace(tmp, out / "report.json")
-    page = render_html(report)
-    tmp = out / ".index.html.tmp"
-    tmp.write_text(page)
-    os.replace(tmp, out / "index.html")
+    write_json_atomic(out / "report.json", report, indent=2, default=str)
+    write_text_atomic(out / "index.html", render_html(report))
     return report
 
 

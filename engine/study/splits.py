@@ -31,6 +31,7 @@ from typing import Any, Iterable, Optional
 
 from compiler.boxed import last_boxed
 from compiler.columns import final_answer
+from engine.core.files import atomic_path, write_json_atomic
 
 #: The recipe's splits: name -> (include GSM8K, MATH levels).
 SPLITS: dict[str, tuple[bool, tuple[int, ...]]] = {
@@ -217,8 +218,7 @@ def prepare(gsm8k_path: Optional[str], math_path: Optional[str], out_dir: str | 
             benchmarks_dir: str | Path, *, size: int = 8000, val_size: int = 500, seed: int = 0) -> dict[str, Any]:
     """Read the inputs, build the splits and write ``<out>/{easy,medium,hard,val}.parquet`` and
     ``<out>/report.json`` (each file atomically); returns the report."""
-    import os
-
+    
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -239,13 +239,10 @@ def prepare(gsm8k_path: Optional[str], math_path: Optional[str], out_dir: str | 
     report["files"] = {}
     for name, rows in splits.items():
         path = out / f"{name}.parquet"
-        tmp = out / f".{name}.parquet.tmp"
-        pq.write_table(pa.Table.from_pylist(rows) if rows else pa.table({}), str(tmp))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            pq.write_table(pa.Table.from_pylist(rows) if rows else pa.table({}), str(tmp))
         report["files"][name] = str(path)
-    tmp = out / ".report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=True))
-    os.replace(tmp, out / "report.json")
+    write_json_atomic(out / "report.json", report, indent=2, sort_keys=True)
     return report
 
 

@@ -61,3 +61,20 @@ def test_left_pad():
     ids, mask = left_pad([[5], [6, 7, 8]], pad_id=0)
     assert ids.tolist() == [[0, 0, 5], [6, 7, 8]]
     assert mask.tolist() == [[0, 0, 1], [1, 1, 1]]
+
+
+def test_atomic_path_replaces_whole_or_not_at_all(tmp_path):
+    import pytest
+
+    from engine.core.files import atomic_path, write_json_atomic
+
+    target = tmp_path / "report.json"
+    write_json_atomic(target, {"a": 1}, sort_keys=True)
+    assert target.read_text() == '{"a": 1}'
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            assert tmp.parent == target.parent and tmp.suffix == ".json"  # same folder, same suffix
+            tmp.write_text('{"a": 2, "cut')
+            raise RuntimeError("crash mid-write")
+    assert target.read_text() == '{"a": 1}'  # the old file, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temporary file left
