@@ -14,11 +14,11 @@ from typing import Any, Iterable, Optional, Sequence
 import torch
 
 from engine.backends.base import Generation, SamplingParams, WeightBucket
-from engine.core.generation import stops_at
 from engine.backends.manifest import check_manifest
-from engine.modeling import cache_kwarg
 from engine.core.batch import left_pad
+from engine.core.generation import stops_at
 from engine.core.tokens import end_token_ids  # noqa: F401  (re-exported: tests and benches import it here)
+from engine.modeling import cache_kwarg
 
 
 def sample_next(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> torch.Tensor:
