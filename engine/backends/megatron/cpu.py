@@ -12,15 +12,15 @@ places assume a GPU (see ``../shared/GPU-BACKENDS.md``):
 `cpu_compat()` is a re-entrant context manager that, while active, maps all of these to the CPU:
 a `TorchFunctionMode` rewrites CUDA device arguments to ``cpu``, makes ``Tensor.cuda()`` a no-op and
 reports CPU tensors' ``type()`` under the CUDA names; ``torch.cuda`` RNG, ``current_device`` and
-``synchronize`` are swapped for their CPU counterparts and restored on exit.
+``synchronize`` are swapped for their CPU counterparts and restored on exit. The Megatron trainer
+enters it around every call into megatron-core when (and only when) its device is ``cpu``; it is
+never entered on a GPU, where megatron-core runs unpatched. It is part of the product, not a test
+fixture: ``engine run specs/quickstart.yaml trainer.backend=megatron`` trains on CPU through it.
 
 The swap of ``torch.cuda.*`` functions is process-wide by nature (megatron-core looks them up on the
 module), so its state is one object per process, `CUDA_ON_CPU` (a `CudaFunctionSwap`): how many
 contexts are open (``depth``), the originals it will restore (``saved``) and the lock that guards both
-across threads. The device rewrite is a torch function mode, which torch keeps per thread. The Megatron trainer
-enters it around every call into megatron-core when (and only when) its device is ``cpu``; it is
-never entered on a GPU, where megatron-core runs unpatched. It is part of the product, not a test
-fixture: ``engine run specs/quickstart.yaml trainer.backend=megatron`` trains on CPU through it.
+across threads. The device rewrite is a torch function mode, which torch keeps per thread.
 """
 
 from __future__ import annotations
