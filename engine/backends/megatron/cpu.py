@@ -73,6 +73,9 @@ class _CudaToCpu(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+# The swapped functions' state (depth, originals, lock) lives in one object, `CUDA_ON_CPU` (below).
+
+
 def _cuda_patches() -> dict[str, tuple[Any, str, Any]]:
     """(owner, attribute, replacement) for every module-level function the shim swaps."""
     import megatron.core.tensor_parallel.random as mrandom
