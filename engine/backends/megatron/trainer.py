@@ -34,7 +34,8 @@ from engine.backends.megatron.bridge import WeightBridge, norm_eps, read_hf_conf
 from engine.backends.megatron.cpu import compat_for
 from engine.backends.megatron.logprobs import vocab_parallel_log_probs
 from engine.backends.megatron.model import ModelLayout, build_gpt, transformer_config
-from engine.core.batch import GROUP_KEYS, split_rows
+from engine.core.batch import GROUP_KEYS
+from engine.core.batch import split_rows as _rows  # the torch trainer's row split, one rule for both
 
 if TYPE_CHECKING:  # annotations only: no import at run time
     from compiler.plan import Plan
@@ -231,7 +232,7 @@ class MegatronTrainer:
         with ``with_entropy`` a pair (log_probs, entropy)."""
         self.model.eval()
         flat = _flat(batch, self.device)
-        micro = split_rows(flat, self.sizes.log_prob_micro_batch)
+        micro = _rows(flat, self.sizes.log_prob_micro_batch)
 
         def loss_fn(mb, logits):
             logp, ent = self._response_log_probs(logits, mb, with_entropy)
@@ -286,10 +287,10 @@ class MegatronTrainer:
         grad_norms: list[float] = []
         skipped = 0
         for _ in range(self.sizes.epochs):
-            for mini in split_rows(flat, self.sizes.mini_batch):
+            for mini in _rows(flat, self.sizes.mini_batch):
                 self.model.zero_grad_buffer()
                 self.optimizer.zero_grad()
-                outs = self._run(split_rows(mini, self.sizes.micro_batch), self._loss, forward_only=False)
+                outs = self._run(_rows(mini, self.sizes.micro_batch), self._loss, forward_only=False)
                 for o in outs:
                     stats += o["stats"].to(stats.dtype)
                 self._set_lr(self._lr_at(self.steps))
