@@ -14,7 +14,7 @@ wake KV cache, reset prefix cache) is owned by `engine.runtime.sync`, not by the
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Optional, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterable, Iterator, Mapping, Optional, Protocol, Sequence, runtime_checkable
 
 from engine.core.batch import Batch
 from engine.core.generation import Generation, SamplingParams
@@ -66,7 +66,7 @@ class Trainer(Protocol):
         """Per-token log-probs (nats) of ``batch['responses']`` under the current policy, [B, T], on CPU;
         with ``with_entropy``, a pair (log_probs, entropy) of [B, T] tensors."""
 
-    def update(self, batch: Batch) -> dict[str, float]:
+    def update(self, batch: Mapping[str, Any]) -> dict[str, float]:
         """One RL update over the batch (mini-batches, micro-batches, accumulation); returns metrics."""
 
     def weight_stream(self, bucket_bytes: int) -> Iterator[WeightBucket]:

@@ -9,9 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # annotations only: no import at run time
-    from compiler.plan import Plan
-
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -55,7 +52,7 @@ class BatchConfig:
     epochs: int = 1
 
 
-def from_plan(plan: Plan) -> tuple[OptimConfig, LossConfig, BatchConfig]:
+def from_plan(plan: Any) -> tuple[OptimConfig, LossConfig, BatchConfig]:
     """The three configs of ``plan`` (sizes in sequences per data-parallel rank)."""
     spec = plan.spec
     a, t = spec.algorithm, spec.trainer
