@@ -7,7 +7,7 @@ same objective (`engine.algorithm.losses`) with the same sizes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 
 @dataclass(frozen=True)
