@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from engine.core.files import atomic_path
+from engine.core.atomic import atomic_path
 
 #: Columns of a step file, in order.
 STEP_COLUMNS = ("step", "group", "sample", "prompt", "response", "ground_truth", "extracted", "reward", "correct",

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from engine.core.files import write_json_atomic
+from engine.core.atomic import write_json_atomic
 from engine.core.generation import SamplingParams
 from engine.data import prompts as P
 from engine.sampling import Sampler, step_seed

@@ -49,7 +49,7 @@ from engine.core.threads import apply_threads
 from engine.runtime.tracking import AimTracker, MetricsLog, Progress
 from engine.sampling import sampling_params, step_seed
 from engine.core import rollouts as R
-from engine.core.files import write_json_atomic, write_text_atomic
+from engine.core.atomic import write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:  # annotations only: no import at run time
     from compiler.plan import Plan

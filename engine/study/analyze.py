@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from engine.core import rollouts as R
-from engine.core.files import atomic_path, write_json_atomic
+from engine.core.atomic import atomic_path, write_json_atomic
 from engine.study.aha import detect_rise
 from engine.study.judge import BEHAVIOURS, Labels
 

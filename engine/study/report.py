@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from engine.core.files import atomic_path, write_json_atomic, write_text_atomic
+from engine.core.atomic import atomic_path, write_json_atomic, write_text_atomic
 from engine.study.judge import BEHAVIOURS
 
 #: (file stem, title, y label, metric keys plotted; several keys are drawn as separate lines).

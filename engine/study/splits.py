@@ -31,7 +31,7 @@ from typing import Any, Iterable, Optional
 
 from compiler.boxed import last_boxed
 from compiler.columns import final_answer
-from engine.core.files import atomic_path, write_json_atomic
+from engine.core.atomic import atomic_path, write_json_atomic
 
 #: The recipe's splits: name -> (include GSM8K, MATH levels).
 SPLITS: dict[str, tuple[bool, tuple[int, ...]]] = {

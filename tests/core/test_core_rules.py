@@ -66,7 +66,7 @@ def test_left_pad():
 def test_atomic_path_replaces_whole_or_not_at_all(tmp_path):
     import pytest
 
-    from engine.core.files import atomic_path, write_json_atomic
+    from engine.core.atomic import atomic_path, write_json_atomic
 
     target = tmp_path / "report.json"
     write_json_atomic(target, {"a": 1}, sort_keys=True)
