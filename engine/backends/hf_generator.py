@@ -16,7 +16,7 @@ import torch
 from engine.backends.base import Generation, SamplingParams, WeightBucket
 from engine.backends.manifest import check_manifest
 from engine.core.batch import left_pad
-from engine.core.generation import stops_at
+from engine.core.generation import stop_window as tail_tokens
 from engine.core.tokens import end_token_ids  # noqa: F401  (re-exported: tests and benches import it here)
 from engine.modeling import cache_kwarg
 
@@ -121,7 +121,7 @@ class HFGenerator:
         b = len(prompts) * n
         end_ids = torch.tensor(sorted(set(params.end_token_ids)) or [-1], device=self.device)
         stops = tuple(params.stop)
-        decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False)  # noqa: E731
+        stop_window = tail_tokens(stops)  # tokens of tail to decode (the rule: `engine.core.generation.stops_at`)
 
         out = torch.full((b, params.max_new_tokens), self.pad_id, dtype=torch.long, device=self.device)
         out_lp = torch.zeros((b, params.max_new_tokens), dtype=torch.float32, device=self.device)
@@ -148,7 +148,9 @@ class HFGenerator:
             hit_end = torch.isin(tok, end_ids) & ~done
             if stops:
                 for i in (~done & ~hit_end).nonzero().flatten().tolist():
-                    if stops_at(out[i], t, stops, decode):
+                    lo = max(0, t + 1 - stop_window)
+                    tail = self.tokenizer.decode(out[i, lo:t + 1].tolist(), skip_special_tokens=False)
+                    if any(s in tail for s in stops):
                         hit_end[i] = True
             stopped |= hit_end
             done |= hit_end
