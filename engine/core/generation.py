@@ -58,8 +58,9 @@ def stops_at(ids: Any, t: int, stops: Sequence[str], decode: Callable[[list[int]
     """Whether a response ends at its token ``t``: the last `stop_window` tokens up to ``t`` of ``ids`` (a
     list or a 1-d tensor), decoded with special tokens kept (``decode``), contain one of ``stops``.
 
-    The one stop-string rule of every generator: the hf generator applies it while decoding, the vLLM
-    generator to the tokens vLLM returns (`engine.backends.vllm_generator.stop_cut`)."""
+    The one stop-string rule of every generator: the vLLM generator applies it to the tokens vLLM
+    returns (`engine.backends.vllm_generator.stop_cut`); the hf generator's decode loop checks the same
+    `stop_window` tail after each token."""
     if not stops:
         return False
     window = ids[max(0, t + 1 - stop_window(stops)):t + 1]
