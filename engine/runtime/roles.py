@@ -27,7 +27,7 @@ import torch
 from engine.backends.base import Generation, SamplingParams
 from engine.backends.vllm_launch import gpu_share, replica_launch
 from engine.model_files import ModelFiles
-from engine.runtime.batch import GROUP_KEYS, dp_shards, merge_dp
+from engine.runtime.batch import GROUP_KEYS, Batch, dp_shards, merge_dp
 from engine.runtime.group import LocalHandle, WorkerGroup, bundle_of, init_ray, placement_groups, spawn, uses_ray
 from engine.runtime.workers import GeneratorCalls, GeneratorWorker, RewardWorker, TrainerWorker, WorkerSetup
 
@@ -218,17 +218,17 @@ class Roles:
                 known[k] = (tensors[k], [s[k] for s in sub if k in s])
         return [{k: known[k][1][d] for k in tensors if len(known[k][1]) == dp} for d in range(dp)]
 
-    def log_probs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def log_probs(self, batch: Batch) -> torch.Tensor:
         """The current policy's per-token log-probs of the responses, [B, T]."""
         return merge_dp(self.trainer.compute_log_probs(self._shards(batch)), self.mini_batch)
 
-    def reference_log_probs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def reference_log_probs(self, batch: Batch) -> torch.Tensor:
         return merge_dp(self.trainer.compute_ref_log_probs(self._shards(batch)), self.mini_batch)
 
-    def values(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def values(self, batch: Batch) -> torch.Tensor:
         return merge_dp(self.trainer.compute_values(self._shards(batch)), self.mini_batch)
 
-    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    def update(self, batch: Batch) -> dict[str, float]:
         """One RL update over every rank's shard; the metrics are the group's (rank 0's)."""
         return self.trainer.update(self._shards(batch))[0]
 
