@@ -20,6 +20,12 @@ class OptimConfig:
     warmup_steps: int = 0
     grad_clip: float = 1.0
 
+    def lr_factor(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based) as a fraction of ``lr``: a linear
+        warm-up over ``warmup_steps`` steps (step s gets (s + 1) / warmup_steps), then 1."""
+        warm = self.warmup_steps
+        return min(1.0, (step + 1) / warm) if warm else 1.0
+
 
 @dataclass(frozen=True)
 class LossConfig:

@@ -23,8 +23,8 @@ from engine.backends.base import WeightBucket
 from engine.backends.config import BatchConfig, LossConfig, OptimConfig  # noqa: F401  (re-exported)
 from engine.backends.device import release_cached
 from engine.backends.manifest import bucketed
+from engine.core.batch import GROUP_KEYS, split_rows
 from engine.modeling import cache_kwarg
-from engine.runtime.batch import GROUP_KEYS
 
 
 def response_logits(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -95,26 +95,6 @@ def map_micro_batches(fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], bat
     return torch.cat(parts)
 
 
-def split_rows(batch: Mapping[str, Any], size: int) -> list[dict[str, Any]]:
-    """Consecutive chunks of at most ``size`` sequences of every tensor in ``batch``.
-
-    Per-prompt tensors (`GROUP_KEYS`, one row per group of n sequences) are cut along with their
-    sequences when ``size`` is a multiple of n; otherwise they are dropped and the chunk falls back to
-    the flat layout.
-    """
-    rows = batch["responses"].shape[0]
-    groups = batch["prompt_ids"].shape[0] if "prompt_ids" in batch else 0
-    n = rows // groups if groups and rows % groups == 0 else 0
-    keep_groups = bool(n) and size % n == 0
-    out = []
-    for i in range(0, rows, size):
-        chunk = {k: v[i:i + size] for k, v in batch.items() if isinstance(v, torch.Tensor) and k not in GROUP_KEYS}
-        if keep_groups:
-            chunk.update({k: batch[k][i // n:(i + size) // n] for k in GROUP_KEYS})
-        out.append(chunk)
-    return out
-
-
 class TorchTrainer:
     """Policy (and optional critic) optimisation with plain PyTorch."""
 
@@ -127,8 +107,7 @@ class TorchTrainer:
         self.bf16 = bf16 and self.device.type == "cuda"
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=optim.lr, betas=tuple(optim.betas),
                                      weight_decay=optim.weight_decay)
-        warm = optim.warmup_steps
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, optim.lr_factor)
         self.critic = critic.to(self.device) if critic is not None else None
         self.critic_opt = (torch.optim.AdamW(self.critic.parameters(), lr=critic_lr, betas=tuple(optim.betas),
                                              weight_decay=optim.weight_decay) if self.critic is not None else None)

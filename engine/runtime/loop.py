@@ -25,14 +25,14 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 import torch
 
 from engine.algorithm.advantages import broadcast_to_tokens, gae, group_advantages, whiten
 from engine.algorithm.losses import mismatch_metrics
-from engine.backends.base import SamplingParams
+from engine.core.generation import SamplingParams
 from engine.data import prompts as P
 from engine.data.loading import load_benchmarks, load_prompts
 from engine.data.selection import select_by_pass_rate
@@ -45,10 +45,15 @@ from engine.runtime.batch import pack_groups
 from engine.runtime.resources import check_resources
 from engine.runtime.roles import Roles
 from engine.runtime.sync import StepOrder
-from engine.runtime.threads import apply_threads
+from engine.core.threads import apply_threads
 from engine.runtime.tracking import AimTracker, MetricsLog, Progress
 from engine.sampling import sampling_params, step_seed
-from engine.study import rollouts as R
+from engine.core import rollouts as R
+from engine.core.atomic import write_json_atomic, write_text_atomic
+
+if TYPE_CHECKING:  # annotations only: no import at run time
+    from compiler.plan import Plan
+
 
 #: Metrics that measure time or throughput (they differ between otherwise identical runs).
 TIMING_KEYS = ("time/", "perf/")
@@ -63,15 +68,8 @@ class NonFiniteRewardError(ValueError):
     """A step's rewards hold nan or inf: the run stops at that step, before its update."""
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (a temporary file, then `os.replace`)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write_json(path: Path, data: Any) -> None:
-    _write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str))
+    write_json_atomic(path, data, indent=2, sort_keys=True, default=str)
 
 
 def rollout_metrics(rewards: torch.Tensor, correct: list[bool], lengths: torch.Tensor,
@@ -110,7 +108,7 @@ def rollout_log_probs_tensor(log_probs: list[list[float]], mask: torch.Tensor) -
 class StepInputs:
     """What one RL step reads besides the roles: the run's fixed settings."""
 
-    plan: Any
+    plan: Plan
     train_set: P.PromptSet
     sampling: SamplingParams
     pad_id: int
@@ -225,7 +223,7 @@ class RunInputs:
     bench_sets: dict[str, P.PromptSet]
 
 
-def load_run_inputs(plan: Any, log: Callable[[str], None]) -> RunInputs:
+def load_run_inputs(plan: Plan, log: Callable[[str], None]) -> RunInputs:
     """The plan's base model (built and cached if need be), its training and validation prompts, and the
     benchmarks, each data set counted and reported (bad rows are never dropped silently)."""
     spec = plan.spec
@@ -251,7 +249,7 @@ class Harness:
 
 
 @run_folder.guarded  # lock the folder, never overwrite a run in it, check the free space
-def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Callable[[str], None]] = None,
+def train(plan: Plan, run_dir: str | Path, resume: bool = False, log: Optional[Callable[[str], None]] = None,
           progress_stream=None, stop_after: Optional[int] = None, sync_skip: tuple[str, ...] = (),
           from_previous: bool = False, preflight: bool = True, harness: Optional[Harness] = None) -> dict[str, Any]:
     """Execute ``plan`` in ``run_dir``; returns the summary (also written to ``summary.json``).
@@ -278,7 +276,7 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
     run_info_path = run_dir / "run.json"
     run_info = json.loads(run_info_path.read_text()) if run_info_path.exists() else {}
     if not (run_dir / "plan.json").exists():
-        _write_text(run_dir / "plan.json", plan.to_json())  # a crash here must not leave a half plan
+        write_text_atomic(run_dir / "plan.json", plan.to_json())  # a crash here must not leave a half plan
     if resume:  # refuse a changed experiment, stop at a finished run, say what is redone
         from engine.runtime.resume import check_resume
 

@@ -22,7 +22,7 @@ import functools
 import math
 import os
 import shutil
-from typing import Any, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
 
 import torch
 
@@ -35,6 +35,12 @@ from engine.backends.megatron.bridge import WeightBridge, norm_eps, read_hf_conf
 from engine.backends.megatron.cpu import compat_for
 from engine.backends.megatron.logprobs import vocab_parallel_log_probs
 from engine.backends.megatron.model import ModelLayout, build_gpt, transformer_config
+from engine.core.batch import GROUP_KEYS
+from engine.core.batch import split_rows as _rows  # the torch trainer's row split, one rule for both
+
+if TYPE_CHECKING:  # annotations only: no import at run time
+    from compiler.plan import Plan
+
 
 #: Per-token statistics summed by the loss function: name -> index in the stats vector; then the
 #: trainer-vs-generator gap of an on-policy update (`_MISMATCH`: two sums and a max).
@@ -65,12 +71,7 @@ def megatron_attention_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 def _flat(batch: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
     """The flat-layout tensors of a `pack_groups` batch on ``device`` (per-prompt keys dropped)."""
     return {k: v.to(device) for k, v in batch.items()
-            if isinstance(v, torch.Tensor) and k not in ("prompt_ids", "prompt_mask")}
-
-
-def _rows(batch: Mapping[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
-    n = batch["responses"].shape[0]
-    return [{k: v[i:i + size] for k, v in batch.items()} for i in range(0, n, size)]
+            if isinstance(v, torch.Tensor) and k not in GROUP_KEYS}
 
 
 class MegatronTrainer:
@@ -163,8 +164,7 @@ class MegatronTrainer:
 
     # -- learning rate (the torch trainer's linear warm-up) -----------------------------------------
     def _lr_at(self, step: int) -> float:
-        warm = self.optim_cfg.warmup_steps
-        return self.optim_cfg.lr * (min(1.0, (step + 1) / warm) if warm else 1.0)
+        return self.optim_cfg.lr * self.optim_cfg.lr_factor(step)
 
     def _set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -475,7 +475,7 @@ class MegatronTrainer:
                                       if isinstance(old, torch.Tensor) else group["step"])
 
 
-def layout_from_plan(plan: Any, device: str) -> ModelLayout:
+def layout_from_plan(plan: Plan, device: str) -> ModelLayout:
     """The model layout the plan asks for on ``device``."""
     t = plan.trainer
     on_gpu = torch.device(device).type == "cuda"
