@@ -11,12 +11,14 @@ from typing import Optional, Sequence
 from schemas import Architecture, ExperimentSpec
 
 from compiler import memory as M
+from compiler.backends import backend as backend_info
 from compiler.errors import Problem
 from compiler.placement import BASE_MFU, DECODE_BW_EFF, Candidate, Inputs, SearchResult, choice_notes, search
 from compiler.mesh import coords
 from compiler.plan import (BundlePlan, DevicePlan, Estimates, MeshCoords, OffloadPlan, Plan, RolloutPlan, TrainerPlan,
                            WeightSyncPlan)
 from compiler.rules import check_spec, fixed_size
+from compiler.sync_cost import HANDLE_BUFFERS, handle_buffer_bytes, sleep_level
 
 
 def _r(x: float, nd: int = 3) -> float:
@@ -58,7 +60,7 @@ def lower(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str] = ())
     devices = _devices(inp, cand, trainer, rollout)
     return Plan(**base, feasible=res.feasible, reasons=[] if res.feasible else res.reasons, notes=notes,
                 trainer=trainer, rollout=rollout, devices=devices, estimates=_estimates(spec, cand, params_b),
-                weight_sync=_weight_sync(spec, trainer, rollout), bundles=_bundles(devices),
+                weight_sync=_weight_sync(spec, trainer, rollout, arch), bundles=_bundles(devices),
                 offload=_offload(spec, inp))
 
 
@@ -76,7 +78,7 @@ def _rollout_plan(spec: ExperimentSpec, inp: Inputs, c: Candidate) -> RolloutPla
     ro = spec.rollout
     return RolloutPlan(
         backend=ro.backend, tensor_parallel=c.rtp, replicas=c.replicas, gpu_memory_utilization=ro.gpu_memory_utilization,
-        sleep_level=ro.sleep_level if (spec.placement == "colocated" and ro.backend == "vllm") else 0,
+        sleep_level=inp.sleep_level if spec.placement == "colocated" else 0,
         max_model_len=inp.max_model_len,  # evaluation's longer responses included
         max_num_seqs=ro.max_num_seqs, kv_cache_tokens=c.vllm.kv_tokens if c.vllm else 0,
         concurrency=c.concurrency,
@@ -95,16 +97,26 @@ def _mesh_fields(rank: int, trainer: Optional[TrainerPlan], rollout: Optional[Ro
     return out
 
 
-def _weight_sync(spec: ExperimentSpec, trainer: TrainerPlan, rollout: RolloutPlan) -> WeightSyncPlan:
-    """In-process when trainer rank 0's process holds the generator (one device, or CPU colocated);
-    otherwise a broadcast group from trainer rank 0 to every generator worker: NCCL between the
-    devices of a split placement, gloo through host memory when colocated (NCCL cannot pair two ranks
-    on one GPU; CUDA IPC handles would avoid the host copy, and are not implemented)."""
+def _weight_sync(spec: ExperimentSpec, trainer: TrainerPlan, rollout: RolloutPlan, arch: Architecture) -> WeightSyncPlan:
+    """Colocated: in-process when the generator samples from the trainer's own module (hf, in trainer
+    rank 0's process); by handles when it keeps weights of its own (vLLM) and every generator device
+    also holds a trainer rank: each trainer rank hands the worker on its device its buckets
+    (`compiler.sync_cost`), from inside its process when the generator lives there (CPU, one GPU).
+    Otherwise a broadcast group from trainer rank 0 to every generator worker: NCCL between the
+    devices of a split placement, gloo through host memory on CPU."""
     bucket = spec.rollout.weight_bucket_mib * 2**20
     cpu = spec.cluster.accelerator == "cpu"
-    if spec.placement == "colocated" and (cpu or len(set(trainer.ranks) | set(rollout.ranks)) == 1):
-        return WeightSyncPlan(method="in_process", bucket_bytes=bucket, source_rank=trainer.ranks[0],
-                              receivers=rollout.ranks)
+    one_process = cpu or len(set(trainer.ranks) | set(rollout.ranks)) == 1
+    gen = backend_info("generator", spec.rollout.backend)
+    if spec.placement == "colocated":
+        if gen.shared_module and one_process:
+            return WeightSyncPlan(method="in_process", bucket_bytes=bucket, source_rank=trainer.ranks[0],
+                                  receivers=rollout.ranks)
+        if gen.handle_receiver and set(rollout.ranks) <= set(trainer.ranks):
+            return WeightSyncPlan(method="handles", bucket_bytes=bucket, source_rank=trainer.ranks[0],
+                                  receivers=rollout.ranks, senders=list(rollout.ranks), in_trainer=one_process,
+                                  buffer_bytes=handle_buffer_bytes(bucket, int(M.largest_tensor_bytes(arch))),
+                                  buffers=HANDLE_BUFFERS)
     backend = "nccl" if spec.placement == "split" and not cpu else "gloo"
     return WeightSyncPlan(method="broadcast", backend=backend, bucket_bytes=bucket, source_rank=trainer.ranks[0],
                           receivers=rollout.ranks)
@@ -231,7 +243,7 @@ def _cpu_plan(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str], 
     split = spec.placement == "split"  # the generator in a process of its own, weights by broadcast
     rollout = RolloutPlan(backend=spec.rollout.backend, tensor_parallel=1, replicas=1,
                           gpu_memory_utilization=spec.rollout.gpu_memory_utilization,
-                          sleep_level=spec.rollout.sleep_level if spec.rollout.backend == "vllm" and not split else 0,
+                          sleep_level=0 if split else sleep_level(spec.rollout.sleep_level, backend_info("generator", spec.rollout.backend).sleep_mode),
                           max_model_len=seq, max_num_seqs=gen_seqs, kv_cache_tokens=0, concurrency=gen_seqs,
                           replica_groups=[[world if split else 0]])
     devices = []
@@ -255,5 +267,5 @@ def _cpu_plan(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str], 
         spec=spec, sources=list(sources), architecture=arch, accelerator="cpu", placement=spec.placement, nodes=1,
         gpus_per_node=0, feasible=feasible, reasons=_reasons(problems), notes=notes, trainer=trainer, rollout=rollout,
         devices=devices, estimates=Estimates(tokens_per_step=_tokens_per_step(spec), params_b=_r(P / 1e9, 6)),
-        weight_sync=_weight_sync(spec, trainer, rollout), bundles=[], offload=_offload(spec, Inputs.from_spec(spec, arch)),
+        weight_sync=_weight_sync(spec, trainer, rollout, arch), bundles=[], offload=_offload(spec, Inputs.from_spec(spec, arch)),
     )
