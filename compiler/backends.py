@@ -75,6 +75,7 @@ REHEARSAL_BUILDERS: dict[str, str] = {
     "trainer": "engine.rehearse.standins:build_trainer",
     "generator": "engine.rehearse.standins:build_generator",
     "sender": "engine.rehearse.standins:RehearsalSender",  # trainer rank 0's side of a weight broadcast
+    "handle_sender": "engine.rehearse.standins:RehearsalHandleSender",  # a trainer rank's weight handles
 }
 
 

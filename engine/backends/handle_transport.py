@@ -16,6 +16,10 @@ carrying small JSON messages: per bucket ``{"slot", "header", "handle"?}`` (the 
 time a slot is used in a sync), the receiver's ``{"ack": slot}``, and ``{"end": true}``. Handles are
 unpickled with an unpickler that accepts nothing but torch's own rebuild functions and types.
 
+A CUDA IPC handle cannot be opened by the process that made it: when the generator runs in the
+sending trainer's process (one GPU), the receiver takes the very buffer the sender registered in
+this process (`_LOCAL`) instead; on CPU the shared-memory handle is opened even then.
+
 Torch only (no vLLM): `engine.backends.vllm_worker` uses the receiver inside vLLM's workers.
 """
 
@@ -42,6 +46,9 @@ _ALIGN = 16  # bytes; as `weight_transfer.pack`: every tensor can be viewed in i
 #: Slack each buffer keeps beyond the largest bucket for the 16-byte alignment of its tensors.
 ALIGN_SLACK = 1 << 20
 SLOTS = 2
+#: Device buffers of the senders in this process, by (socket path, slot): what a receiver in the same
+#: process takes instead of opening a CUDA IPC handle.
+_LOCAL: dict[tuple[str, int], torch.Tensor] = {}
 
 
 def buffer_bytes_for(bucket_bytes: int, largest_tensor_bytes: int) -> int:
@@ -220,6 +227,9 @@ class HandleSender:
                 if slot not in shared:
                     msg["handle"] = share(buffers[slot]).hex()
                     msg["uuid"] = _device_uuid(self.device)
+                    msg["pid"] = os.getpid()
+                    if self.device.type == "cuda":
+                        _LOCAL[(self.address, slot)] = buffers[slot]
                     shared.add(slot)
                 _send(conn, msg)
                 inflight.append(slot)
@@ -232,6 +242,8 @@ class HandleSender:
             raise ChannelClosed(f"the weight receiver closed the channel mid-stream ({type(e).__name__})") from e
         finally:
             self.allocated_bytes = sum(b.numel() for b in buffers if b is not None)
+            for slot in range(self.slots):
+                _LOCAL.pop((self.address, slot), None)
             conn.close()
             del buffers
         return sent
@@ -265,6 +277,7 @@ class HandleReceiver:
     """The generator worker's end of one sync: connect, map each slot once, yield the buckets."""
 
     def __init__(self, address: str, key_hex: str) -> None:
+        self.address = address
         self.conn = Client(address, family="AF_UNIX", authkey=bytes.fromhex(key_hex))
 
     def receive(self) -> Iterator[WeightBucket]:
@@ -280,7 +293,8 @@ class HandleReceiver:
                     break
                 slot = int(msg["slot"])
                 if "handle" in msg:
-                    slots[slot] = self._open(msg)
+                    own = msg.get("pid") == os.getpid() and (self.address, slot) in _LOCAL
+                    slots[slot] = _LOCAL[(self.address, slot)] if own else self._open(msg)
                 header = msg["header"]
                 yield unpack(header, slots[slot][:header["nbytes"]])
                 _send(self.conn, {"ack": slot})
