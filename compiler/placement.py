@@ -40,6 +40,8 @@ from compiler.sync_cost import (HANDLE_BUFFERS, broadcast_seconds, export_gather
 
 #: Model FLOPs utilisation of a Megatron trainer at TP1/PP1 (MODELS.md: 41-47% on H100).
 BASE_MFU = 0.40
+#: Host memory copy (bytes copied per second) of one process: the CPU handles path (`bench/sync`).
+HOST_COPY_BW = 4e9
 #: Fraction of peak HBM bandwidth a vLLM decode step achieves.
 DECODE_BW_EFF = 0.7
 #: Fraction of peak FLOP/s a vLLM prefill achieves.
@@ -52,6 +54,8 @@ INTERNODE_BW = 25e9
 NVLINK_BW = 150e9
 #: Weight broadcast through host memory over gloo, per link of the tree (CPU plans, `bench/sync`).
 HOST_BROADCAST_BW = 2e9
+#: Host memory copy (bytes copied per second) of one process: the CPU handles path (`bench/sync`).
+HOST_COPY_BW = 4e9
 #: Fraction of peak HBM bandwidth a device-local copy (read + write) achieves: copy_bw = eff x HBM / 2.
 COPY_BW_EFF = 0.7
 #: FP8 GEMM speed-up applied to the training FLOP rate.

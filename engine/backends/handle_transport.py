@@ -159,8 +159,10 @@ class HandleSender:
     """The trainer rank's end: a Unix socket a receiver connects to once per sync, and the buffers.
 
     device: where the buffers live (the trainer's device: "cuda:0" or "cpu"). buffer_bytes: one
-    buffer's size (`buffer_bytes_for`); ``slots`` of them are allocated at the start of each sync
-    and freed at its end. ``channel`` is what the receiver needs: (socket path, key as hex).
+    buffer's size (`buffer_bytes_for`); ``slots`` of them, allocated when first used. Device buffers
+    are freed at the end of each sync (the memory goes back before the generator's KV cache wakes);
+    shared-memory segments are kept for the next sync (making one costs far more than filling it).
+    ``channel`` is what the receiver needs: (socket path, key as hex).
     """
 
     def __init__(self, device: str, buffer_bytes: int, slots: int = SLOTS) -> None:
@@ -174,6 +176,7 @@ class HandleSender:
         self._server.listen(1)
         #: bytes of buffers allocated in the last sync (what the memory ledger charges)
         self.allocated_bytes = 0
+        self._kept: list[Optional[torch.Tensor]] = [None] * self.slots
 
     @property
     def channel(self) -> tuple[str, str]:
@@ -205,7 +208,7 @@ class HandleSender:
         ``alive``: polled while waiting for the receiver to connect (False: it failed; stop)."""
         keep = set(names) if names is not None else None
         conn = self._accept(timeout_s, alive)
-        buffers: list[Optional[torch.Tensor]] = [None] * self.slots
+        buffers = self._kept if self.device.type == "cpu" else [None] * self.slots
         shared: set[int] = set()
         inflight: deque[int] = deque()
         sent = 0
@@ -245,7 +248,7 @@ class HandleSender:
             for slot in range(self.slots):
                 _LOCAL.pop((self.address, slot), None)
             conn.close()
-            del buffers
+            del buffers  # device buffers go; shared-memory ones stay in self._kept
         return sent
 
     @staticmethod
@@ -256,6 +259,7 @@ class HandleSender:
         inflight.popleft()
 
     def close(self) -> None:
+        self._kept = [None] * self.slots
         try:
             self._server.close()
         finally:
