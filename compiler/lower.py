@@ -13,12 +13,13 @@ from schemas import Architecture, ExperimentSpec
 from compiler import memory as M
 from compiler.backends import backend as backend_info
 from compiler.errors import Problem
-from compiler.placement import BASE_MFU, DECODE_BW_EFF, Candidate, Inputs, SearchResult, choice_notes, search
+from compiler.placement import (BASE_MFU, DECODE_BW_EFF, HOST_BROADCAST_BW, Candidate, Inputs, SearchResult, choice_notes,
+                                search, sync_parts)
 from compiler.mesh import coords
 from compiler.plan import (BundlePlan, DevicePlan, Estimates, MeshCoords, OffloadPlan, Plan, RolloutPlan, TrainerPlan,
                            WeightSyncPlan)
 from compiler.rules import check_spec, fixed_size
-from compiler.sync_cost import HANDLE_BUFFERS, handle_buffer_bytes, sleep_level
+from compiler.sync_cost import HANDLE_BUFFERS, broadcast_seconds, handle_buffer_bytes, sleep_level, tree_rounds
 
 
 def _r(x: float, nd: int = 3) -> float:
@@ -198,7 +199,18 @@ def _notes(spec: ExperimentSpec, inp: Inputs, res: SearchResult) -> list[str]:
             notes.append(f"vLLM sleep level {inp.sleep_level} during training: "
                          + ("whole reservation stays on the GPU" if inp.sleep_level == 0 else
                             "weights offloaded to CPU and KV cache freed" if inp.sleep_level == 1 else
-                            "weights and KV cache discarded") + "; CUDA graphs stay")
+                            "weights and KV cache discarded (the next sync overwrites every weight)") + "; CUDA graphs stay")
+    if inp.handles:
+        parts = sync_parts(inp, c)
+        model = 2.0 * M.total_params(inp.arch)
+        gloo = broadcast_seconds(model, len(c.gen_ranks), HOST_BROADCAST_BW)
+        notes.append(f"weight sync by handles ~{sum(parts.values()):.1f} s per step: export gathers {parts['gathers']:.2f} s "
+                     f"(TP{c.tp} all-gather, PP{c.pp} broadcast), hand-over {parts['transport']:.2f} s (each trainer "
+                     f"rank packs {HANDLE_BUFFERS} buffers of {_gib(handle_buffer_bytes(inp.bucket, int(M.largest_tensor_bytes(inp.arch)))):.2f} GiB "
+                     "on its GPU, the vLLM worker there loads from them by CUDA IPC)"
+                     + (f", sleep-level-1 host copy {parts['sleep_copy']:.1f} s" if parts["sleep_copy"] else "")
+                     + f"; a gloo broadcast through host memory would take ~{gloo:.0f} s "
+                     f"({tree_rounds(len(c.gen_ranks))} tree rounds to {len(c.gen_ranks)} receivers at {HOST_BROADCAST_BW / 1e9:.0f} GB/s)")
     if inp.offload:
         notes.append("trainer offload: optimizer states and fp32 masters on CPU; grads leave the GPU between updates")
     notes.append("reward: CPU verification processes (no GPU memory)")

@@ -421,6 +421,25 @@ def pipeline_balance(arch: Architecture, pp: int, seq: int) -> float:
     return sum(stages) / len(stages) / max(stages)
 
 
+def sync_parts(inp: Inputs, c: Candidate) -> dict[str, float]:
+    """Seconds of one weight sync (bf16; `compiler.sync_cost`) by part: the export's gathers, the
+    transport, and (sleep level 1) the generator's weights to host and back."""
+    model = 2.0 * M.total_params(inp.arch)
+    parts = {"gathers": 0.0, "transport": 0.0, "sleep_copy": 0.0}
+    if inp.placement == "colocated" and not inp.handles:  # hf: the module is shared on one device
+        parts["transport"] = 0.0 if inp.world == 1 else broadcast_seconds(model, len(c.gen_ranks), HOST_BROADCAST_BW)
+    else:
+        stage_bw = NVLINK_BW if c.tp * c.pp <= inp.gpus_per_node else INTERNODE_BW
+        parts["gathers"] = export_gather_seconds(model, c.tp, c.pp, NVLINK_BW, stage_bw)
+        if inp.handles:  # every GPU at once: the pack into its buffer and its worker's load
+            parts["transport"] = handles_seconds(model, COPY_BW_EFF * inp.bandwidth / 2)
+        else:  # NCCL pipelines the broadcast in chunks: about one pass of the model at the link's speed
+            parts["transport"] = model / INTERNODE_BW
+    if inp.placement == "colocated":  # hf has no sleep mode: level 0
+        parts["sleep_copy"] = sleep_copy_seconds(M.vllm_weight_bytes(inp.arch, c.rtp), inp.sleep_level, PCIE_BW)
+    return parts
+
+
 def _times(inp: Inputs, c: Candidate) -> dict[str, float]:
     """Estimated seconds per RL step by phase (upper bound: every response at max length)."""
     a = inp.arch
@@ -459,21 +478,7 @@ def _times(inp: Inputs, c: Candidate) -> dict[str, float]:
     train = inp.epochs * train_factor * F * (2 if inp.critic else 1) / (rate * (1 - bubble(c.pp, c.microbatches)))
     if inp.fp8 != "none":
         train /= FP8_SPEEDUP
-    # --- weight sync trainer -> generator (bf16; `compiler.sync_cost`): the export's gathers, then
-    # the transport, then (sleep level 1) the generator's weights to host and back
-    model = 2.0 * P
-    if inp.placement == "colocated" and not inp.handles:
-        sync = 0.0 if inp.world == 1 else broadcast_seconds(model, gpus_g, HOST_BROADCAST_BW)  # hf: shared module
-    else:
-        stage_bw = NVLINK_BW if c.tp * c.pp <= inp.gpus_per_node else INTERNODE_BW
-        sync = export_gather_seconds(model, c.tp, c.pp, NVLINK_BW, stage_bw)
-        if inp.handles:
-            sync += handles_seconds(model, COPY_BW_EFF * inp.bandwidth / 2)
-        else:  # NCCL pipelines the broadcast in chunks: about one pass of the model at the link's speed
-            sync += model / INTERNODE_BW
-    if inp.placement == "colocated":  # hf has no sleep mode: level 0
-        sync += sleep_copy_seconds(M.vllm_weight_bytes(a, c.rtp), inp.sleep_level, PCIE_BW)
-    times = {"generation": generation, "log_probs": log_probs, "train": train, "sync": sync}
+    times = {"generation": generation, "log_probs": log_probs, "train": train, "sync": sum(sync_parts(inp, c).values())}
     if inp.offload and inp.backend == "megatron":
         shard = M.max_shard_params(a, c.tp, c.pp)
         opt_steps = inp.epochs * inp.batch // max(1, inp.mini_batch)
