@@ -114,10 +114,13 @@ def _weight_sync(spec: ExperimentSpec, trainer: TrainerPlan, rollout: RolloutPla
             return WeightSyncPlan(method="in_process", bucket_bytes=bucket, source_rank=trainer.ranks[0],
                                   receivers=rollout.ranks)
         if gen.handle_receiver and set(rollout.ranks) <= set(trainer.ranks):
+            # the stream's tensors: fp32 from a CPU trainer, bf16 on GPU; no bucket outgrows the model
+            elt = 4 if cpu else 2
+            largest = int(M.largest_tensor_bytes(arch) * elt / 2)
+            buffer = handle_buffer_bytes(min(bucket, int(M.total_params(arch) * elt)), largest)
             return WeightSyncPlan(method="handles", bucket_bytes=bucket, source_rank=trainer.ranks[0],
                                   receivers=rollout.ranks, senders=list(rollout.ranks), in_trainer=one_process,
-                                  buffer_bytes=handle_buffer_bytes(bucket, int(M.largest_tensor_bytes(arch))),
-                                  buffers=HANDLE_BUFFERS)
+                                  buffer_bytes=buffer, buffers=HANDLE_BUFFERS)
     backend = "nccl" if spec.placement == "split" and not cpu else "gloo"
     return WeightSyncPlan(method="broadcast", backend=backend, bucket_bytes=bucket, source_rank=trainer.ranks[0],
                           receivers=rollout.ranks)

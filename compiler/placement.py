@@ -286,7 +286,8 @@ def _trainer_stage_memory(inp: Inputs, tp: int, pp: int, cp: int, dp: int, stage
             "reference": 0.0 if inp.offload else ref, "trainer_overhead": over,
             "sync_buffers": M.sync_transient_bytes(a, inp.bucket)}
     if inp.handles:  # the buffers the rank hands its device's generator worker
-        sync["handle_buffers"] = float(HANDLE_BUFFERS * handle_buffer_bytes(inp.bucket, int(M.largest_tensor_bytes(a))))
+        bucket = min(inp.bucket, int(2 * M.total_params(a)))  # bf16; no bucket outgrows the model
+        sync["handle_buffers"] = float(HANDLE_BUFFERS * handle_buffer_bytes(bucket, int(M.largest_tensor_bytes(a))))
     if inp.critic:
         lp["critic"] = critic_idle
         train["critic"] = critic_state

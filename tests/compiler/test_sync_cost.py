@@ -98,3 +98,14 @@ def test_cpu_colocated_vllm_syncs_by_handles_inside_the_trainer_and_hf_shares_it
     assert (h.weight_sync.method, h.rollout.sleep_level) == ("in_process", 0)
     s = compile_spec(str(ROOT / "specs" / "quickstart.yaml"), ["rollout.backend=vllm", "placement=split"])
     assert (s.weight_sync.method, s.weight_sync.backend, s.rollout.sleep_level) == ("broadcast", "gloo", 0)
+
+
+def test_cpu_buffers_hold_fp32_tensors_and_never_outgrow_the_model():
+    from compiler.catalog import CATALOG
+
+    tiny = compile_spec(str(ROOT / "specs" / "quickstart.yaml"), ["rollout.backend=vllm"])
+    assert tiny.weight_sync.buffer_bytes == 4 * M.total_params(tiny.architecture) + (1 << 20)  # not 512 MiB
+    half = compile_spec(str(ROOT / "specs" / "qwen2.5-0.5b.yaml"), ["cluster.accelerator=cpu"])
+    arch = CATALOG["qwen2.5-0.5b"]
+    emb32 = 4 * arch.vocab_size * arch.hidden_size  # 544 MB of fp32 embedding: larger than a 512 MiB bucket
+    assert emb32 > 512 << 20 and half.weight_sync.buffer_bytes == emb32 + (1 << 20)
