@@ -12,6 +12,7 @@ on the method, with `engine.runtime.dispatch.dispatch`.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, replace
 from typing import Any, Optional, Sequence
 
@@ -296,14 +297,12 @@ class TrainerWorker(GeneratorCalls):
             except BaseException as e:  # raised below, in the caller's thread
                 outcome["error"] = e
 
-        import threading
-
         receiver = threading.Thread(target=receive, name="weight-handles", daemon=True)
         receiver.start()
         try:
             self.handles.send(self._stream(bucket_bytes, skip), alive=receiver.is_alive)
         except BaseException:
-            receiver.join()
+            receiver.join(timeout=60)  # the closed channel ends its wait (one that never connected may not)
             if "error" in outcome:  # the receiver's failure is the cause (e.g. a manifest mismatch)
                 raise outcome["error"]
             raise
