@@ -153,7 +153,7 @@ def test_g2_the_parity_gate_computes_trainer_log_probs_with_the_generator_asleep
     EVENTS.clear()
     parity_gate(roles, _inputs(plan, tok), lambda s: None)
     gen, lp = EVENTS.index("generator.generate"), EVENTS.index("trainer.log_probs")
-    assert "generator.sleep(1)" in EVENTS[gen:lp], EVENTS  # NeMo-RL's order: generation done, then log-probs
+    assert "generator.sleep(2)" in EVENTS[gen:lp], EVENTS  # level 2: the sync rewrites all weights
     # and the generator is awake again (weights and KV cache) afterwards, for step 1's generation
     assert EVENTS[-1] == "generator.wake(kv_cache)", EVENTS
 
