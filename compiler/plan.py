@@ -105,17 +105,23 @@ class RolloutPlan(_Frozen):
 class WeightSyncPlan(_Frozen):
     """How new policy weights reach the generator after each update.
 
-    in_process: the generator lives in trainer rank 0's process (CPU, one device); broadcast: a process
-    group of trainer rank 0 and every generator worker, over ``backend`` (NCCL between the GPUs of a
-    split placement; gloo through host memory on CPU and between colocated GPUs). cuda_ipc (colocated
-    GPUs handing tensors over by IPC handle) is reserved: the runtime does not execute it.
+    in_process: the generator samples from the trainer's own module in trainer rank 0's process (the
+    hf generator); handles: colocated, each trainer rank packs the buckets into buffers on its device
+    and hands the generator worker on the same device a handle to them (CUDA IPC on GPU, shared
+    memory on CPU; `engine.backends.handle_transport`); broadcast: a process group of trainer rank 0
+    and every generator worker, over ``backend`` (NCCL between the GPUs of a split placement; gloo
+    through host memory on CPU).
     """
 
-    method: Literal["in_process", "cuda_ipc", "broadcast"]
+    method: Literal["in_process", "handles", "broadcast"]
     backend: Literal["gloo", "nccl"] = Field("gloo", description="Process-group backend of a broadcast.")
     bucket_bytes: int = Field(description="Bytes per streamed bucket of HF-named full tensors.")
     source_rank: int = Field(0, description="Trainer rank that gathers and sends the full tensors.")
     receivers: list[int] = Field(default_factory=list, description="Device ranks of the generator workers that receive.")
+    senders: list[int] = Field(default_factory=list, description="handles: the device rank of the trainer rank that hands each receiver its buckets (its own device), in the order of receivers.")
+    in_trainer: bool = Field(False, description="handles: the generator runs in the sending trainer rank's process (CPU, one GPU).")
+    buffer_bytes: int = Field(0, description="handles: bytes of one buffer (the largest bucket plus alignment slack).")
+    buffers: int = Field(0, description="handles: buffers each sender packs into in turn (2: packing overlaps loading).")
 
 
 class BundlePlan(_Frozen):

@@ -20,7 +20,7 @@ class RolloutSpec(Section):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     top_k: int = Field(-1, description="Top-k sampling (-1 = off).")
     stop: list[str] = Field(default_factory=list, description="Stop strings (besides the tokenizer's end tokens).")
-    sleep_level: Literal[0, 1, 2] = Field(1, description="Colocated vLLM sleep mode during training: 1 offloads weights, 2 drops them, 0 keeps them.")
+    sleep_level: Literal[0, 1, 2] = Field(1, description="Colocated vLLM sleep mode during training: 0 keeps the weights; 1 or 2 sleeps, and the compiler then picks level 2 (drop the weights, no copy to host and back) where the next sync overwrites every weight, level 1 (offload them) otherwise.")
     enforce_eager: bool = Field(False, description="Disable CUDA graphs (saves their memory, slower decode).")
     max_num_seqs: PositiveInt = Field(256, description="Sequences a vLLM replica decodes at once.")
     quantization: Literal["none", "fp8"] = Field("none", description="vllm on GPU: 'fp8' runs the rollout with vLLM's fp8 weight quantization (the trainer stays in its dtype; pair with algorithm TIS).")

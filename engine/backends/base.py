@@ -135,6 +135,15 @@ class BroadcastReceiver(Protocol):
 
 
 @runtime_checkable
+class ReceivesHandles(Protocol):
+    """A generator whose workers map the weight buckets a colocated trainer rank hands over by handle
+    (CUDA IPC on GPU, shared memory on CPU; `engine.backends.handle_transport`)."""
+
+    def receive_by_handles(self, channels: Sequence[Sequence[str]], expected: Optional[Sequence[str]] = None) -> int:
+        """Load one stream (``channels``: a (socket path, key) per worker); returns tensors received."""
+
+
+@runtime_checkable
 class RecordsEvents(Protocol):
     """A generator that records the engine calls it issued, in order (``sleep(1)``, ``wake(weights)``...)."""
 

@@ -75,3 +75,16 @@ def build_weight_sender(ctx: BackendContext, host: str, port: int, world_size: i
     backend_name = ctx.plan.weight_sync.backend
     device = ctx.device if backend_name == "nccl" else "cpu"
     return BroadcastGroup(host, port, world_size, 0, backend_name, device=device)
+
+
+def build_handle_sender(ctx: BackendContext, names: list[str]) -> Any:
+    """A trainer rank's side of the colocated sync by handles (`plan.weight_sync`, method ``handles``):
+    ``buffers`` buffers of ``buffer_bytes`` on its device (`engine.backends.handle_transport`); a
+    rehearsal's stand-in charges those buffers to the device's ledger, checks the stream and sends nothing."""
+    ws = ctx.plan.weight_sync
+    if ctx.rehearsal is not None:
+        module, cls = REHEARSAL_BUILDERS["handle_sender"].split(":")
+        return getattr(importlib.import_module(module), cls)(ctx, names)
+    from engine.backends.handle_transport import HandleSender
+
+    return HandleSender(ctx.device, ws.buffer_bytes, ws.buffers)

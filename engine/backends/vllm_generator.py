@@ -180,6 +180,16 @@ class VLLMGenerator:
         self.reset_prefix_cache()
         return len(received)
 
+    def receive_by_handles(self, channels: Sequence[Sequence[str]], expected: Optional[Sequence[str]] = None) -> int:
+        """Colocated: every worker maps the buckets the trainer rank on its device hands over by handle
+        (``channels``: one (socket path, key) per TP rank; `engine.backends.handle_transport`), then the
+        manifest check and the prefix-cache reset. Blocks until the sender's stream ends."""
+        self.events.append("update_weights")
+        self._stale = True
+        received = self.llm.collective_rpc("engine_receive_by_handles",
+                                           args=([list(c) for c in channels], list(expected) if expected is not None else None))[0]
+        return self._after_update(received, expected)
+
     def join_broadcast(self, host: str, port: int, world_size: int, rank_offset: int = 1,
                        backend: str = "gloo", timeout_s: float = 300.0) -> list[int]:
         """Split placement: every worker of this engine joins the trainer's broadcast group

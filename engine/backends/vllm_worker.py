@@ -11,9 +11,11 @@ The receiver keeps the manifest count: names not in the expected set and names s
 not loaded, and `engine_finish_update` returns every name received so the driver can check the
 manifest (`engine.backends.manifest.check_manifest`) and name what is wrong.
 
-Colocated, buckets arrive as bytes (`engine_load_bucket`; `collective_rpc` cannot carry tensors);
-split, each worker joins a broadcast group with the trainer (`engine_join_broadcast`) and pulls the
-buckets itself (`engine_receive_broadcast`).
+Colocated, each worker maps the buckets the trainer rank on its device packed into shared buffers
+(`engine_receive_by_handles`: CUDA IPC on GPU, shared memory on CPU; `engine.backends.handle_transport`),
+or takes them as bytes (`engine_load_bucket`; `collective_rpc` cannot carry tensors); split, each
+worker joins a broadcast group with the trainer (`engine_join_broadcast`) and pulls the buckets
+itself (`engine_receive_broadcast`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from engine.backends.base import WeightBucket
+from engine.backends.handle_transport import HandleReceiver
 from engine.backends.weight_transfer import BroadcastGroup, unpack_bytes
 
 
@@ -37,6 +40,29 @@ def _reprocess_tied_heads(model: Any) -> None:
             method = getattr(module, "quant_method", None)
             if isinstance(module, ParallelLMHead) and method is not None:
                 method.process_weights_after_loading(module)
+
+
+def _detach_pending(model: Any, bucket: WeightBucket) -> int:
+    """Copy out of ``bucket``'s memory whatever the layerwise reload still holds by reference: a layer
+    whose weights straddle two buckets keeps the first part's tensors (views into the sender's
+    buffer) until the rest arrives, and the sender reuses that buffer once the bucket is
+    acknowledged. Returns the tensors copied (at most one layer's worth per bucket boundary)."""
+    from vllm.model_executor.model_loader.reload.layerwise import LAYERWISE_INFO
+
+    spans = set()
+    for _, t in bucket:
+        s = t.untyped_storage()
+        spans.add((s.data_ptr(), s.data_ptr() + s.nbytes()))
+    copied = 0
+    for layer in model.modules():
+        info = LAYERWISE_INFO.get(layer)
+        for _, args in (info.loaded_weights if info is not None else ()):
+            for key, value in list(args.arguments.items()):
+                if isinstance(value, torch.Tensor) and value.numel() and any(
+                        lo <= value.data_ptr() < hi for lo, hi in spans):
+                    args.arguments[key] = value.clone()
+                    copied += 1
+    return copied
 
 
 class WeightReceiverExtension:
@@ -89,6 +115,24 @@ class WeightReceiverExtension:
             if fn is not None:
                 fn()
         received, self._sync_received = self._sync_received, []
+        return received
+
+    def engine_receive_by_handles(self, channels: Sequence[Sequence[str]],
+                                  expected: Optional[Sequence[str]] = None) -> list[str]:
+        """Colocated: map and load one weight stream from the trainer rank on this worker's device
+        (``channels[tp rank]``: its socket path and key, `engine.backends.handle_transport.HandleSender`);
+        returns every name received, in order. The layers are settled even when the stream breaks."""
+        address, key = channels[int(getattr(self, "rank", 0)) % len(channels)]
+        receiver = HandleReceiver(address, key)
+        model = self.model_runner.get_model()
+        self.engine_begin_update(expected)
+        try:
+            for bucket in receiver.receive():
+                self._engine_load(bucket)
+                _detach_pending(model, bucket)
+        finally:
+            receiver.close()
+            received = self.engine_finish_update()
         return received
 
     # -- split placement --------------------------------------------------------------------------

@@ -32,6 +32,7 @@ FIXES = {
     "lp_activations": "trainer.log_prob_micro_batch_size (lower)",
     "lp_logits": "trainer.log_prob_micro_batch_size (lower), or trainer.tensor_parallel (higher)",
     "sync_buffers": "rollout.weight_bucket_mib (lower)",
+    "handle_buffers": "rollout.weight_bucket_mib (lower; a buffer also holds the largest tensor whole)",
     "cached": "a runtime defect: the trainer's caching allocator was not released (release_memory) before the generator mapped memory",
 }
 

@@ -505,6 +505,22 @@ class RehearsalGenerator:
         self.reset_prefix_cache()
         return len(received)
 
+    def receive_by_handles(self, channels: Sequence[Sequence[str]], expected: Optional[Sequence[str]] = None) -> int:
+        """Takes the stream the stand-in handle senders checked (`RehearsalHandleSender`); each worker
+        copies out of the mapped buffers into its woken weights (no buffer of its own)."""
+        self.events.append("update_weights")
+        if len(channels) != len(self.ranks):
+            self.book.violate("placement", self.ranks[0], "sync", f"{len(channels)} handle channels for "
+                              f"{len(self.ranks)} workers of generator replica {self.replica}",
+                              "a runtime defect: one sending trainer rank per generator worker (plan.weight_sync.senders)")
+        for r in self.ranks:
+            self.book.call(r, self.process, "generator.receive_by_handles", "sync")
+        if self.vllm and not self.awake["weights"]:
+            self.book.violate("order", self.ranks[0], "sync", "weights handed to a vLLM engine whose weights sleep",
+                              "a runtime defect: wake(['weights']) before the push")
+        self.reset_prefix_cache()
+        return len(expected or [])
+
     def join_broadcast(self, host: str, port: int, world_size: int, rank_offset: int = 1, backend: str = "gloo") -> Any:
         self.events.append("join_broadcast")
         return list(range(rank_offset, rank_offset + len(self.ranks)))
@@ -577,6 +593,34 @@ class RehearsalSender:
         sent = [name for bucket in stream for name, _ in bucket]
         check_manifest(self.names, sent)
         return len(sent)
+
+
+class RehearsalHandleSender:
+    """A trainer rank's side of the colocated sync by handles, in a rehearsal: while the stream runs
+    its device is charged the plan's handle buffers (``weight_sync.buffers`` x ``buffer_bytes``, on
+    top of what the trainer's `weight_stream` charges), the names are checked against the manifest,
+    and nothing is sent (the stand-in receivers take the count)."""
+
+    def __init__(self, ctx: Any, names: Sequence[str]) -> None:
+        self.book = Book(ctx.rehearsal.book)
+        self.names = list(names)
+        ws = ctx.plan.weight_sync
+        self.device_rank = ctx.device_rank if ctx.device_rank is not None else ctx.plan.trainer.ranks[ctx.rank]
+        self.nbytes = float(ws.buffers * ws.buffer_bytes) if ctx.plan.accelerator == "gpu" else 0.0
+        self.channel = (f"rehearsal:{self.device_rank}", "")
+
+    def send(self, stream: Iterable[WeightBucket], names: Optional[Sequence[str]] = None, **_: Any) -> int:
+        self.book.call(self.device_rank, "trainer", "handles.send", "sync")
+        self.book.begin(self.device_rank, "trainer", {"handle_buffers": self.nbytes}, "sync")
+        try:
+            sent = [name for bucket in stream for name, _ in bucket]
+        finally:
+            self.book.end(self.device_rank, "trainer", "sync")
+        check_manifest(self.names, sent)
+        return len(sent)
+
+    def close(self) -> None:
+        """Nothing to release."""
 
 
 def _in_ray_actor() -> bool:

@@ -204,7 +204,7 @@ def parity_gate(roles: Roles, inp: StepInputs, log: Callable[[str], None]) -> di
     inp.order.after_update(roles)  # the generator back awake with the (unchanged) weights
     err, limit = mm["token_mult_prob_error"], spec.rollout.parity_threshold
     log(f"parity gate: token_mult_prob_error {err:.5f} (threshold {limit}), trainer-vs-rollout kl {mm['kl']:.2e}")
-    if err > limit:
+    if not err <= limit:  # NaN too: a generator sampling from unset weights gives NaN log-probs
         raise ParityError(
             f"step-0 parity gate: the generator's log-probs disagree with the trainer's on the same tokens "
             f"(token_mult_prob_error {err:.4f} > rollout.parity_threshold {limit}; largest gap {mm['max_abs_diff']:.3f} "

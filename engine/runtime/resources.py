@@ -46,7 +46,7 @@ def ray_hardware(address: str) -> Found:
 
 
 #: Weight-sync methods this runtime executes (`plan.weight_sync.method`).
-SYNC_METHODS = ("in_process", "broadcast")
+SYNC_METHODS = ("in_process", "handles", "broadcast")
 
 
 def _missing_package(name: str) -> bool:

@@ -124,7 +124,7 @@ class Roles:
         self._broadcast_open = False
         self._shard_cache: Optional[tuple[dict, dict]] = None
         reference = training and plan.spec.algorithm.kl_coef > 0
-        hosted = plan.weight_sync.method == "in_process"
+        hosted = plan.weight_sync.method == "in_process" or plan.weight_sync.in_trainer  # rank 0 holds the generator
         try:
             if not (training and hosted):  # generators first: they reserve their memory on free devices
                 self.generators = WorkerGroup(GeneratorWorker, [
@@ -172,10 +172,26 @@ class Roles:
         method = self.plan.weight_sync.method
         if method == "in_process":
             return sum(self.trainer.push_weights(bucket_bytes, skip))
+        if method == "handles":
+            if self.plan.weight_sync.in_trainer:
+                return sum(self.trainer.push_by_handles(bucket_bytes, skip))
+            return self._handle_weights(bucket_bytes, skip)
         if method == "broadcast" and not skip:
             return self._broadcast_weights(bucket_bytes)
         # refused before start by engine.runtime.resources; kept as a guard
         raise NotImplementedError(f"weight sync '{method}' is not executed by this runtime")
+
+    def _handle_weights(self, bucket_bytes: int, skip: tuple[str, ...] = ()) -> int:
+        """Colocated devices: each sending trainer rank hands the generator worker on its device its
+        buckets by handle (`plan.weight_sync.senders`); every replica receives while the trainer sends."""
+        ws = self.plan.weight_sync
+        channel = dict(zip(self.plan.trainer.ranks, self.trainer.open_handles()))
+        sender_of = dict(zip(ws.receivers, ws.senders))
+        per_replica = [([channel[sender_of[r]] for r in group],) for group in self.plan.rollout.replica_groups]
+        expected = None if skip else self.trainer.weight_names()
+        receiving = self.generators.later.receive_by_handles([(chs, expected) for (chs,) in per_replica])
+        self.trainer.send_by_handles(bucket_bytes, skip)
+        return sum(receiving.result())
 
     def _broadcast_weights(self, bucket_bytes: int) -> int:
         """Trainer rank 0 broadcasts the stream to every generator worker over a group of their own

@@ -12,16 +12,17 @@ on the method, with `engine.runtime.dispatch.dispatch`.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, replace
 from typing import Any, Optional, Sequence
 
 import torch
 
 from compiler.backends import backend
-from engine.backends.base import (BroadcastReceiver, Generation, Generator, RecordsEvents, SamplingParams, SharesModule,
-                                  Trainer, ValueModel)
+from engine.backends.base import (BroadcastReceiver, Generation, Generator, ReceivesHandles, RecordsEvents, SamplingParams,
+                                  SharesModule, Trainer, ValueModel)
 from engine.backends.device import parse_device
-from engine.backends.registry import BackendContext, build_generator, build_trainer, build_weight_sender
+from engine.backends.registry import BackendContext, build_generator, build_handle_sender, build_trainer, build_weight_sender
 from engine.runtime.dispatch import Mode, dispatch
 
 
@@ -248,6 +249,68 @@ class TrainerWorker(GeneratorCalls):
             return 0
         return self.generator.update_weights(stream, expected=None if skip else names)
 
+    def _stream(self, bucket_bytes: int, skip: Sequence[str] = ()) -> Any:
+        stream = self.trainer.weight_stream(bucket_bytes)
+        if skip:
+            stream = ([(n, t) for n, t in bucket if n not in skip] for bucket in stream)
+        return stream
+
+    @dispatch(Mode.ALL)
+    def open_handles(self) -> Optional[tuple[str, str]]:
+        """The channel (socket path, key) of this rank's handle sender when the plan has it feed the
+        generator worker on its device (``weight_sync.senders``), opened on the first call; None on
+        the other ranks."""
+        if self.device_rank not in self.plan.weight_sync.senders:
+            return None
+        if getattr(self, "handles", None) is None:
+            self.handles = build_handle_sender(self._ctx(), self.trainer.weight_names())
+        return tuple(self.handles.channel)
+
+    @dispatch(Mode.ALL)
+    def send_by_handles(self, bucket_bytes: int, skip: Sequence[str] = ()) -> int:
+        """The weight stream (every rank takes part in its gathers), handed by each sending rank to the
+        generator worker on its device (which is receiving: `GeneratorWorker.receive_by_handles`).
+        Returns the tensors sent (0 on ranks that feed no worker)."""
+        stream = self._stream(bucket_bytes, skip)
+        if getattr(self, "handles", None) is None:
+            for _ in stream:
+                pass
+            return 0
+        return self.handles.send(stream)
+
+    @dispatch(Mode.ALL)
+    def push_by_handles(self, bucket_bytes: int, skip: Sequence[str] = ()) -> int:
+        """`send_by_handles` to the generator this rank hosts (``weight_sync.in_trainer``): its workers
+        map the buffers from a thread of this process while this thread packs them, the same channel
+        and handles as between processes. Returns the tensors the generator received (0 without one)."""
+        channel = self.open_handles()
+        if self.generator is None or channel is None:
+            return self.send_by_handles(bucket_bytes, skip)
+        if not isinstance(self.generator, ReceivesHandles):
+            raise TypeError(f"the {self.plan.rollout.backend} generator cannot take weights by handles")
+        expected = None if skip else self.trainer.weight_names()
+        outcome: dict[str, Any] = {}
+
+        def receive() -> None:
+            try:
+                outcome["received"] = self.generator.receive_by_handles([channel], expected)
+            except BaseException as e:  # raised below, in the caller's thread
+                outcome["error"] = e
+
+        receiver = threading.Thread(target=receive, name="weight-handles", daemon=True)
+        receiver.start()
+        try:
+            self.handles.send(self._stream(bucket_bytes, skip), alive=receiver.is_alive)
+        except BaseException:
+            receiver.join(timeout=60)  # the closed channel ends its wait (one that never connected may not)
+            if "error" in outcome:  # the receiver's failure is the cause (e.g. a manifest mismatch)
+                raise outcome["error"]
+            raise
+        receiver.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["received"]
+
     @dispatch(Mode.ALL)
     def open_broadcast(self, host: str, port: int, world_size: int) -> None:
         """Rank 0 opens the weight broadcast group it sends on (the generator workers
@@ -268,6 +331,9 @@ class TrainerWorker(GeneratorCalls):
 
     @dispatch(Mode.ALL)
     def close(self) -> None:
+        handles = getattr(self, "handles", None)
+        if handles is not None:
+            handles.close()
         for backend in (self.generator, self.reference, self.trainer):
             if backend is not None:  # Megatron's process groups, vLLM's processes: torn down now
                 backend.close()
@@ -311,6 +377,14 @@ class GeneratorWorker(GeneratorCalls):
         if not isinstance(self.generator, BroadcastReceiver):
             raise TypeError(f"generator replica {self.replica} cannot join a weight broadcast group")
         return self.generator
+
+    @dispatch(Mode.EACH)
+    def receive_by_handles(self, channels: Sequence[Sequence[str]], expected=None) -> int:
+        """Colocated: this replica's workers map one weight stream from the trainer ranks on their
+        devices (``channels``: one (socket path, key) per TP rank), checked against ``expected``."""
+        if not isinstance(self.generator, ReceivesHandles):
+            raise TypeError(f"generator replica {self.replica} cannot take weights by handles")
+        return self.generator.receive_by_handles(channels, expected)
 
     @dispatch(Mode.EACH)
     def join_broadcast(self, host: str, port: int, world_size: int, rank_offset: int, backend: str) -> None:

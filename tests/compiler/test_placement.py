@@ -241,7 +241,7 @@ def test_cpu_plan_with_megatron_processes_carries_the_mesh():
     assert (p.trainer.tensor_parallel, p.trainer.pipeline_parallel, p.trainer.data_parallel) == (2, 1, 2)
     assert [(d.rank, d.mesh.tp, d.mesh.dp) for d in p.devices] == [(0, 0, 0), (1, 1, 0), (2, 0, 1), (3, 1, 1)]
     assert "generator" in p.devices[0].roles and p.devices[1].roles == ["trainer"]
-    assert p.rollout.replica_groups == [[0]] and p.weight_sync.method == "in_process"
+    assert p.rollout.replica_groups == [[0]] and (p.weight_sync.method, p.weight_sync.in_trainer) == ("handles", True)
     assert not plan_of(spec("qwen2.5-0.5b", cluster=dict(accelerator="cpu"), trainer=dict(fp8="blockwise"))).feasible
 
 

@@ -71,6 +71,8 @@ def test_megatron_tp2_over_two_processes_runs_five_steps(tmp_path):
 def test_quickstart_learns_with_the_vllm_generator_and_passes_the_parity_gate(tmp_path):
     summary, records = _run(tmp_path, "rollout.backend=vllm", *LEARN)
     _learns(summary, records)
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())  # colocated: weights by shared-memory handles
+    assert (plan["weight_sync"]["method"], plan["weight_sync"]["in_trainer"]) == ("handles", True)
     assert records[0]["step"] == 0 and records[0]["rollout/token_mult_prob_error"] < 1.05
     assert all(r["rollout/token_mult_prob_error"] < 1.05 for r in records if r["step"] > 0)
     assert summary["step0_token_mult_prob_error"] < 1.05
@@ -106,7 +108,9 @@ def test_colocated_step_order_as_the_real_engine_recorded_it(tmp_path):
     from engine.runtime.sync import StepOrder
 
     plan = compile_spec(QUICKSTART, ["rollout.backend=vllm", "rollout.sleep_level=1", "cluster.cpu_threads=1"])
-    assert plan.rollout.sleep_level == 1 and plan.offload.train == ["vllm_weights", "kv_cache"]
+    # the sync overwrites every weight, so the compiler drops them (level 2) rather than copy them to host
+    assert plan.rollout.sleep_level == 2 and plan.offload.train == ["vllm_weights", "kv_cache"]
+    assert (plan.weight_sync.method, plan.weight_sync.in_trainer) == ("handles", True)
     roles = Roles(plan, resolve_model_files(plan, lambda _: None), threads=1)
     try:
         order = StepOrder(plan)
@@ -117,7 +121,7 @@ def test_colocated_step_order_as_the_real_engine_recorded_it(tmp_path):
     finally:
         roles.shutdown()
     # the prefix cache is reset once the stream is complete, before the KV cache comes back
-    assert events[len(before):] == ["sleep(1)", "wake(weights)", "update_weights", "reset_prefix_cache",
+    assert events[len(before):] == ["sleep(2)", "wake(weights)", "update_weights", "reset_prefix_cache",
                                     "wake(kv_cache)"]
 
 

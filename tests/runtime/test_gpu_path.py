@@ -61,6 +61,19 @@ class FakeTrainer:
     def close(self): ...
 
 
+class FakeHandleSender:
+    """The trainer rank's handle sender (its buffers would be on the GPU): runs the stream."""
+
+    def __init__(self, ctx, names):
+        EVENTS.append(f"handles.build({ctx.device})")
+        self.channel = ("handles.sock", "00")
+
+    def send(self, stream, names=None, alive=None):
+        return sum(len(b) for b in stream)
+
+    def close(self): ...
+
+
 class FakeGenerator:
     def __init__(self, ctx, shared=None):
         EVENTS.append(f"generator.build({ctx.device})")
@@ -75,6 +88,10 @@ class FakeGenerator:
     def update_weights(self, buckets, expected=None):
         EVENTS.append("generator.update_weights")
         return sum(len(b) for b in buckets)
+
+    def receive_by_handles(self, channels, expected=None):
+        EVENTS.append(f"generator.receive_by_handles({channels[0][0]})")
+        return len(expected or [])
 
     def sleep(self, level=1):
         EVENTS.append(f"generator.sleep({level})")
@@ -98,8 +115,10 @@ def gpu_roles(monkeypatch, tmp_path):
 
     monkeypatch.setattr(W, "build_trainer", lambda ctx: FakeTrainer(ctx))
     monkeypatch.setattr(W, "build_generator", lambda ctx, shared=None: FakeGenerator(ctx, shared))
+    monkeypatch.setattr(W, "build_handle_sender", FakeHandleSender)
     plan = compile_spec(str(ROOT / "specs" / "qwen2.5-0.5b.yaml"), ["reward.workers=0"])
-    assert plan.accelerator == "gpu" and len(plan.devices) == 1 and plan.weight_sync.method == "in_process"
+    assert plan.accelerator == "gpu" and len(plan.devices) == 1
+    assert (plan.weight_sync.method, plan.weight_sync.in_trainer) == ("handles", True)
     tok = build_tokenizer()
     files = ModelFiles(str(tmp_path), str(tmp_path), tok, (int(tok.eos_token_id),), ("<|endoftext|>",))
     EVENTS.clear()
@@ -134,7 +153,7 @@ def test_g2_the_parity_gate_computes_trainer_log_probs_with_the_generator_asleep
     EVENTS.clear()
     parity_gate(roles, _inputs(plan, tok), lambda s: None)
     gen, lp = EVENTS.index("generator.generate"), EVENTS.index("trainer.log_probs")
-    assert "generator.sleep(1)" in EVENTS[gen:lp], EVENTS  # NeMo-RL's order: generation done, then log-probs
+    assert "generator.sleep(2)" in EVENTS[gen:lp], EVENTS  # level 2: the sync rewrites all weights
     # and the generator is awake again (weights and KV cache) afterwards, for step 1's generation
     assert EVENTS[-1] == "generator.wake(kv_cache)", EVENTS
 

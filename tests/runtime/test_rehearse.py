@@ -179,3 +179,29 @@ def test_engine_rehearse_cli_prints_json_and_exits_by_the_verdict():
     assert all(d["peak_gib"] <= d["capacity_gib"] and d["planned_peak_gib"] > 0 for d in r["devices"])
     refused = run(str(ROOT / "specs" / "qwen2.5-14b.yaml"), "trainer.offload=false", "--no-ray")
     assert refused.returncode == 1 and "not feasible" in refused.stderr and "headroom" in refused.stderr
+
+
+def test_the_colocated_sync_by_handles_charges_its_buffers(monkeypatch):
+    """Every trainer rank hands the vLLM worker on its GPU two buffers at sync: the rehearsal's ledger
+    charges them, so its sync phase is the plan's; without them it would be two buffers lower."""
+    from engine.rehearse import standins
+
+    plan = _plan("qwen2.5-1.5b", *SMALL)
+    ws = plan.weight_sync
+    assert (ws.method, ws.in_trainer, len(ws.senders)) == ("handles", False, 8)
+    r = _rehearse(plan, steps=1, ray_nodes=0)
+    assert r["ok"], r["violations"]
+    calls = r["call_order_device0"]
+    assert calls.index("generator0: generator.receive_by_handles [sync]") < calls.index("trainer: handles.send [sync]")
+    d = r["devices"][0]
+    assert d["phases_gib"]["sync"] == pytest.approx(d["planned_phases_gib"]["sync"], abs=0.01)
+    # negative control: a sender whose buffers cost nothing
+    real_init = standins.RehearsalHandleSender.__init__
+
+    def free_buffers(self, ctx, names):
+        real_init(self, ctx, names)
+        self.nbytes = 0.0
+
+    monkeypatch.setattr(standins.RehearsalHandleSender, "__init__", free_buffers)
+    low = _rehearse(plan, steps=1, ray_nodes=0)["devices"][0]["phases_gib"]["sync"]
+    assert d["phases_gib"]["sync"] - low == pytest.approx(ws.buffers * ws.buffer_bytes / 2**30, abs=0.01)

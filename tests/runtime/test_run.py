@@ -82,7 +82,7 @@ def test_plans_the_runtime_cannot_execute_here_are_refused_before_loading(monkey
 
     one_h100 = Found(1, 80.0, "a test machine")
     plan = compile_spec(str(ROOT / "specs" / "qwen2.5-0.5b.yaml"))  # megatron trainer + vllm generator, 1 GPU
-    assert plan.weight_sync.method == "in_process"
+    assert plan.weight_sync.method == "handles" and plan.weight_sync.in_trainer
     assert check_resources(plan, found=one_h100) is one_h100
     # a backend whose package is not installed: named, with the install command
     monkeypatch.setattr(resources, "_missing_package", lambda name: name == "vllm")
@@ -90,15 +90,16 @@ def test_plans_the_runtime_cannot_execute_here_are_refused_before_loading(monkey
         check_resources(plan, found=one_h100)
     assert "generator backend 'vllm' needs vllm" in str(info.value) and "pip install" in str(info.value)
     monkeypatch.undo()
-    # colocated GPUs: the weights go through host memory over gloo, which runs; CUDA IPC (reserved in
-    # the plan's schema) is refused, not run another way
+    # colocated GPUs: each trainer rank hands its device's vLLM worker CUDA IPC handles, which runs; a
+    # sync method this runtime does not know is refused, not run another way
     eight = compile_spec(str(ROOT / "specs" / "qwen2.5-1.5b.yaml"))
-    assert (eight.weight_sync.method, eight.weight_sync.backend) == ("broadcast", "gloo")
+    ws = eight.weight_sync
+    assert (ws.method, ws.in_trainer, ws.senders, ws.buffers) == ("handles", False, ws.receivers, 2)
     assert check_resources(eight, found=Found(8, 80.0, "a test machine"))
-    ipc = eight.model_copy(update={"weight_sync": eight.weight_sync.model_copy(update={"method": "cuda_ipc"})})
+    rdma = eight.model_copy(update={"weight_sync": eight.weight_sync.model_copy(update={"method": "rdma"})})
     with pytest.raises(ResourceError) as info:
-        check_resources(ipc, found=Found(8, 80.0, "a test machine"))
-    assert "weight sync 'cuda_ipc'" in str(info.value) and "Nothing was loaded" in str(info.value)
+        check_resources(rdma, found=Found(8, 80.0, "a test machine"))
+    assert "weight sync 'rdma'" in str(info.value) and "Nothing was loaded" in str(info.value)
 
 
 @pytest.mark.parametrize("overrides", [

@@ -3,7 +3,8 @@
 Started as ``python tests/vllm/remote_generator.py MODEL_DIR`` (repo root on PYTHONPATH); reads one JSON command per line and
 answers one line ``@@ <json>`` (vLLM's own logging also goes to stdout, so replies carry a prefix).
 Commands: ``generate`` (greedy on the given prompts), ``join`` (enter the broadcast group),
-``receive`` (take one weight stream from it), ``quit``.
+``receive`` (take one weight stream from it), ``handles`` (map one weight stream a trainer process
+hands over by shared-memory handles), ``quit``.
 """
 
 from __future__ import annotations
@@ -32,12 +33,16 @@ def main(model_dir: str) -> None:
         op = cmd["op"]
         try:
             if op == "generate":
-                out = gen.generate(cmd["prompts"], 1, SamplingParams(max_new_tokens=cmd["max_new_tokens"], temperature=0.0), 0)
-                reply({"ids": out.response_ids})
+                params = SamplingParams(max_new_tokens=cmd["max_new_tokens"], temperature=0.0,
+                                        logprobs=bool(cmd.get("logprobs")))
+                out = gen.generate(cmd["prompts"], 1, params, 0)
+                reply({"ids": out.response_ids, "log_probs": out.log_probs})
             elif op == "join":
                 reply({"ranks": gen.join_broadcast(cmd["host"], cmd["port"], cmd["world_size"], 1)})
             elif op == "receive":
                 reply({"received": gen.receive_weights(cmd.get("expected"))})
+            elif op == "handles":
+                reply({"received": gen.receive_by_handles([cmd["channel"]], cmd.get("expected"))})
             elif op == "quit":
                 reply({"bye": True})
                 break

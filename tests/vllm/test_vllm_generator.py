@@ -148,3 +148,56 @@ def test_split_placement_broadcast_to_a_generator_process(remote, remote_fresh, 
     err = remote.read()
     assert err["error"] == "WeightSyncError"
     assert sorted(err["missing"]) == sorted(set(names) - set(keep)) and "model.layers.1.self_attn.q_proj.weight" in err["message"]
+
+
+def test_colocated_handles_from_a_trainer_process_equal_a_fresh_engine(remote, remote_fresh, folders, prompts, engine):
+    """This process is the trainer: it packs each bucket into a shared-memory buffer (two, reused
+    in turn) and hands the generator process only handles (`engine.backends.handle_transport`, the
+    colocated GPU path with shared memory for CUDA IPC). The generator then samples exactly as an
+    engine fresh from those weights, greedy tokens and log-probs; a stream missing or repeating a
+    tensor is named and leaves it refusing to sample until a complete one arrives."""
+    from engine.backends.handle_transport import HandleSender, buffer_bytes_for
+
+    a, b = folders[1]["a"], folders[1]["b"]
+    largest = max(p.numel() * p.element_size() for p in b.parameters())
+    double = HandleSender("cpu", buffer_bytes_for(BUCKET_BYTES, largest))
+    # one buffer: the next bucket overwrites the last at once, so a layer split across buckets loads
+    # right only if the worker copied out what it still held of the first part
+    single = HandleSender("cpu", buffer_bytes_for(BUCKET_BYTES, largest), slots=1)
+
+    def hand(buckets, names, keep=None, sender=single):
+        remote.send(op="handles", channel=list(sender.channel), expected=names)
+        sent = sender.send(buckets, names=keep)
+        return sent, remote.read()
+
+    try:
+        buckets, names = stream(a)
+        assert hand(buckets, names, sender=double) == (len(names), {"received": len(names)})
+        assert remote.call(op="generate", prompts=prompts, max_new_tokens=MAX_NEW)["ids"] == remote_fresh
+        buckets, names = stream(b)
+        hand(buckets, names)
+        got = remote.call(op="generate", prompts=prompts, max_new_tokens=MAX_NEW, logprobs=True)
+        ref = engine.generate(prompts, 1, SamplingParams(max_new_tokens=MAX_NEW, temperature=0.0, logprobs=True), 0)
+        assert got["ids"] == engine.fresh == ref.response_ids
+        assert max(abs(x - y) for lx, ly in zip(got["log_probs"], ref.log_probs) for x, y in zip(lx, ly)) < 1e-6
+
+        # one tensor missing: named, and the engine refuses to sample
+        gone = "model.layers.1.mlp.down_proj.weight"
+        buckets, _ = stream(b)
+        _, err = hand(buckets, names, keep=[n for n in names if n != gone])
+        assert err["error"] == "WeightSyncError" and err["missing"] == [gone] and gone in err["message"]
+        refused = remote.call(op="generate", prompts=prompts, max_new_tokens=MAX_NEW)
+        assert refused["error"] == "RuntimeError" and "manifest" in refused["message"]
+        # one tensor twice: named, still refusing
+        named = [(n, p.detach()) for n, p in b.named_parameters()]
+        twice = next(x for x in named if x[0] == "model.layers.0.self_attn.k_proj.bias")
+        _, err = hand(bucketed(named + [twice], BUCKET_BYTES), names)
+        assert err["error"] == "WeightSyncError" and err["duplicate"] == [twice[0]] and not err["missing"]
+        assert "error" in remote.call(op="generate", prompts=prompts, max_new_tokens=MAX_NEW)
+        # a complete stream makes it usable again
+        buckets, _ = stream(b)
+        hand(buckets, names)
+        assert remote.call(op="generate", prompts=prompts, max_new_tokens=MAX_NEW)["ids"] == engine.fresh
+    finally:
+        double.close()
+        single.close()
