@@ -16,7 +16,7 @@ from engine.backends.hf_generator import HFGenerator
 from engine.backends.manifest import WeightSyncError, bucketed
 from engine.backends.weight_transfer import BroadcastGroup
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.needs("vllm")]
 
 GREEDY = SamplingParams(max_new_tokens=MAX_NEW, temperature=0.0)
 BUCKET_BYTES = 40_000  # several buckets per model, and buckets that split a layer's q/k/v
