@@ -21,6 +21,7 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
+pytest_plugins = ["pytester"]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 OWN = {"engine", "compiler", "schemas"}
 #: modules of packages that are not installed on a CPU machine (the GPU extra's)
@@ -155,22 +156,44 @@ def test_the_megatron_extra_brings_what_megatron_and_mbridge_import(tmp_path):
 
 # -- the needs(...) marker: a missing backend fails; --without opts out, by name, in the summary ---------
 
-def _pytest(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-ra", "-p", "no:cacheprovider",
-                           "tests/evaluation/test_benchmarks.py::test_gold_answers_follow_each_layout", *args],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, **env})
+NEEDS_TEST = """
+import pytest
+
+@pytest.mark.needs("shared-data")
+def test_reads_the_shared_data():
+    pass
+
+def test_needs_nothing():
+    pass
+"""
 
 
-def test_a_missing_needed_resource_fails_the_test_naming_the_install_step():
-    out = _pytest(ENGINE_SHARED_DATA="/nonexistent-shared-data")
-    assert out.returncode == 1, out.stdout
-    assert "1 failed" in out.stdout and "skipped" not in out.stdout
-    assert "needs shared-data" in out.stdout and "--without shared-data" in out.stdout
+@pytest.fixture
+def needs_suite(pytester, monkeypatch):
+    """This suite's conftest and a test that needs the shared data, with none there."""
+    monkeypatch.setenv("ENGINE_SHARED_DATA", str(pytester.path / "no-shared-data"))
+    pytester.makeconftest((ROOT / "tests" / "conftest.py").read_text())
+    pytester.makepyfile(NEEDS_TEST)
+    return pytester
 
 
-def test_without_opts_out_by_name_and_the_summary_line_says_so():
-    out = _pytest("--without", "shared-data", ENGINE_SHARED_DATA="/nonexistent-shared-data")
-    assert out.returncode == 0, out.stdout
-    last = out.stdout.strip().splitlines()[-1]
-    assert "1 opted out" in last and "passed" not in last and "skipped" not in last
-    assert "--without shared-data: 1 test(s)" in out.stdout
+def test_a_missing_needed_resource_fails_the_test_naming_the_install_step(needs_suite):
+    out = needs_suite.runpytest_inprocess("-ra")
+    assert out.ret == 1
+    last = out.outlines[-1]
+    assert "1 failed" in last and "1 passed" in last and "skipped" not in last and "error" not in last, last
+    out.stdout.fnmatch_lines(["*needs shared-data: no shared data folder at*--without shared-data*"])
+
+
+def test_without_opts_out_by_name_and_the_summary_line_says_so(needs_suite):
+    out = needs_suite.runpytest_inprocess("-ra", "--without", "shared-data")
+    assert out.ret == 0
+    last = out.outlines[-1]
+    assert "1 passed" in last and "1 opted out" in last and "skipped" not in last, last
+    out.stdout.fnmatch_lines(["*opted out (not run, not passed)*", "--without shared-data: 1 test(s)"])
+
+
+def test_an_unknown_need_is_a_usage_error(pytester):
+    pytester.makeconftest((ROOT / "tests" / "conftest.py").read_text())
+    pytester.makepyfile("import pytest\n@pytest.mark.needs('cuda')\ndef test_x():\n    pass\n")
+    assert pytester.runpytest_inprocess().ret != 0

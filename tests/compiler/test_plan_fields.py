@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import tempfile
 import typing
 from pathlib import Path
 
@@ -104,6 +103,20 @@ def _run_the_gpu_plan(plan) -> None:
     missing_resources(plan, {}, [{}])
 
 
+def _build_the_megatron_trainer(plan, tmp_path, monkeypatch) -> None:
+    """The registry's Megatron builder on a CPU plan (one process, its own one-rank gloo world)."""
+    from engine.backends.registry import BackendContext, build_trainer
+    from engine.quickstart.base_model import build_cached
+
+    monkeypatch.setenv("ENGINE_CACHE_DIR", str(tmp_path / "cache"))
+    model = build_cached(plan.spec, plan.architecture, log=lambda _: None)
+    trainer = build_trainer(BackendContext(plan=plan, model_path=model, tokenizer_path=model))
+    try:
+        assert trainer.weight_names()
+    finally:
+        trainer.close()
+
+
 def _probe_on_ray(plan) -> None:
     """`engine plan --probe`'s placement: one probe actor per (device, role) in the plan's bundles, on
     a real local Ray with fake GPUs."""
@@ -123,25 +136,22 @@ def _probe_on_ray(plan) -> None:
 
 @pytest.mark.slow
 @pytest.mark.needs("megatron")
-def test_every_plan_field_is_read_by_the_runtime_or_informational():
+def test_every_plan_field_is_read_by_the_runtime_or_informational(tmp_path, monkeypatch):
     """Not a search of the source for the field's name: the fields the runtime really reads when it
-    executes plans: a paper spec's (14B: colocated vLLM + Megatron with trainer offload), its
-    placement probed on Ray, and the CPU quickstart through the Megatron trainer."""
+    executes plans: a paper spec's (14B: colocated vLLM + Megatron with trainer offload), a placement
+    probed on Ray, and the real Megatron trainer built from the CPU quickstart's plan."""
     from compiler import compile_spec
-    from engine.runtime.loop import train
 
     specs = ENGINE.parent / "specs"
     small = ["data.train_batch_size=16", "algorithm.ppo_mini_batch_size=16", "evaluation.samples_by_benchmark={}"]
     gpu = compile_spec(str(specs / "qwen2.5-14b.yaml"), small)
     ray_plan = compile_spec(str(specs / "qwen2.5-1.5b.yaml"), ["cluster.nodes=2", "cluster.gpus_per_node=4"])
-    cpu = compile_spec(str(specs / "quickstart.yaml"),
-                       ["trainer.backend=megatron", "trainer.total_steps=1", "evaluation.every=0",
-                        "tracking.backend=none", "model.pretrain_steps=0", "cluster.cpu_threads=1"])
+    cpu = compile_spec(str(specs / "quickstart.yaml"), ["trainer.backend=megatron", "model.pretrain_steps=0"])
     assert gpu.feasible and ray_plan.feasible and gpu.trainer.offload, (gpu.reasons, ray_plan.reasons)
     with FieldReads() as reads:
         _run_the_gpu_plan(gpu)
         _probe_on_ray(ray_plan)
-        train(cpu, Path(tempfile.mkdtemp(prefix="plan-fields-")) / "run", log=lambda _: None)
+        _build_the_megatron_trainer(cpu, tmp_path, monkeypatch)
     fields = _fields(Plan)
     assert {"trainer.backend", "weight_sync.bucket_bytes", "offload.train", "rollout.sleep_level"} <= reads.read
     unread = [f for f in fields if f not in INFORMATIONAL and f not in WHOLE and f not in reads.read]
