@@ -197,3 +197,24 @@ def test_an_unknown_need_is_a_usage_error(pytester):
     pytester.makeconftest((ROOT / "tests" / "conftest.py").read_text())
     pytester.makepyfile("import pytest\n@pytest.mark.needs('cuda')\ndef test_x():\n    pass\n")
     assert pytester.runpytest_inprocess().ret != 0
+
+
+# -- README's test install is .ci/run's, step for step ----------------------------------------------------
+
+def _readme_test_command() -> list[str]:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    tests = readme.split("\n## Tests\n", 1)[1]
+    block = tests.split("```\n", 2)[1]
+    (line,) = [x for x in block.splitlines() if x.strip()]
+    return [step.strip() for step in line.split("&&")]
+
+
+def test_ci_runs_the_readme_test_install_and_command_step_for_step():
+    steps = _readme_test_command()
+    assert steps[-1] == "python -m pytest -q -ra" and "bash scripts/install.sh" in steps
+    ci = [x.strip() for x in (ROOT / ".ci" / "run").read_text().splitlines()
+          if x.strip() and not x.lstrip().startswith("#") and not x.startswith(("set ", "cd ", "#!"))]
+    assert ci == steps, ci
+    # and the quickstart's copy of it is the same command
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert " && ".join(steps) in readme.split("\n## How it fits together\n", 1)[0]
