@@ -97,30 +97,6 @@ def test_a_broken_weight_sync_is_stopped_by_the_step0_gate(tmp_path):
 
 @pytest.mark.slow
 @needs_vllm
-def test_colocated_step_order_as_the_real_engine_recorded_it(tmp_path):
-    from compiler import compile_spec
-    from engine.model_files import resolve_model_files
-    from engine.runtime.roles import Roles
-    from engine.runtime.sync import StepOrder
-
-    plan = compile_spec(QUICKSTART, ["rollout.backend=vllm", "rollout.sleep_level=1", "cluster.cpu_threads=1"])
-    assert plan.rollout.sleep_level == 1 and plan.offload.train == ["vllm_weights", "kv_cache"]
-    roles = Roles(plan, resolve_model_files(plan, lambda _: None), threads=1)
-    try:
-        order = StepOrder(plan)
-        (before,) = roles.generators.generator_events()
-        order.after_generation(roles)
-        order.after_update(roles)
-        (events,) = roles.generators.generator_events()
-    finally:
-        roles.shutdown()
-    # the prefix cache is reset once the stream is complete, before the KV cache comes back
-    assert events[len(before):] == ["sleep(1)", "wake(weights)", "update_weights", "reset_prefix_cache",
-                                    "wake(kv_cache)"]
-
-
-@pytest.mark.slow
-@needs_vllm
 def test_split_placement_broadcasts_weights_to_a_generator_in_its_own_process(tmp_path):
     import ray  # a base dependency
     try:

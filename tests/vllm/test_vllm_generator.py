@@ -111,7 +111,8 @@ def test_the_runtime_step_order_reaches_the_real_engine_in_order(engine, folders
     """The colocated sync as the runtime issues it: `engine.runtime.sync.StepOrder` on a paper plan's
     sleep and offload settings, through the generator worker's dispatch (a `WorkerGroup` over
     `GeneratorCalls`), into the real engine. Observed where the calls reach vLLM's ``LLM`` object,
-    not in a list the test or the backend writes (no-ops on CPU, but the order is the GPU plan's)."""
+    not in a list the test or the backend writes (no-ops on CPU, but the order is the GPU plan's). (The
+    learning runs of tests/runtime/test_backend_runs.py take the same sync through `Roles` every step.)"""
     from compiler import compile_spec
     from engine.runtime.group import LocalHandle, WorkerGroup
     from engine.runtime.sync import StepOrder
@@ -160,14 +161,20 @@ def test_the_runtime_step_order_reaches_the_real_engine_in_order(engine, folders
             return call
 
     engine.generate(prompts, 1, GREEDY, 0)
+    roles = Roles()
+    (before,) = roles.generators.generator_events()
     real = engine.llm
     engine.llm = Spy(real)
     try:
-        order.after_generation(Roles())
-        order.before_update(Roles())
-        received = order.after_update(Roles())
+        order.after_generation(roles)
+        order.before_update(roles)
+        received = order.after_update(roles)
     finally:
         engine.llm = real
+    # what the backend reports through the worker's dispatch (what `engine run` logs) agrees
+    (events,) = roles.generators.generator_events()
+    assert events[len(before):] == [f"sleep({order.sleep_level})", "wake(weights)", "update_weights",
+                                    "reset_prefix_cache", "wake(kv_cache)"]
     level = order.sleep_level
     assert seen == [f"llm.sleep(['level={level}'])", "trainer.release_memory", "llm.wake_up([['weights']])",
                     "llm.collective_rpc(engine_begin_update)", "llm.collective_rpc(engine_load_bucket)",
