@@ -125,3 +125,49 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_sep("=", "opted out (not run, not passed)")
         for name, n in sorted(by.items()):
             terminalreporter.write_line(f"--without {name}: {n} test(s)")
+
+
+# -- the quickstart's pretrained base model, built on the second core while the suite runs --------------
+
+_BUILD = """
+import os, sys
+os.environ["ENGINE_CACHE_DIR"] = sys.argv[1]
+from compiler import compile_spec
+from engine.quickstart.base_model import build_cached
+plan = compile_spec(sys.argv[2], ["cluster.cpu_threads=1"])
+print(build_cached(plan.spec, plan.architecture, log=lambda _: None))
+"""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quickstart_base_build(request, tmp_path_factory):
+    """When the session will run a test that trains from the quickstart's pretrained base model
+    (``quickstart_base``), its build (1200 single-threaded pretraining steps, minutes) starts with the
+    session in a process of its own, into the session's model cache (the one tests/runtime and
+    tests/study point ENGINE_CACHE_DIR at), at low priority (nice 10): it takes the cycles the tests
+    before the first user leave idle (most run one thread, or wait on their subprocesses). Same seed,
+    same single thread as a build inside the first such test: the same model."""
+    import subprocess
+    import sys
+
+    if not any("quickstart_base" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        yield None
+        return
+    cache = tmp_path_factory.getbasetemp() / "engine-cache"
+    proc = subprocess.Popen([sys.executable, "-c", _BUILD, str(cache), str(ROOT / "specs" / "quickstart.yaml")],
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: os.nice(10))  # low priority: the tests keep their cores
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate()
+
+
+@pytest.fixture(scope="session")
+def quickstart_base(_quickstart_base_build) -> Path:
+    """The quickstart's pretrained base model folder in the session's model cache (waits for the
+    background build)."""
+    out, _ = _quickstart_base_build.communicate(timeout=4 * 3600)  # a hang guard only
+    assert _quickstart_base_build.returncode == 0, out[-3000:]
+    return Path(out.strip().splitlines()[-1])

@@ -16,6 +16,8 @@ QUICKSTART = str(ROOT / "specs" / "quickstart.yaml")
 
 needs_megatron = pytest.mark.needs("megatron")  # fails, not skips, when missing (tests/conftest.py)
 needs_vllm = pytest.mark.needs("vllm")
+#: every run here trains from the quickstart's pretrained base, built in the background (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("quickstart_base")
 
 
 def _run(tmp_path: Path, *overrides: str, **kw) -> tuple[dict, list[dict]]:
