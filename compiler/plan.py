@@ -28,6 +28,10 @@ INFORMATIONAL = frozenset({
     "trainer.gradient_accumulation",
     "rollout.replicas", "rollout.kv_cache_tokens", "rollout.concurrency",
     "weight_sync.source_rank", "bundles.node", "bundles.index",
+    # the runtime follows the devices' roles and weight_sync.method, which the placement decided
+    "placement",
+    # always 1 at run time: compiler.rules refuses context parallelism no trainer here executes
+    "trainer.context_parallel",
 })
 
 Role = Literal["trainer", "generator", "reference", "critic", "reward"]

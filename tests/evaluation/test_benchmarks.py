@@ -1,19 +1,20 @@
 """The six benchmark files of ../shared/data read into verl-style rows with the right gold answers."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from engine.data.benchmarks import benchmark_rows, gold_answer
 from engine.data.prompts import build_prompt_set, ground_truth_of, question_of
 from schemas.run import BENCHMARKS
+from tests.conftest import shared_data
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "benchmarks"
+DATA = shared_data() / "benchmarks"
 SIZES = {"gsm8k": 1319, "math500": 500, "minerva_math": 272, "olympiadbench": 675, "aime24": 30, "amc23": 40}
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)
+@pytest.mark.needs("shared-data")
 def test_every_row_of_the_real_benchmarks_has_a_question_and_an_answer(name):
     rows = benchmark_rows(name, DATA)
     assert len(rows) == SIZES[name]  # the sizes RECIPE.md gives
@@ -22,6 +23,7 @@ def test_every_row_of_the_real_benchmarks_has_a_question_and_an_answer(name):
         assert row["data_source"] == name
 
 
+@pytest.mark.needs("shared-data")
 def test_gold_answers_follow_each_layout():
     first = {name: ground_truth_of(benchmark_rows(name, DATA)[0]) for name in BENCHMARKS}
     assert first["gsm8k"] == "18"            # "... #### 18"

@@ -15,14 +15,11 @@ import sys
 import pytest
 import torch
 
-pytest.importorskip("megatron.core")
-pytest.importorskip("mbridge")
-
 sys.path.insert(0, os.path.dirname(__file__))  # the helpers spawned ranks import by name
 import mcore_checks as mc  # noqa: E402
 from mcore_spawn import run_ranks  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.needs("megatron")]  # fails, not skips, when missing
 
 LAYOUTS = [("qwen2", 1, 1), ("qwen2", 2, 1), ("qwen2", 1, 2), ("llama_hd", 1, 1), ("llama_hd", 2, 1), ("llama_hd", 1, 2)]
 # TP=2; PP=2; DP=2 (token-mean, and per-sequence means: the normaliser is then the global sequence count)

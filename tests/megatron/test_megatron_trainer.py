@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("megatron.core")
-pytest.importorskip("mbridge")
+pytestmark = pytest.mark.needs("megatron")  # fails, not skips, when missing (tests/conftest.py)
 
 sys.path.insert(0, os.path.dirname(__file__))  # the helpers spawned ranks import by name
 from mcore_spawn import run_ranks  # noqa: E402

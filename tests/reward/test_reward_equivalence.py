@@ -7,7 +7,7 @@ import pytest
 from engine.reward import Grader, RewardConfig, is_equivalent, quick_verdict
 
 sys.path.insert(0, str(Path(__file__).parent / "cases"))
-from derive import derived_cases, handwritten_cases, shared_data_dir  # noqa: E402
+from derive import derived_cases, handwritten_cases  # noqa: E402
 
 REQUIRED_TYPES = {"integer", "thousands", "fraction", "decimal", "percent", "latex_noise", "units",
                   "symbolic", "complex", "equation", "inequality", "set", "tuple", "interval",
@@ -72,7 +72,7 @@ def test_handwritten_set_no_false_positives_or_negatives():
     assert not fn, "false negatives:\n" + _describe(fn)
 
 
-@pytest.mark.skipif(shared_data_dir() is None, reason="../shared/data not present")
+@pytest.mark.needs("shared-data")
 def test_full_labelled_set():
     cases = handwritten_cases() + derived_cases()
     assert len(cases) >= 500

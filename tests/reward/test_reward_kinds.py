@@ -15,7 +15,7 @@ from engine.reward import Grader, RewardConfig, extract_answer, is_equivalent
 from engine.reward.extract import extract_answer_info, gold_answer
 
 sys.path.insert(0, str(Path(__file__).parent / "cases"))
-from derive import benchmark_kind_cases, kind_cases, shared_data_dir, suite_cases  # noqa: E402
+from derive import benchmark_kind_cases, kind_cases, suite_cases  # noqa: E402
 
 ISSUE_KINDS = {"prose", "choice", "chain", "multi_box", "labelled", "list_sep", "double_escape",
                "percent", "ineq_interval", "mixed_number", "rounding", "hack", "number_format",
@@ -83,7 +83,7 @@ def test_suite_facts_regressions():
     assert all(c["origin"].startswith("hendrycks-math") for c in fp)
 
 
-@pytest.mark.skipif(shared_data_dir() is None, reason="../shared/data not present")
+@pytest.mark.needs("shared-data")
 def test_benchmark_gold_kinds_no_false_positives():
     cases = benchmark_kind_cases()
     assert {"mixed_number", "ineq_interval", "text", "multi_box", "labelled", "rounding"} <= \

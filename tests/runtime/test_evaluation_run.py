@@ -1,7 +1,6 @@
 """Benchmark evaluation inside `engine run`: per-benchmark metrics, pass@k, the report, early errors."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -122,10 +121,13 @@ def test_engine_eval_names_every_missing_input_before_loading(tmp_path, capsys):
     assert "base model" not in err  # nothing was built or loaded
 
 
+@pytest.mark.needs("shared-data")
 def test_engine_eval_on_the_real_aime24_and_amc23_files(tmp_path, capsys):
     # the shipped benchmark files of ../shared/data, end to end: every problem templated, tokenized,
     # answered by a tiny random model and graded against its real gold answer
-    data = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "benchmarks"
+    from tests.conftest import shared_data
+
+    data = shared_data() / "benchmarks"
     spec = write_spec(tmp_path)
     rc = main(["eval", str(spec), "--json", "evaluation.benchmarks=[aime24,amc23]", f"evaluation.data_dir={data}",
                "data.val=null", "data.max_prompt_length=1100", "model.architecture.max_position_embeddings=2048",

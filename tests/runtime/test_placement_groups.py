@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def ray8():
-    ray = pytest.importorskip("ray")
+    import ray  # a base dependency
     if ray.is_initialized():
         ray.shutdown()
     ray.init(address="local", num_cpus=2, num_gpus=8, include_dashboard=False, log_to_driver=False)

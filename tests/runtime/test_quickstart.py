@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("quickstart_base")  # pretraining included: built in the background
 @pytest.mark.timeout(4 * 3600)  # a hang guard: pretraining included, a busy machine takes 20x the idle time
 def test_quickstart_spec_takes_reward_from_low_to_above_0_8(tmp_path, capsys):
     # The shipped spec as a user runs it: base-model build + pretraining, then GRPO. Overrides placed

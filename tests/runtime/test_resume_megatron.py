@@ -1,6 +1,5 @@
 """The Megatron trainer's sharded checkpoints: SIGKILL mid-step, then --resume, reproduces the run."""
 
-import importlib.util
 import os
 
 import pytest
@@ -8,7 +7,7 @@ import pytest
 from tests.runtime.conftest import write_spec
 from tests.runtime.test_resume import ROOT, STEPS, _engine, _records, assert_same_metrics, kill_inside_step_4
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("megatron") is None, reason="megatron-core is not installed")
+pytestmark = pytest.mark.needs("megatron")
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ def test_prompt_and_answer_columns():
     assert answer_value({"reward_model": {"ground_truth": "3"}}) == "3"
 
 
-@pytest.mark.skipif(not GSM8K.exists(), reason="../shared/data not found")
+@pytest.mark.needs("shared-data")
 def test_plan_reports_wrong_columns_before_any_model_loads(capsys):
     spec = str(ROOT / "specs" / "quickstart.yaml")
     assert plan_command([spec, f"data.train={GSM8K}"]) == 2
@@ -57,7 +57,7 @@ def test_column_problems_of_parquet(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not GSM8K.exists(), reason="../shared/data not found")
+@pytest.mark.needs("shared-data")
 def test_engine_run_trains_on_the_plain_gsm8k_file(tmp_path, engine_cache, capsys):
     """`data.train=<gsm8k jsonl> data.answer_key=answer`: the rows are read through the column
     mapping (the builtin character tokenizer of the tiny model fits only the shortest questions in

@@ -10,7 +10,6 @@ cannot be made to fail on cue).
 from __future__ import annotations
 
 import http.server
-import importlib.util
 import json
 import os
 import socket
@@ -26,8 +25,7 @@ import pytest
 from engine.study.judge import BEHAVIOURS, LLMJudge
 
 # vLLM starts in ~35 s on an idle 2-core machine, but can take minutes on a loaded one
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500),
-              pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500), pytest.mark.needs("vllm")]
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")

@@ -76,8 +76,7 @@ def test_report_files_and_numbers(two_runs, tmp_path, capsys):
     assert {x["why"] for x in ra["examples"]} == {"first step", "last step"}
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None and shutil.which("chromium-browser") is None,
-                    reason="chromium not installed")
+@pytest.mark.needs("chromium")
 def test_report_renders_in_headless_chromium(two_runs, tmp_path):
     import matplotlib.image as mpimg
 

