@@ -84,7 +84,7 @@ def build_handle_sender(ctx: BackendContext, names: list[str]) -> Any:
     ws = ctx.plan.weight_sync
     if ctx.rehearsal is not None:
         module, cls = REHEARSAL_BUILDERS["handle_sender"].split(":")
-        return getattr(importlib.import_module(module), cls)(ctx, names)
+        return getattr(importlib.import_module(module), cls)(ctx, names, ws.buffer_bytes, ws.buffers)
     from engine.backends.handle_transport import HandleSender
 
     return HandleSender(ctx.device, ws.buffer_bytes, ws.buffers)

@@ -601,12 +601,11 @@ class RehearsalHandleSender:
     top of what the trainer's `weight_stream` charges), the names are checked against the manifest,
     and nothing is sent (the stand-in receivers take the count)."""
 
-    def __init__(self, ctx: Any, names: Sequence[str]) -> None:
+    def __init__(self, ctx: Any, names: Sequence[str], buffer_bytes: int, buffers: int) -> None:
         self.book = Book(ctx.rehearsal.book)
         self.names = list(names)
-        ws = ctx.plan.weight_sync
         self.device_rank = ctx.device_rank if ctx.device_rank is not None else ctx.plan.trainer.ranks[ctx.rank]
-        self.nbytes = float(ws.buffers * ws.buffer_bytes) if ctx.plan.accelerator == "gpu" else 0.0
+        self.nbytes = float(buffers * buffer_bytes) if ctx.plan.accelerator == "gpu" else 0.0
         self.channel = (f"rehearsal:{self.device_rank}", "")
 
     def send(self, stream: Iterable[WeightBucket], names: Optional[Sequence[str]] = None, **_: Any) -> int:

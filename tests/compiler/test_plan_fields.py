@@ -148,8 +148,11 @@ def test_every_plan_field_is_read_by_the_runtime_or_informational(tmp_path, monk
     ray_plan = compile_spec(str(specs / "qwen2.5-1.5b.yaml"), ["cluster.nodes=2", "cluster.gpus_per_node=4"])
     cpu = compile_spec(str(specs / "quickstart.yaml"), ["trainer.backend=megatron", "model.pretrain_steps=0"])
     assert gpu.feasible and ray_plan.feasible and gpu.trainer.offload, (gpu.reasons, ray_plan.reasons)
+    split = compile_spec(str(specs / "qwen2.5-1.5b.yaml"), small + ["placement=split"])
+    assert split.feasible and split.weight_sync.method == "broadcast", split.reasons
     with FieldReads() as reads:
         _run_the_gpu_plan(gpu)
+        _run_the_gpu_plan(split)  # the broadcast group of a generator on GPUs of its own
         _probe_on_ray(ray_plan)
         _build_the_megatron_trainer(cpu, tmp_path, monkeypatch)
     fields = _fields(Plan)
