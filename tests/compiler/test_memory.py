@@ -78,16 +78,23 @@ def test_kv_bytes_per_token():
 
 
 def test_logits_bytes_v152k_8k_tokens():
-    # E = 8192 tokens x 152064 vocab = 1,245,708,288 logits
+    # E = 8192 tokens x 152064 vocab = 1,245,708,288 logits; one chunk: 16 Mi // 152064 = 110 tokens
     e = 8192 * 152064
-    # forward-only log-probs: bf16 logits 2 B + fp32 working copy 4 B = 6 B -> 7,474,249,728 B (6.96 GiB)
-    assert M.logits_bytes(Q7, 8192, 1, 1, grad=False) == 6 * e == 7_474_249_728
-    # training with entropy: 2 + 4 + 4 + 4 = 14 B per logit + 4sbh (final-norm output) 4 x 8192 x 3584
-    assert M.logits_bytes(Q7, 8192, 1, 1, grad=True, entropy=True) == 14 * e + 4 * 8192 * 3584
-    assert M.logits_bytes(Q7, 8192, 1, 1, grad=True, entropy=False) == 10 * e + 4 * 8192 * 3584
-    # TP4 splits the vocabulary (152064 is a multiple of 512, no padding)
-    assert M.logits_bytes(Q7, 8192, 1, 4, grad=False) == 6 * e / 4
-    # Korthikanti's 4sbh(1 + V/h) counts fp32 logits only: 4E + 4sbh, below our forward-with-grad figure
+    assert M.logprob_chunk_tokens(1, 152064) == 110
+    k = 110 * 152064
+    # forward-only log-probs: bf16 logits and GPTModel's transposed copy (2 x 2 B) + a chunk's bf16
+    # gather, fp32 upcast and exp (2 + 4 + 4 B) -> 4E + 10K = 5,150,103,552 B (4.80 GiB)
+    assert M.logits_bytes(Q7, 8192, 1, 1, grad=False) == 4 * e + 10 * k == 5_150_103_552
+    # training: 4E + a chunk's 12 B + the output weight's bf16 gradient 2Vh + its input 4sbh
+    want = 4 * e + 12 * k + 2 * 152064 * 3584 + 4 * 8192 * 3584
+    assert M.logits_bytes(Q7, 8192, 1, 1, grad=True, entropy=True) == want
+    assert M.logits_bytes(Q7, 8192, 1, 1, grad=True, entropy=False) == want  # entropy costs no buffer
+    # TP4 splits the vocabulary (152064 is a multiple of 512, no padding); the chunk grows to 441 tokens
+    assert M.logprob_chunk_tokens(1, 152064 // 4) == 441
+    assert M.logits_bytes(Q7, 8192, 1, 4, grad=False) == 4 * e / 4 + 10 * 441 * 152064 / 4
+    # the CPU trainer's fp32 logits: 8E + 12K
+    assert M.logits_bytes(Q7, 8192, 1, 1, grad=False, logit_bytes=4) == 8 * e + 12 * k
+    # Korthikanti's 4sbh(1 + V/h) counts fp32 logits only: 4E + 4sbh, at most our forward-with-grad figure
     assert 4 * e + 4 * 8192 * 3584 < M.logits_bytes(Q7, 8192, 1, 1)
 
 

@@ -29,14 +29,15 @@ def test_padded_vocabulary_hand_checked():
     assert padded_vocab_size(151936, 2) == 152064  # 594 x 256
 
 
-def test_cpu_refuses_fp8_and_sequence_parallel_with_the_reason():
+def test_cpu_refuses_fp8_and_sequence_parallel_without_tp_with_the_reason():
     from engine.backends.megatron.model import MegatronModelError, ModelLayout, check_layout
 
     with pytest.raises(MegatronModelError, match="fp8.*Transformer Engine.*GPU"):
         check_layout(ModelLayout(fp8="tensorwise"))
-    with pytest.raises(MegatronModelError, match="GPU only"):
-        check_layout(ModelLayout(tensor_parallel=2, sequence_parallel=True))
+    with pytest.raises(MegatronModelError, match="tensor_parallel > 1"):
+        check_layout(ModelLayout(tensor_parallel=1, sequence_parallel=True))
     check_layout(ModelLayout(tensor_parallel=2, pipeline_parallel=2, recompute="selective"))
+    check_layout(ModelLayout(tensor_parallel=2, sequence_parallel=True))  # SP runs on CPU (local spec, SP norm)
 
 
 def test_cpu_shim_is_scoped_to_its_context():
