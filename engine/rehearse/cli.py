@@ -7,9 +7,11 @@ plan); 2 an invalid spec or usage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
-from typing import Sequence
+from typing import Iterator, Sequence
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,6 +28,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ray", action="store_true", help="every worker in this process (the ledger only)")
     p.add_argument("--keep", default=None, metavar="DIR", help="keep the rehearsal's run folder in DIR")
     return p
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr(active: bool) -> Iterator[None]:
+    """While rehearsing, send whatever writes to file descriptor 1 (Ray's raylet warnings, vLLM's and
+    Megatron's prints, child processes) to stderr, so that ``--json`` leaves stdout holding the report only."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def rehearse_command(argv: Sequence[str]) -> int:
@@ -52,7 +72,9 @@ def rehearse_command(argv: Sequence[str]) -> int:
     quiet_model_libraries()
     log = (lambda s: print(s, file=sys.stderr)) if not args.json else (lambda s: None)
     try:
-        report = rehearse(plan, steps=args.steps, ray_nodes=0 if args.no_ray else args.ray_nodes, log=log, keep=args.keep)
+        with _stdout_to_stderr(args.json):
+            report = rehearse(plan, steps=args.steps, ray_nodes=0 if args.no_ray else args.ray_nodes, log=log,
+                              keep=args.keep)
     except RehearsalRefused as e:
         print(f"engine rehearse: {e}", file=sys.stderr)
         return 1

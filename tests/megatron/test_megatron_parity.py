@@ -162,8 +162,14 @@ def test_rl_update_equals_the_torch_trainer(run, torch_updates, tp, pp, dp, agg)
             assert abs(got["metrics"][k] - want[k]) <= 1e-5 * max(1.0, abs(want[k])), (k, got["metrics"][k], want[k])
         assert want["trainer/pg_clipfrac"] > 0  # the clip is exercised
         assert sorted(got["weights"]) == sorted(n for n in want_w if n != "lm_head.weight")
+        # Adam's first step moves each weight by about lr * g / (|g| + eps): where |g| is near eps, float
+        # rounding of g (which differs between CPUs' SIMD paths) moves that weight by up to lr = 1e-3. A
+        # tenth of a step bounds the rounding; a wrong sign or a missing term moves weights by a whole step.
         worst = max((got["weights"][n] - want_w[n]).abs().max().item() for n in got["weights"])
-        assert worst < 1e-5, worst
+        assert worst < 1e-4, worst
+        close = sum(int(((got["weights"][n] - want_w[n]).abs() < 1e-5).sum()) for n in got["weights"])
+        total = sum(got["weights"][n].numel() for n in got["weights"])
+        assert close >= 0.999 * total, (close, total)
 
 
 def test_checkpoint_load_gives_the_identical_next_update(run):

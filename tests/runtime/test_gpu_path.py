@@ -201,8 +201,11 @@ def test_network_interface_reaches_gloo_and_nccl(monkeypatch, tmp_path):
     import engine.runtime.workers as W
     from compiler import compile_spec
 
-    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
-    monkeypatch.delenv("NCCL_SOCKET_IFNAME", raising=False)
+    # setenv first so that monkeypatch records the variables and restores them (unset) afterwards: a leaked
+    # GLOO_SOCKET_IFNAME=eth7 breaks every later gloo group in this process and in the children it starts
+    for name in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+        monkeypatch.setenv(name, "unset")
+        monkeypatch.delenv(name)
     plan = compile_spec(str(ROOT / "specs" / "qwen2.5-0.5b.yaml"), ["cluster.network_interface=eth7"])
     W.TrainerWorker(W.WorkerSetup(plan.to_json(), str(tmp_path), str(tmp_path), "cuda:0"))
     assert os.environ["GLOO_SOCKET_IFNAME"] == "eth7" and os.environ["NCCL_SOCKET_IFNAME"] == "eth7"
