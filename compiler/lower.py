@@ -12,7 +12,7 @@ from schemas import Architecture, ExperimentSpec
 
 from compiler import memory as M
 from compiler.errors import Problem
-from compiler.placement import BASE_MFU, DECODE_BW_EFF, Candidate, Inputs, SearchResult, choice_notes, search
+from compiler.placement import BASE_MFU, DECODE_BW_EFF, FP8_SPEEDUP, Candidate, Inputs, SearchResult, choice_notes, search
 from compiler.mesh import coords
 from compiler.plan import (BundlePlan, DevicePlan, Estimates, MeshCoords, OffloadPlan, Plan, RolloutPlan, TrainerPlan,
                            WeightSyncPlan)
@@ -187,6 +187,26 @@ def _notes(spec: ExperimentSpec, inp: Inputs, res: SearchResult) -> list[str]:
                          + ("whole reservation stays on the GPU" if inp.sleep_level == 0 else
                             "weights offloaded to CPU and KV cache freed" if inp.sleep_level == 1 else
                             "weights and KV cache discarded") + "; CUDA graphs stay")
+    if spec.trainer.backend == "megatron":
+        m = M.token_multiple(c.tp, spec.trainer.sequence_parallel and c.tp > 1, spec.trainer.fp8)
+        notes.append("megatron micro-batches: prompt and response left-aligned in each row, causal attention with no "
+                     "mask (Transformer Engine's), sequence length padded to a multiple of "
+                     f"{m} token{'s' if m > 1 else ''}")
+    if spec.trainer.fp8 != "none":
+        notes.append(f"trainer fp8 '{spec.trainer.fp8}': the training time is divided by {FP8_SPEEDUP} - an ASSUMED "
+                     "speed-up, not measured here; memory is counted as bf16 (weights and fp32 masters remain)")
+    if spec.rollout.quantization == "fp8":
+        notes.append("rollout fp8: vLLM quantizes the synced bf16 weights to fp8 on load; generation time and "
+                     "memory are estimated as bf16 (not measured)")
+    arch = inp.arch
+    if arch.sliding_window:
+        notes.append(f"sliding window {arch.sliding_window} tokens: executed by every backend (Megatron window_size "
+                     f"({arch.sliding_window - 1}, 0), HF and vLLM from config.json)")
+    if arch.rope_scaling is not None:
+        r = arch.rope_scaling
+        notes.append(f"rope scaling {r.type} x{r.factor:g}" + (f" (original context {r.original_max_position_embeddings})"
+                                                              if r.original_max_position_embeddings else "")
+                     + ": applied by the Megatron build, HF and vLLM alike")
     if inp.offload:
         notes.append("trainer offload: optimizer states and fp32 masters on CPU; grads leave the GPU between updates")
     notes.append("reward: CPU verification processes (no GPU memory)")

@@ -230,6 +230,17 @@ def stage_activation_bytes(arch: Architecture, seq: int, micro_batch: int, tp: i
     return inflight * n * per_layer
 
 
+def token_multiple(tp: int, sequence_parallel: bool, fp8: str = "none") -> int:
+    """The multiple (tokens) the Megatron trainer pads every micro-batch's sequence length to: TP
+    under sequence parallelism (the sequence is scattered over the TP ranks); under FP8 each rank's
+    token count must also be a multiple of 16 (per-tensor recipes) or 128 (blockwise), hence 16 x TP
+    (128 x TP) with sequence parallelism, 16 (128) without."""
+    sp = tp if (sequence_parallel and tp > 1) else 1
+    if fp8 in (None, "none"):
+        return sp
+    return sp * (128 if fp8 == "blockwise" else 16)
+
+
 #: fp32 elements of one chunk of the log-prob pass (`engine.backends.megatron.logprobs`): 16 Mi.
 LOGPROB_CHUNK_ELEMENTS = 1 << 24
 

@@ -49,7 +49,8 @@ INTERNODE_BW = 25e9
 NVLINK_BW = 150e9
 #: Weight broadcast through host memory over gloo (colocated GPUs: NCCL cannot pair two ranks on one GPU).
 HOST_BROADCAST_BW = 2e9
-#: FP8 GEMM speed-up applied to the training FLOP rate.
+#: FP8 GEMM speed-up applied to the training FLOP rate: ASSUMED (Transformer Engine reports 1.3-1.5x on H100
+#: GEMMs), not measured by this project; the plan notes say so wherever it is used.
 FP8_SPEEDUP = 1.3
 
 

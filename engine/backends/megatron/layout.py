@@ -24,21 +24,19 @@ from typing import Mapping
 
 import torch
 
+from compiler.memory import token_multiple
+
 #: Per-row keys the layout re-forms; every other [B, ...] tensor of the batch is kept as it is.
 _RESHAPED = ("input_ids", "attention_mask", "position_ids")
 
 
 def seq_multiple(tensor_parallel: int, sequence_parallel: bool, fp8: str = "none") -> int:
-    """The multiple (tokens) every micro-batch's sequence length must be.
-
-    Sequence parallelism splits the sequence over ``tensor_parallel`` ranks (megatron-core asserts
-    divisibility in ``scatter_to_sequence_parallel_region``). FP8 GEMMs (Transformer Engine) need the
-    token count of each rank divisible by 16 (per-tensor recipes) or 128 (blockwise); with sequence
-    parallelism a rank holds s/TP tokens of each sequence, hence 16 x TP (128 x TP)."""
-    sp = tensor_parallel if (sequence_parallel and tensor_parallel > 1) else 1
-    if fp8 in (None, "none"):
-        return sp
-    return sp * (128 if fp8 == "blockwise" else 16)
+    """The multiple (tokens) every micro-batch's sequence length must be (`compiler.memory.token_multiple`,
+    which the plan's notes quote). Sequence parallelism splits the sequence over ``tensor_parallel``
+    ranks (megatron-core asserts divisibility in ``scatter_to_sequence_parallel_region``). FP8 GEMMs
+    (Transformer Engine) need the token count of each rank divisible by 16 (per-tensor recipes) or 128
+    (blockwise); with sequence parallelism a rank holds s/TP tokens of each sequence, hence 16 x TP."""
+    return token_multiple(tensor_parallel, sequence_parallel, fp8)
 
 
 def ceil_to(x: int, multiple: int) -> int:
