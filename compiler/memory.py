@@ -255,33 +255,34 @@ def logits_bytes(arch: Architecture, seq: int, micro_batch: int, tp: int = 1, *,
                  entropy: bool = True, logit_bytes: int = 2) -> float:
     """Peak memory of the output layer and the log-prob pass on the last stage (bytes).
 
-    E = s*b*Vp/t logit elements of ``logit_bytes`` each (bf16 on GPU: 2; the CPU trainer's fp32: 4),
-    K = c*b*Vp/t elements of one chunk (c = `logprob_chunk_tokens`). What the Megatron trainer holds
-    (`engine.backends.megatron.logprobs`, measured on CPU in tests/megatron/test_megatron_layout.py):
+    E = s*b*Vp/t logit elements of ``logit_bytes`` (lb) each (bf16 on GPU: 2; the CPU trainer's fp32:
+    4); K = c*b*Vp/t elements of one chunk (c = `logprob_chunk_tokens`); u = 4 B of fp32 upcast per
+    chunk element when lb < 4 (none for fp32 logits). What the Megatron trainer holds
+    (`engine.backends.megatron.logprobs`; measured on CPU in tests/megatron/test_megatron_layout.py):
 
       * the output layer writes [s, b, Vp/t] and GPTModel returns a transposed contiguous copy:
-        2E x logit_bytes while both live;
-      * forward only (old / reference log-probs): the logits plus one chunk's gathered copy, fp32
-        upcast and exp: E x lb + K (lb + 8), below the 2E x lb of the transpose unless K is large
-        -> 2E lb + K (lb + 8);
+        2E x lb while both live;
+      * forward only (old / reference log-probs): the logits plus one chunk's gathered copy (lb),
+        upcast (u) and exp (4 B) -> lb E + max(lb E, K (lb + u + 4));
       * training: the logits are the only large tensor saved; the backward writes the gradient into
-        one E x lb buffer chunk by chunk (K (2 lb + 8) of temporaries), and the output layer's
-        backward makes a contiguous copy of it (2E lb); plus the output layer's weight gradient
-        before DDP adds it to the fp32 main grad (lb x Vp/t x h) and its input (2 lb x sbh/t)
-        -> 2E lb + K (2 lb + 8) + lb Vp h / t + 2 lb sbh / t.
+        one E x lb buffer chunk by chunk, a chunk holding its gathered copy, upcast, exp and (bf16)
+        down-cast -> 2 lb E + K (lb + u + 4 + u/2); the output layer's backward then forms its weight
+        gradient (lb x Vp/t x h) before DDP adds it to the fp32 main grad, so the larger of the two,
+        plus the output layer's input and the final norm's (2 lb x sbh/t).
 
-    The entropy costs nothing extra (``entropy`` is kept for callers; one more fp32 chunk at most,
-    inside the K term). At V=152K, s=8K, b=1, t=1 in bf16: 4E = 4.98 GB without grad.
+    The entropy costs no buffer (``entropy`` is kept for callers). At V=152K, s=8K, b=1, t=1 in
+    bf16: 4E = 4.98 GB without grad (the former fp32 working copies counted 6E and needed 18E).
     """
     vp = padded_vocab(arch.vocab_size, tp)
     v_local = vp // tp
     lb = float(logit_bytes)
+    up = 4.0 if lb < 4 else 0.0
     e = seq * micro_batch * v_local
     k = logprob_chunk_tokens(micro_batch, v_local) * micro_batch * v_local
     if not grad:
-        return 2.0 * lb * e + (lb + 8.0) * k
-    return (2.0 * lb * e + (2.0 * lb + 8.0) * k + lb * v_local * arch.hidden_size
-            + 2.0 * lb * seq * micro_batch * arch.hidden_size / tp)
+        return lb * e + max(lb * e, k * (lb + up + 4.0))
+    chunk = k * (lb + up + 4.0 + up / 2.0)
+    return 2.0 * lb * e + max(chunk, lb * v_local * arch.hidden_size) + 2.0 * lb * seq * micro_batch * arch.hidden_size / tp
 
 
 # --------------------------------------------------------------------------------------------

@@ -82,20 +82,29 @@ def test_logits_bytes_v152k_8k_tokens():
     e = 8192 * 152064
     assert M.logprob_chunk_tokens(1, 152064) == 110
     k = 110 * 152064
-    # forward-only log-probs: bf16 logits and GPTModel's transposed copy (2 x 2 B) + a chunk's bf16
-    # gather, fp32 upcast and exp (2 + 4 + 4 B) -> 4E + 10K = 5,150,103,552 B (4.80 GiB)
-    assert M.logits_bytes(Q7, 8192, 1, 1, grad=False) == 4 * e + 10 * k == 5_150_103_552
-    # training: 4E + a chunk's 12 B + the output weight's bf16 gradient 2Vh + its input 4sbh
-    want = 4 * e + 12 * k + 2 * 152064 * 3584 + 4 * 8192 * 3584
-    assert M.logits_bytes(Q7, 8192, 1, 1, grad=True, entropy=True) == want
+    # forward-only log-probs: bf16 logits and GPTModel's transposed copy (2 x 2 B), above the logits
+    # plus a chunk's gather, upcast and exp (2 + 4 + 4 B) -> 4E = 4,982,833,152 B (4.64 GiB)
+    assert 10 * k < 2 * e
+    assert M.logits_bytes(Q7, 8192, 1, 1, grad=False) == 4 * e == 4_982_833_152
+    # training: 4E + the larger of a chunk's 12 B and the output weight's bf16 gradient 2Vh, + 4sbh
+    assert 12 * k < 2 * 152064 * 3584
+    want = 4 * e + 2 * 152064 * 3584 + 4 * 8192 * 3584
+    assert M.logits_bytes(Q7, 8192, 1, 1, grad=True, entropy=True) == want == 6_190_268_416
     assert M.logits_bytes(Q7, 8192, 1, 1, grad=True, entropy=False) == want  # entropy costs no buffer
-    # TP4 splits the vocabulary (152064 is a multiple of 512, no padding); the chunk grows to 441 tokens
-    assert M.logprob_chunk_tokens(1, 152064 // 4) == 441
-    assert M.logits_bytes(Q7, 8192, 1, 4, grad=False) == 4 * e / 4 + 10 * 441 * 152064 / 4
-    # the CPU trainer's fp32 logits: 8E + 12K
-    assert M.logits_bytes(Q7, 8192, 1, 1, grad=False, logit_bytes=4) == 8 * e + 12 * k
-    # Korthikanti's 4sbh(1 + V/h) counts fp32 logits only: 4E + 4sbh, at most our forward-with-grad figure
+    # TP4 splits the vocabulary (152064 is a multiple of 512, no padding)
+    assert M.logits_bytes(Q7, 8192, 1, 4, grad=False) == 4 * e / 4
+    # the CPU trainer's fp32 logits: no upcast copy; at s = 8 (b = 1) the chunk term wins
+    assert M.logits_bytes(Q7, 8192, 1, 1, grad=False, logit_bytes=4) == 8 * e
+    assert M.logits_bytes(Q7, 8, 1, 1, grad=False, logit_bytes=4) == 4 * 8 * 152064 + 8 * k
+    # Korthikanti's 4sbh(1 + V/h) counts fp32 logits only: 4E + 4sbh, below our forward-with-grad figure
     assert 4 * e + 4 * 8192 * 3584 < M.logits_bytes(Q7, 8192, 1, 1)
+
+
+def test_token_multiple_hand_checked():
+    assert M.token_multiple(1, True) == 1 and M.token_multiple(8, False) == 1
+    assert [M.token_multiple(t, True) for t in (2, 4, 8)] == [2, 4, 8]
+    assert M.token_multiple(4, True, "tensorwise") == 64 and M.token_multiple(4, True, "blockwise") == 512
+    assert M.token_multiple(1, False, "delayed") == 16
 
 
 def test_layer_activations_swiglu_gqa():

@@ -72,3 +72,32 @@ def test_odd_lengths_are_what_the_padding_is_for():
     odd = micro_batches(flat, 5, 1)[0]["input_ids"].shape[1]
     assert odd == max(len(p) + len(r) for p, r in zip(prompts, responses))
     assert micro_batches(flat, 5, 2)[0]["input_ids"].shape[1] == odd + odd % 2
+
+
+@pytest.mark.parametrize("with_entropy", [True, False])
+@pytest.mark.parametrize("chunk", [1, 2, 7])
+def test_chunked_log_probs_and_written_out_backward_equal_autograd(with_entropy, chunk):
+    """One rank (no TP): the chunked pass over a left-aligned [B, S, V] with a column index (two tokens
+    read from one column, so the backward must add), 2 padding ids and temperature 0.7, against
+    log_softmax and autograd on the real 10 ids."""
+    from engine.backends.megatron.logprobs import vocab_parallel_log_probs
+
+    g = torch.Generator().manual_seed(0)
+    b, s, t, v, real = 3, 9, 5, 12, 10
+    x = (torch.randn(b, s, v, generator=g) * 3).requires_grad_(True)
+    idx = torch.randint(0, s, (b, t), generator=g)
+    idx[0, 3] = idx[0, 4]
+    tok = torch.randint(0, real, (b, t), generator=g)
+    g1, g2 = torch.randn(b, t, generator=g), torch.randn(b, t, generator=g)
+    lp, ent = vocab_parallel_log_probs(x, tok, 0, real, 0.7, with_entropy, index=idx, chunk=chunk)
+    ((lp * g1).sum() + ((ent * g2).sum() if with_entropy else 0)).backward()
+    got = x.grad.clone()
+    x.grad = None
+    logp = torch.log_softmax(x[torch.arange(b)[:, None], idx][..., :real] / 0.7, dim=-1)
+    want_lp = logp.gather(-1, tok[..., None]).squeeze(-1)
+    want_ent = -(logp.exp() * logp).sum(-1)
+    ((want_lp * g1).sum() + ((want_ent * g2).sum() if with_entropy else 0)).backward()
+    assert (lp - want_lp).abs().max() < 1e-5
+    assert ent is None or (ent - want_ent).abs().max() < 1e-5
+    assert (got - x.grad).abs().max() < 1e-5
+    assert torch.count_nonzero(got[..., real:]) == 0  # padding ids get no gradient

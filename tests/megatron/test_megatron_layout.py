@@ -167,5 +167,5 @@ def test_log_prob_pass_peak_memory_at_152k_vocab_is_within_the_compiler_figure(r
           f"{want_train / 2**20:.1f} MiB modelled")
     assert mem["peak_log_probs"] <= want_lp + layer
     assert mem["peak_train"] <= want_train + 2 * layer
-    # and the model is not loose: the logits dominate both passes
-    assert mem["peak_log_probs"] >= 0.6 * want_lp and mem["peak_train"] >= 0.6 * want_train
+    # and the model is not loose (here the chunk term dominates: 4 rows x 27 tokens of 152,064 logits)
+    assert mem["peak_log_probs"] >= 0.9 * want_lp and mem["peak_train"] >= 0.9 * want_train

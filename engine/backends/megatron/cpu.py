@@ -100,7 +100,9 @@ def _cuda_patches() -> dict[str, tuple[Any, str, Any]]:
         torch.set_rng_state(state)
 
     return {
-        "cuda.current_device": (torch.cuda, "current_device", lambda: 0),
+        # the CPU itself (not an index): also right where megatron builds tensors with device=current_device()
+        # inside autograd Functions (SP backward, recompute), where the device rewrite does not apply
+        "cuda.current_device": (torch.cuda, "current_device", lambda: _CPU),
         "cuda.synchronize": (torch.cuda, "synchronize", lambda *a, **k: None),
         "cuda.get_rng_state": (torch.cuda, "get_rng_state", get_state),
         "cuda.set_rng_state": (torch.cuda, "set_rng_state", set_state),

@@ -38,6 +38,12 @@ def _all_reduce(x: torch.Tensor, group, op=None) -> torch.Tensor:
     return x
 
 
+def _pad_from(vocab_start: int, vocab_size: int, v_local: int) -> int:
+    """First local column holding a padding id (>= vocab_size); v_local when the slice has none.
+    Megatron pads the vocabulary at its end, so the padding of a slice is one contiguous tail."""
+    return max(0, min(v_local, vocab_size - vocab_start))
+
+
 def _chunk(logits: torch.Tensor, index: Optional[torch.Tensor], c0: int, c1: int) -> torch.Tensor:
     """fp32 copy of the logits predicting response tokens c0..c1-1: [B, c, V_local]."""
     if index is None:
@@ -51,8 +57,7 @@ class _VocabParallelLogProbs(torch.autograd.Function):
     def forward(ctx, logits, index, tokens, vocab_start, vocab_size, temperature, group, chunk, with_entropy):
         b, t = tokens.shape
         v_local = logits.shape[-1]
-        pad = torch.arange(vocab_start, vocab_start + v_local, device=logits.device) >= vocab_size
-        has_pad = bool(pad.any())
+        pad = _pad_from(vocab_start, vocab_size, v_local)  # local columns pad.. are padding ids
         logp = torch.empty(b, t, dtype=torch.float32, device=logits.device)
         lse = torch.empty_like(logp)
         ent = torch.empty_like(logp) if with_entropy else None
@@ -61,8 +66,8 @@ class _VocabParallelLogProbs(torch.autograd.Function):
             z = _chunk(logits, index, c0, c1)
             if temperature != 1.0:
                 z.div_(temperature)
-            if has_pad:
-                z.masked_fill_(pad, float("-inf"))
+            if pad < v_local:
+                z[..., pad:] = float("-inf")
             m = z.max(dim=-1).values
             _all_reduce(m, group, torch.distributed.ReduceOp.MAX)
             m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
@@ -74,8 +79,8 @@ class _VocabParallelLogProbs(torch.autograd.Function):
             e = z.exp()
             sums = [e.sum(-1), picked]
             if with_entropy:
-                if has_pad:
-                    z.masked_fill_(pad, 0.0)  # exp(-inf) * -inf would be NaN
+                if pad < v_local:
+                    z[..., pad:] = 0.0  # exp(-inf) * -inf would be NaN
                 sums.append(e.mul_(z).sum(-1))
             del e, z
             s = _all_reduce(torch.stack(sums), group)
@@ -96,8 +101,7 @@ class _VocabParallelLogProbs(torch.autograd.Function):
         vocab_start, vocab_size, temperature, chunk, with_entropy = ctx.args
         b, t = tokens.shape
         v_local = logits.shape[-1]
-        pad = torch.arange(vocab_start, vocab_start + v_local, device=logits.device) >= vocab_size
-        has_pad = bool(pad.any())
+        pad = _pad_from(vocab_start, vocab_size, v_local)
         grad = torch.zeros_like(logits)
         rows = torch.arange(b, device=logits.device)[:, None]
         for c0 in range(0, t, chunk):
@@ -106,13 +110,13 @@ class _VocabParallelLogProbs(torch.autograd.Function):
             if temperature != 1.0:
                 lp.div_(temperature)
             lp.sub_(lse[:, c0:c1, None])  # log p_v
-            if has_pad:
-                lp.masked_fill_(pad, float("-inf"))
+            if pad < v_local:
+                lp[..., pad:] = float("-inf")
             p = lp.exp()
             gl = g_logp[:, c0:c1, None].float()
             if with_entropy:
-                if has_pad:
-                    lp.masked_fill_(pad, 0.0)
+                if pad < v_local:
+                    lp[..., pad:] = 0.0
                 # dz = -p (g_logp + g_ent (log p + H)) + g_logp [v = y]
                 coef = lp.add_(ent[:, c0:c1, None]).mul_(g_ent[:, c0:c1, None].float()).add_(gl)
             else:
