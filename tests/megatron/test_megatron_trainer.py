@@ -120,3 +120,11 @@ def test_single_process_trainer_from_the_plan_learns_and_exports(tmp_path):
         lp = response_log_probs(exported, flat)
     mask = flat["response_mask"].bool()
     assert (lp - r["after"])[mask].abs().max() < 1e-5
+
+
+def test_mistral_window_reaches_the_megatron_config():
+    from compiler.catalog import CATALOG
+    from engine.backends.megatron.model import ModelLayout, transformer_config
+
+    assert transformer_config(CATALOG["mistral-7b"], ModelLayout()).window_size == (4095, 0)
+    assert transformer_config(CATALOG["qwen2.5-7b"], ModelLayout()).window_size is None
