@@ -244,7 +244,8 @@ def _cpu_plan(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str], 
     roles = ["trainer", "generator"] + (["reference"] if ref else []) + (["critic"] if spec.algorithm.advantage == "gae" else []) + ["reward"]
     micro_per_rank = spec.algorithm.ppo_mini_batch_size * spec.rollout.n // dp
     trainer = TrainerPlan(backend=tr.backend, tensor_parallel=tp, pipeline_parallel=pp, context_parallel=1,
-                          data_parallel=dp, sequence_parallel=False, micro_batch_size=mb,
+                          data_parallel=dp, sequence_parallel=bool(tr.sequence_parallel and tp > 1 and tr.backend == "megatron"),
+                          micro_batch_size=mb,
                           gradient_accumulation=max(1, micro_per_rank // mb), recompute=recompute, offload=False,
                           fp8="none", distributed_optimizer=tr.distributed_optimizer and tr.backend == "megatron" and dp > 1,
                           log_prob_micro_batch_size=tr.log_prob_micro_batch_size, ranks=list(range(world)))
