@@ -11,6 +11,10 @@ the loss function returns *sums* over its micro-batch and the number of tokens (
 cover (`calculate_per_token_loss`); Megatron adds gradients over micro-batches and DP ranks and
 divides by the global count, so the update equals the single-process update on the whole batch.
 
+Input layout (`layout`): each forward-backward call re-forms its micro-batches from the runtime's
+batch into left-aligned rows padded to `seq_multiple` tokens and runs the model with no attention
+mask, which is what Transformer Engine's causal-only attention computes correctly.
+
 On CPU every call into megatron-core runs inside `engine.backends.megatron.cpu.cpu_compat` (its
 CUDA assumptions mapped to the CPU); on GPU megatron-core runs unpatched.
 """
