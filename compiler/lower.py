@@ -14,9 +14,9 @@ from compiler import memory as M
 from compiler.errors import Problem
 from compiler.placement import BASE_MFU, DECODE_BW_EFF, FP8_SPEEDUP, Candidate, Inputs, SearchResult, choice_notes, search
 from compiler.mesh import coords
-from compiler.plan import (BundlePlan, DevicePlan, Estimates, MeshCoords, OffloadPlan, Plan, RolloutPlan, TrainerPlan,
-                           WeightSyncPlan)
-from compiler.rules import check_spec, fixed_size
+from compiler.plan import (BundlePlan, DevicePlan, Estimates, MeshCoords, ObjectivePlan, OffloadPlan, Plan, RolloutPlan,
+                           TrainerPlan, WeightSyncPlan)
+from compiler.rules import check_spec, fixed_size, loss_batch_problems
 
 
 def _r(x: float, nd: int = 3) -> float:
@@ -42,7 +42,7 @@ def lower(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str] = ())
     if spec.cluster.accelerator == "cpu":
         return _cpu_plan(spec, arch, sources, problems)
     base = dict(spec=spec, sources=list(sources), architecture=arch, accelerator="gpu", placement=spec.placement,
-                nodes=spec.cluster.nodes, gpus_per_node=spec.cluster.gpus_per_node)
+                nodes=spec.cluster.nodes, gpus_per_node=spec.cluster.gpus_per_node, objective=objective_plan(spec))
     params_b = _r(M.total_params(arch) / 1e9, 6)
     if problems:
         return Plan(**base, feasible=False, reasons=_reasons(problems),
@@ -56,10 +56,28 @@ def lower(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str] = ())
                     estimates=Estimates(tokens_per_step=_tokens_per_step(spec), params_b=params_b))
     trainer, rollout = _trainer_plan(spec, inp, cand), _rollout_plan(spec, inp, cand)
     devices = _devices(inp, cand, trainer, rollout)
-    return Plan(**base, feasible=res.feasible, reasons=[] if res.feasible else res.reasons, notes=notes,
+    late = _reasons(loss_batch_problems(spec, trainer.data_parallel))  # the chosen DP splits the loss micro-batches
+    return Plan(**base, feasible=res.feasible and not late, reasons=([] if res.feasible else res.reasons) + late, notes=notes,
                 trainer=trainer, rollout=rollout, devices=devices, estimates=_estimates(spec, cand, params_b),
                 weight_sync=_weight_sync(spec, trainer, rollout), bundles=_bundles(devices),
                 offload=_offload(spec, inp))
+
+
+def resolved_loss_agg(spec: ExperimentSpec) -> str:
+    """``algorithm.loss_agg`` with ``auto`` resolved: Dr.GRPO's constant normaliser with its advantage
+    (the whole Dr.GRPO recipe), the token mean otherwise."""
+    a = spec.algorithm
+    if a.loss_agg != "auto":
+        return a.loss_agg
+    return "seq_mean_token_sum_norm" if a.advantage == "dr_grpo" else "token_mean"
+
+
+def objective_plan(spec: ExperimentSpec) -> ObjectivePlan:
+    """The objective both trainers execute: log-probs and entropy at the rollout temperature (the
+    policy that sampled), and the resolved loss aggregation with its constants."""
+    a = spec.algorithm
+    return ObjectivePlan(temperature=spec.rollout.temperature, loss_agg=resolved_loss_agg(spec),
+                         loss_micro_batch=a.loss_micro_batch, max_response_length=spec.data.max_response_length)
 
 
 def _trainer_plan(spec: ExperimentSpec, inp: Inputs, c: Candidate) -> TrainerPlan:
@@ -277,4 +295,5 @@ def _cpu_plan(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str], 
         gpus_per_node=0, feasible=feasible, reasons=_reasons(problems), notes=notes, trainer=trainer, rollout=rollout,
         devices=devices, estimates=Estimates(tokens_per_step=_tokens_per_step(spec), params_b=_r(P / 1e9, 6)),
         weight_sync=_weight_sync(spec, trainer, rollout), bundles=[], offload=_offload(spec, Inputs.from_spec(spec, arch)),
+        objective=objective_plan(spec),
     )

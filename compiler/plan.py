@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas import Architecture, ExperimentSpec
 
 #: Bumped whenever a field the runtime reads changes; `Plan.from_json` refuses other versions.
-PLAN_VERSION = 2
+PLAN_VERSION = 3
 
 #: Plan fields the runtime does not act on: estimates, explanations and derived values kept for
 #: people (`engine plan`) and for the compiler's own checks. Every other field is executed (a test
@@ -135,6 +135,17 @@ class OffloadPlan(_Frozen):
     train: list[str] = Field(default_factory=list, description="Off the GPU while the trainer updates.")
 
 
+class ObjectivePlan(_Frozen):
+    """What every trainer optimises, resolved from the spec (`compiler.lower.objective_plan`): the
+    sampling temperature its log-probs and entropy are taken at, and the loss aggregation."""
+
+    temperature: float = Field(1.0, ge=0, description="Rollout temperature: old, current and reference log-probs and the entropy are those of softmax(logits / temperature).")
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm",
+                      "micro_batch_token_mean"] = Field("token_mean", description="Aggregation mode (algorithm.loss_agg with auto resolved).")
+    loss_micro_batch: int = Field(2, description="Sequences per loss micro-batch (micro_batch_token_mean).")
+    max_response_length: int = Field(0, description="Tokens: the constant normaliser of seq_mean_token_sum_norm.")
+
+
 class Estimates(_Frozen):
     """Cost-model estimates (not measurements)."""
 
@@ -167,6 +178,7 @@ class Plan(_Frozen):
     weight_sync: Optional[WeightSyncPlan] = None
     bundles: list[list[BundlePlan]] = Field(default_factory=list, description="Ray placement-group bundles, one list per node (GPU plans).")
     offload: OffloadPlan = Field(default_factory=OffloadPlan)
+    objective: ObjectivePlan = Field(default_factory=ObjectivePlan, description="The trainers' objective: temperature and loss aggregation.")
     estimates: Estimates = Field(default_factory=Estimates)
 
     @property

@@ -110,6 +110,10 @@ def render_plan(plan: Plan) -> str:
         lines.append(f"generator: {r.backend} TP{r.tensor_parallel} x {r.replicas} replica(s), gpu_memory_utilization "
                      f"{r.gpu_memory_utilization}, sleep level {r.sleep_level}, KV {r.kv_cache_tokens} tokens/replica, "
                      f"max_model_len {r.max_model_len}, concurrency {r.concurrency}")
+    o = plan.objective
+    agg = o.loss_agg + (f" ({o.loss_micro_batch} sequences per loss micro-batch)" if o.loss_agg == "micro_batch_token_mean"
+                        else f" (/ {o.max_response_length} tokens)" if o.loss_agg == "seq_mean_token_sum_norm" else "")
+    lines.append(f"objective: log-probs and entropy at temperature {o.temperature:g}, loss {agg}")
     if t is not None or r is not None:
         lines.append("")
     if plan.devices:

@@ -8,6 +8,8 @@ shared with the placement search so both agree on what is legal.
 
 from __future__ import annotations
 
+from typing import Optional
+
 from schemas import Architecture, ExperimentSpec, IntOrAuto
 
 from compiler.backends import backend, first_with
@@ -250,6 +252,9 @@ def check_spec(spec: ExperimentSpec, arch: Architecture) -> list[Problem]:
                                f"micro_batch_size dividing {seqs // dp if seqs % dp == 0 else seqs}/DP, e.g. 1"
                                if seqs % dp == 0 else f"change ppo_mini_batch_size or rollout.n so {seqs} divides by DP {dp}"))
 
+    out += loss_batch_problems(spec, dp)
+    out += objective_problems(spec)
+
     # --- precision ----------------------------------------------------------------------------------
     if tr.fp8 != "none":
         if not trainer_b.fp8:
@@ -267,3 +272,41 @@ def check_spec(spec: ExperimentSpec, arch: Architecture) -> list[Problem]:
             out.append(Problem("trainer.fp8", f"fp8 '{tr.fp8}' fails the GEMM dimension rules at every legal TP of this model",
                                "use fp8: delayed or tensorwise, or none"))
     return out
+
+
+def objective_problems(spec: ExperimentSpec) -> list[Problem]:
+    """Sampling settings and loss modes no trainer reproduces. Both trainers take log-probs, entropy and
+    KL of softmax(logits / rollout.temperature) over the whole vocabulary (`compiler.plan.ObjectivePlan`)."""
+    out: list[Problem] = []
+    ro, a = spec.rollout, spec.algorithm
+    if ro.temperature <= 0:
+        out.append(Problem("rollout.temperature", "rollout.temperature 0 is greedy decoding: the n samples of a prompt "
+                           "are one response, and no trainer has the log-probs of an argmax",
+                           "sample for training with a temperature > 0 (the recipe: 1.0; greedy is for evaluation)"))
+    if ro.top_p < 1.0 or (ro.top_k is not None and ro.top_k > 0):
+        what = f"top_p {ro.top_p}" if ro.top_p < 1.0 else f"top_k {ro.top_k}"
+        out.append(Problem("rollout.top_p" if ro.top_p < 1.0 else "rollout.top_k",
+                           f"rollouts sampled with {what} come from a truncated distribution, but the trainers' "
+                           "log-probs, entropy, KL and importance weights are over the whole temperature-scaled vocabulary: "
+                           "the objective would belong to another policy than the one that sampled",
+                           "rollout.top_p: 1.0 and rollout.top_k: -1 (the recipe's); truncate at evaluation instead (evaluation.top_p)"))
+    if a.advantage == "dr_grpo" and a.loss_agg not in ("auto", "seq_mean_token_sum_norm"):
+        out.append(Problem("algorithm.loss_agg", f"advantage dr_grpo with loss_agg {a.loss_agg}: Dr.GRPO is its unscaled "
+                           "advantage *and* a constant loss normaliser (sequences x max_response_length); this is only half of it",
+                           "loss_agg: seq_mean_token_sum_norm (or auto) for Dr.GRPO; advantage: grpo to keep this loss_agg"))
+    return out
+
+
+def loss_batch_problems(spec: ExperimentSpec, dp: Optional[int]) -> list[Problem]:
+    """micro_batch_token_mean: every data-parallel rank's share of a mini-batch is whole loss micro-batches."""
+    a = spec.algorithm
+    if a.loss_agg != "micro_batch_token_mean":
+        return []
+    seqs, g = a.ppo_mini_batch_size * spec.rollout.n, a.loss_micro_batch
+    per_rank = seqs // dp if dp and seqs % dp == 0 else seqs
+    if per_rank % g:
+        where = f"{seqs} sequences" + (f" / DP {dp} = {per_rank} per rank" if dp and dp > 1 else "")
+        return [Problem("algorithm.loss_micro_batch", f"a mini-batch of {where} does not split into loss micro-batches "
+                        f"of {g} sequences (micro_batch_token_mean)",
+                        f"loss_micro_batch dividing {per_rank}, e.g. {max(d for d in _divisors(per_rank) if d <= g)}")]
+    return []

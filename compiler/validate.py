@@ -336,7 +336,7 @@ def _check_data(spec: ExperimentSpec, loaded: LoadedSpec, check_files: bool) -> 
 def data_column_problems(spec: ExperimentSpec) -> list[tuple[str, str, str, str]]:
     """(field, message, hint, file field) for each local data.train / data.val file whose first rows lack the
     columns ``data.prompt_key`` / ``data.answer_key`` name (reads only those rows, no torch)."""
-    from engine.data.columns import column_problems
+    from compiler.columns import column_problems
 
     d = spec.data
     out = []

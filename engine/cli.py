@@ -6,7 +6,7 @@
     engine schema [...]                                      the spec schema (compiler.cli)
     engine grade [...]                                       grade answers (engine.reward.cli)
     engine rehearse SPEC.yaml [...]                          run a GPU plan's runtime on CPU against a memory ledger
-    engine eval SPEC.yaml | RUN_DIR | CHECKPOINT [...]       evaluate a model (engine.evaluation.cli)
+    engine eval SPEC.yaml | RUN_DIR | CHECKPOINT [...]       evaluate a model (engine.runtime.evaluate_cli)
     engine data simplerl [...]                               SimpleRL-Zoo data splits (engine.study.cli)
     engine analyze RUN_DIR [...]                             behaviours, judges, aha moment (engine.study.cli)
     engine report RUN_DIR [...] --out DIR                    HTML + PNG report (engine.study.cli)
@@ -197,7 +197,7 @@ def _dispatch(argv: list[str]) -> int:
 
         code = rehearse_command(rest)
     elif cmd == "eval":
-        from engine.evaluation.cli import eval_command
+        from engine.runtime.evaluate_cli import eval_command
 
         code = eval_command(rest)
     elif cmd in ("data", "analyze", "report"):

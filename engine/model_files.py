@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+if TYPE_CHECKING:  # annotations only: no import at run time
+    from compiler.plan import Plan
 
 
 @dataclass(frozen=True)
@@ -47,12 +50,12 @@ def resolve_base_model(spec: Any, architecture: Any = None, log: Callable[[str],
     return folder, folder
 
 
-def resolve_model_files(plan: Any, log: Callable[[str], None], model_path: Optional[str] = None) -> ModelFiles:
+def resolve_model_files(plan: Plan, log: Callable[[str], None], model_path: Optional[str] = None) -> ModelFiles:
     """The plan's base model (built and cached if need be), or the HF folder ``model_path`` with its
     own tokenizer."""
     from transformers import GenerationConfig
 
-    from engine.backends.hf_generator import end_token_ids
+    from engine.core.tokens import end_token_ids
     from engine.modeling import load_tokenizer
 
     if model_path is None:

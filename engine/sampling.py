@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Protocol
 
-from engine.backends.base import Generation, SamplingParams
+from engine.core.generation import Generation, SamplingParams
 
 
 def step_seed(seed: int, step: int, purpose: str = "rollout") -> int:

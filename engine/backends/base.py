@@ -14,8 +14,10 @@ wake KV cache, reset prefix cache) is owned by `engine.runtime.sync`, not by the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Optional, Protocol, Sequence, runtime_checkable
+
+from engine.core.batch import Batch
+from engine.core.generation import Generation, SamplingParams
 
 #: A bucket of the weight stream: (HF parameter name, full tensor) pairs.
 WeightBucket = list[tuple[str, Any]]
@@ -26,43 +28,6 @@ SLEEP_LEVELS = (0, 1, 2)
 
 #: Tags `Generator.wake` accepts: re-acquire the weights, or the KV cache (None: both).
 WAKE_TAGS = ("weights", "kv_cache")
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How responses are sampled.
-
-    max_new_tokens: response budget (tokens). temperature 0 means greedy. top_k -1 means off.
-    stop: stop strings (a response ends once its text contains one). end_token_ids: token ids that
-    end a response (taken from the tokenizer, never guessed from a model name). logprobs: return
-    the sampled tokens' log-probs (nats, after temperature, as the trainer computes them).
-    """
-
-    max_new_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1
-    stop: tuple[str, ...] = ()
-    end_token_ids: tuple[int, ...] = ()
-    logprobs: bool = False
-
-
-@dataclass
-class Generation:
-    """Responses for a list of prompts, in prompt-major order (prompt i, sample j at i * n + j).
-
-    response_ids: generated token ids per sequence, including the end token when one was produced.
-    finish_reasons: "stop" (end token or stop string) or "length" (hit max_new_tokens).
-    texts: decoded responses (special tokens removed).
-    log_probs: per sequence, the log-prob (nats) of each sampled token under the generator's
-    weights, when `SamplingParams.logprobs` was set; else None.
-    """
-
-    response_ids: list[list[int]]
-    finish_reasons: list[str]
-    texts: list[str]
-    stats: dict[str, float] = field(default_factory=dict)
-    log_probs: Optional[list[list[float]]] = None
 
 
 @runtime_checkable
@@ -97,12 +62,15 @@ class Generator(Protocol):
 class Trainer(Protocol):
     """Owns the policy parameters and the optimizer (one rank of a trainer group)."""
 
-    def compute_log_probs(self, batch: Mapping[str, Any], with_entropy: bool = False) -> Any:
+    def compute_log_probs(self, batch: Batch, with_entropy: bool = False) -> Any:
         """Per-token log-probs (nats) of ``batch['responses']`` under the current policy, [B, T], on CPU;
         with ``with_entropy``, a pair (log_probs, entropy) of [B, T] tensors."""
 
     def update(self, batch: Mapping[str, Any]) -> dict[str, float]:
-        """One RL update over the batch (mini-batches, micro-batches, accumulation); returns metrics."""
+        """One RL update over the batch (mini-batches, micro-batches, accumulation); returns metrics.
+        Without ``old_log_probs`` the update is on-policy (old = current, detached); with
+        ``rollout_log_probs`` too, it also returns the ``rollout/*`` trainer-vs-generator metrics of
+        `engine.algorithm.losses.mismatch_metrics`, taken from its own forward pass."""
 
     def weight_stream(self, bucket_bytes: int) -> Iterator[WeightBucket]:
         """The current policy as HF-named full tensors, in buckets of at most ``bucket_bytes`` (a tensor
@@ -142,7 +110,7 @@ class Trainer(Protocol):
 class ValueModel(Protocol):
     """A trainer with a critic (``algorithm.advantage: gae``)."""
 
-    def compute_values(self, batch: Mapping[str, Any]) -> Any:
+    def compute_values(self, batch: Batch) -> Any:
         """Per-token value estimates of the responses, [B, T], on CPU."""
 
 

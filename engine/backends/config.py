@@ -20,14 +20,26 @@ class OptimConfig:
     warmup_steps: int = 0
     grad_clip: float = 1.0
 
+    def lr_factor(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based) as a fraction of ``lr``: a linear
+        warm-up over ``warmup_steps`` steps (step s gets (s + 1) / warmup_steps), then 1."""
+        warm = self.warmup_steps
+        return min(1.0, (step + 1) / warm) if warm else 1.0
+
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Policy-loss settings (see engine.algorithm.losses)."""
+    """Policy-loss settings (see engine.algorithm.losses). ``temperature``: log-probs and entropy are those
+    of softmax(logits / temperature), the distribution the generator sampled from; ``loss_micro_batch``
+    (sequences) and ``max_response_length`` (tokens) are the constants of the micro_batch_token_mean and
+    seq_mean_token_sum_norm aggregations."""
 
     clip_low: float = 0.2
     clip_high: float = 0.2
     loss_agg: str = "token_mean"
+    temperature: float = 1.0
+    loss_micro_batch: int = 2
+    max_response_length: int = 0
     kl_coef: float = 1e-4
     kl_estimator: str = "k3"
     kl_clamp: float = 10.0
@@ -47,16 +59,18 @@ class BatchConfig:
 
 
 def from_plan(plan: Any) -> tuple[OptimConfig, LossConfig, BatchConfig]:
-    """The three configs of ``plan`` (sizes in sequences per data-parallel rank)."""
+    """The three configs of ``plan`` (sizes in sequences per data-parallel rank; the objective from
+    ``plan.objective``, where the compiler resolved it)."""
     spec = plan.spec
-    a, t = spec.algorithm, spec.trainer
+    a, t, obj = spec.algorithm, spec.trainer, plan.objective
     dp = plan.trainer.data_parallel if plan.trainer else 1
     mini = a.ppo_mini_batch_size * spec.rollout.n // dp
     micro = plan.trainer.micro_batch_size if plan.trainer else t.micro_batch_size
     lp_micro = plan.trainer.log_prob_micro_batch_size if plan.trainer else t.log_prob_micro_batch_size
     return (OptimConfig(lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
                         grad_clip=t.grad_clip),
-            LossConfig(clip_low=a.clip_low, clip_high=a.clip_high, loss_agg=a.loss_agg, kl_coef=a.kl_coef,
+            LossConfig(clip_low=a.clip_low, clip_high=a.clip_high, loss_agg=obj.loss_agg, temperature=obj.temperature,
+                       loss_micro_batch=obj.loss_micro_batch, max_response_length=obj.max_response_length, kl_coef=a.kl_coef,
                        kl_estimator=a.kl_estimator, kl_clamp=a.kl_clamp, entropy_coef=a.entropy_coef,
                        rollout_correction=a.rollout_correction, tis_cap=a.tis_cap),
             BatchConfig(mini_batch=mini, micro_batch=micro, log_prob_micro_batch=lp_micro, epochs=a.ppo_epochs))

@@ -15,8 +15,10 @@ import torch
 
 from engine.backends.base import Generation, SamplingParams, WeightBucket
 from engine.backends.manifest import check_manifest
+from engine.core.batch import left_pad
+from engine.core.generation import stop_window as tail_tokens
+from engine.core.tokens import end_token_ids  # noqa: F401  (re-exported: tests and benches import it here)
 from engine.modeling import cache_kwarg
-from engine.runtime.batch import left_pad
 
 
 def sample_next(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> torch.Tensor:
@@ -35,25 +37,6 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, gen: torch.Generat
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, idx, sorted_p)
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
-
-
-def end_token_ids(tokenizer: Any, generation_config: Any = None) -> tuple[int, ...]:
-    """End-of-response token ids taken from the tokenizer (and the model's generation config).
-
-    The tokenizer's eos token, the generation config's eos ids, and whichever of the common chat /
-    document end markers exist *as tokens in this vocabulary*. Nothing is inferred from a model name.
-    """
-    ids: list[int] = []
-    if tokenizer.eos_token_id is not None:
-        ids.append(int(tokenizer.eos_token_id))
-    if generation_config is not None and getattr(generation_config, "eos_token_id", None) is not None:
-        eos = generation_config.eos_token_id
-        ids.extend(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
-    vocab = tokenizer.get_vocab()
-    for marker in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "</s>", "<|end|>"):
-        if marker in vocab and marker in set(tokenizer.all_special_tokens):
-            ids.append(int(vocab[marker]))
-    return tuple(dict.fromkeys(ids))
 
 
 class HFGenerator:
@@ -138,7 +121,7 @@ class HFGenerator:
         b = len(prompts) * n
         end_ids = torch.tensor(sorted(set(params.end_token_ids)) or [-1], device=self.device)
         stops = tuple(params.stop)
-        stop_window = max((len(s) for s in stops), default=0) + 4  # tokens of tail to decode (>= chars)
+        stop_window = tail_tokens(stops)  # tokens of tail to decode (the rule: `engine.core.generation.stops_at`)
 
         out = torch.full((b, params.max_new_tokens), self.pad_id, dtype=torch.long, device=self.device)
         out_lp = torch.zeros((b, params.max_new_tokens), dtype=torch.float32, device=self.device)

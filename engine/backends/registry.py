@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from compiler.backends import REHEARSAL_BUILDERS, backend
 from engine.backends.base import Generator, Trainer
+
+if TYPE_CHECKING:  # annotations only: no import at run time
+    from compiler.plan import Plan
+
 
 @dataclass(frozen=True)
 class BackendContext:
@@ -30,7 +34,7 @@ class BackendContext:
     that happen to be right already.
     """
 
-    plan: Any
+    plan: Plan
     model_path: str
     tokenizer_path: str
     device: str = "cpu"

@@ -17,14 +17,14 @@ from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
-from engine.algorithm.losses import (aggregate, entropy_from_logits, masked_mean, policy_loss_per_token,
-                                     value_loss_per_token)
+from engine.algorithm.losses import (aggregate, entropy_from_logits, loss_weights, masked_mean, policy_loss_per_token,
+                                     token_log_probs, value_loss_per_token)
 from engine.backends.base import WeightBucket
 from engine.backends.config import BatchConfig, LossConfig, OptimConfig  # noqa: F401  (re-exported)
 from engine.backends.device import release_cached
 from engine.backends.manifest import bucketed
+from engine.core.batch import GROUP_KEYS, split_rows
 from engine.modeling import cache_kwarg
-from engine.runtime.batch import GROUP_KEYS
 
 
 def response_logits(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -64,20 +64,17 @@ def _grouped_response_logits(model: torch.nn.Module, batch: Mapping[str, torch.T
     return torch.cat([first, rest.logits.float()], dim=1)
 
 
-def token_log_probs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log p(token) in nats from logits [B, T, V] and tokens [B, T] -> [B, T]."""
-    return torch.log_softmax(logits, dim=-1).gather(-1, tokens[..., None]).squeeze(-1)
+def response_log_probs(model: torch.nn.Module, batch: Mapping[str, torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
+    """Per-token log-probs (nats) of ``batch['responses']`` under ``model`` at ``temperature``, [B, T]."""
+    return token_log_probs(response_logits(model, batch), batch["responses"], temperature)
 
 
-def response_log_probs(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Per-token log-probs (nats) of ``batch['responses']`` under ``model``, [B, T]."""
-    return token_log_probs(response_logits(model, batch), batch["responses"])
-
-
-def _log_probs_and_entropy(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """[B, T, 2]: log-prob of each response token and the policy's entropy there (nats)."""
+def _log_probs_and_entropy(model: torch.nn.Module, batch: Mapping[str, torch.Tensor],
+                           temperature: float = 1.0) -> torch.Tensor:
+    """[B, T, 2]: log-prob of each response token and the policy's entropy there (nats), at ``temperature``."""
     logits = response_logits(model, batch)
-    return torch.stack([token_log_probs(logits, batch["responses"]), entropy_from_logits(logits)], dim=-1)
+    return torch.stack([token_log_probs(logits, batch["responses"], temperature),
+                        entropy_from_logits(logits, temperature)], dim=-1)
 
 
 def bf16_autocast(enabled: bool):
@@ -98,26 +95,6 @@ def map_micro_batches(fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], bat
     return torch.cat(parts)
 
 
-def split_rows(batch: Mapping[str, Any], size: int) -> list[dict[str, Any]]:
-    """Consecutive chunks of at most ``size`` sequences of every tensor in ``batch``.
-
-    Per-prompt tensors (`GROUP_KEYS`, one row per group of n sequences) are cut along with their
-    sequences when ``size`` is a multiple of n; otherwise they are dropped and the chunk falls back to
-    the flat layout.
-    """
-    rows = batch["responses"].shape[0]
-    groups = batch["prompt_ids"].shape[0] if "prompt_ids" in batch else 0
-    n = rows // groups if groups and rows % groups == 0 else 0
-    keep_groups = bool(n) and size % n == 0
-    out = []
-    for i in range(0, rows, size):
-        chunk = {k: v[i:i + size] for k, v in batch.items() if isinstance(v, torch.Tensor) and k not in GROUP_KEYS}
-        if keep_groups:
-            chunk.update({k: batch[k][i // n:(i + size) // n] for k in GROUP_KEYS})
-        out.append(chunk)
-    return out
-
-
 class TorchTrainer:
     """Policy (and optional critic) optimisation with plain PyTorch."""
 
@@ -130,8 +107,7 @@ class TorchTrainer:
         self.bf16 = bf16 and self.device.type == "cuda"
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=optim.lr, betas=tuple(optim.betas),
                                      weight_decay=optim.weight_decay)
-        warm = optim.warmup_steps
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, optim.lr_factor)
         self.critic = critic.to(self.device) if critic is not None else None
         self.critic_opt = (torch.optim.AdamW(self.critic.parameters(), lr=critic_lr, betas=tuple(optim.betas),
                                              weight_decay=optim.weight_decay) if self.critic is not None else None)
@@ -144,14 +120,16 @@ class TorchTrainer:
 
     # -- log-probs and values ------------------------------------------------------------------
     def compute_log_probs(self, batch: Mapping[str, Any], with_entropy: bool = False) -> Any:
-        """Per-token log-probs (nats) of the responses under the current policy, [B, T], on CPU; with
-        ``with_entropy`` also the per-token entropy of the policy (nats), as a pair."""
+        """Per-token log-probs (nats) of the responses under the current policy at the rollout temperature
+        (``loss.temperature``), [B, T], on CPU; with ``with_entropy`` also the per-token entropy of the
+        policy (nats), as a pair."""
         self.model.eval()
+        t = self.loss_cfg.temperature
         if not with_entropy:
-            return map_micro_batches(partial(response_log_probs, self.model), batch, self.sizes.log_prob_micro_batch,
-                                     self.device, self.bf16)
-        both = map_micro_batches(partial(_log_probs_and_entropy, self.model), batch, self.sizes.log_prob_micro_batch,
-                                 self.device, self.bf16)
+            return map_micro_batches(partial(response_log_probs, self.model, temperature=t), batch,
+                                     self.sizes.log_prob_micro_batch, self.device, self.bf16)
+        both = map_micro_batches(partial(_log_probs_and_entropy, self.model, temperature=t), batch,
+                                 self.sizes.log_prob_micro_batch, self.device, self.bf16)
         return both[..., 0], both[..., 1]
 
     def compute_values(self, batch: Mapping[str, Any]) -> torch.Tensor:
@@ -177,7 +155,12 @@ class TorchTrainer:
         counts the steps skipped for a non-finite gradient norm.
 
         Without ``old_log_probs`` the update is taken as on-policy (one mini-batch, one epoch): the
-        old log-probs are the current ones, detached (ratio 1), which saves a forward pass."""
+        old log-probs are the current ones, detached (ratio 1), which saves a forward pass; with
+        ``rollout_log_probs`` the trainer-vs-generator metrics (``rollout/token_mult_prob_error``,
+        ``rollout/kl``, ``rollout/max_abs_diff``, as `mismatch_metrics`) are then taken from them.
+
+        Log-probs and entropy are at ``loss.temperature``; the loss is aggregated over each mini-batch
+        with `loss_weights` (``loss.loss_agg``), whatever the micro-batch size."""
         cfg = self.loss_cfg
         batch = self._to(batch)
         self.model.train()
@@ -198,28 +181,37 @@ class TorchTrainer:
 
         for _ in range(self.sizes.epochs):
             for mini in split_rows(batch, self.sizes.mini_batch):
-                mask = mini["response_mask"]
-                norm = float(mask.sum().clamp(min=1)) if cfg.loss_agg == "token_mean" else float(mask.shape[0])
+                # the mini-batch's weights and normaliser: micro-batch losses add up to the mini-batch loss
+                w, c = loss_weights(mini["response_mask"], cfg.loss_agg, cfg.max_response_length, cfg.loss_micro_batch)
+                mini["loss_weights"] = w
+                norm = float(c.sum().clamp(min=1))
                 self.opt.zero_grad(set_to_none=True)
                 for mb in split_rows(mini, self.sizes.micro_batch):
                     m = mb["response_mask"]
                     with self._autocast():
                         logits = response_logits(self.model, mb)
-                    logp = token_log_probs(logits, mb["responses"])
+                    logp = token_log_probs(logits, mb["responses"], cfg.temperature)
                     old = mb["old_log_probs"] if "old_log_probs" in mb else logp.detach()
                     with torch.set_grad_enabled(cfg.entropy_coef > 0):  # no graph for an unused entropy
-                        ent = entropy_from_logits(logits)
+                        ent = entropy_from_logits(logits, cfg.temperature)
                     per_tok, pg, clipped, kl = policy_loss_per_token(
                         logp, old, mb["advantages"], ent, cfg, mb.get("ref_log_probs"), mb.get("rollout_log_probs"))
                     if kl is not None:
                         add_tokens("trainer/kl", kl.detach(), m)
-                    loss = aggregate(per_tok, m, cfg.loss_agg, norm)
+                    loss = aggregate(per_tok, m, normaliser=norm, weights=mb["loss_weights"])
                     loss.backward()
                     with torch.no_grad():
                         add_tokens("trainer/pg_loss", pg, m)
                         add_tokens("trainer/entropy", ent, m)
                         add_tokens("trainer/pg_clipfrac", clipped, m)
                         add_tokens("trainer/ppo_kl", old - logp, m)
+                        if "old_log_probs" not in mb and "rollout_log_probs" in mb:  # on-policy: logp is pi_old
+                            gap = (logp - mb["rollout_log_probs"]).float()
+                            add_tokens("rollout/token_mult_prob_error", gap.abs().exp(), m)
+                            add_tokens("rollout/kl", -gap, m)
+                            worst = float((gap.abs() * m).max()) if bool(m.any()) else 0.0
+                            sums["rollout/max_abs_diff"] = max(sums.get("rollout/max_abs_diff", 0.0), worst)
+                            counts["rollout/max_abs_diff"] = 1.0
                 gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_cfg.grad_clip)
                 if math.isfinite(float(gn)):
                     self.opt.step()

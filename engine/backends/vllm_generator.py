@@ -28,11 +28,16 @@ from __future__ import annotations
 import os
 import random
 import time
-from typing import Any, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 
 from engine.backends.base import SLEEP_LEVELS, WAKE_TAGS, Generation, SamplingParams, WeightBucket
 from engine.backends.manifest import check_manifest
 from engine.backends.weight_transfer import pack_bytes
+from engine.core.generation import stops_at
+
+if TYPE_CHECKING:  # annotations only: no import at run time
+    from compiler.plan import Plan
+
 
 #: The worker extension vLLM mixes into its workers (see `engine.backends.vllm_worker`).
 WORKER_EXTENSION = "engine.backends.vllm_worker.WeightReceiverExtension"
@@ -41,17 +46,13 @@ WORKER_EXTENSION = "engine.backends.vllm_worker.WeightReceiverExtension"
 def stop_cut(ids: Sequence[int], stops: Sequence[str], decode: Any) -> Optional[int]:
     """Length of ``ids`` up to and including the first token whose decoded tail holds a stop string.
 
-    The hf generator's rule: after token t, the last ``max(len(stop)) + 4`` tokens up to t are decoded
-    (special tokens kept) and checked for any stop string. None when no stop string occurs.
+    The hf generator's rule (`engine.core.generation.stops_at`): after token t, the last
+    ``max(len(stop)) + 4`` tokens up to t are decoded (special tokens kept) and checked for any stop
+    string. None when no stop string occurs.
     """
     if not stops:
         return None
-    window = max(len(s) for s in stops) + 4
-    for t in range(len(ids)):
-        tail = decode(list(ids[max(0, t + 1 - window):t + 1]))
-        if any(s in tail for s in stops):
-            return t + 1
-    return None
+    return next((t + 1 for t in range(len(ids)) if stops_at(ids, t, stops, decode)), None)
 
 
 def call_seeds(seed: int, count: int) -> list[int]:
@@ -234,7 +235,7 @@ class VLLMGenerator:
                 core.shutdown()
 
 
-def engine_kwargs(plan: Any, device: str, model_config: Any = None) -> dict[str, Any]:
+def engine_kwargs(plan: Plan, device: str, model_config: Any = None) -> dict[str, Any]:
     """The ``vllm.LLM`` arguments a plan fixes for one replica (see the module doc)."""
     ro = plan.rollout
     spec = plan.spec

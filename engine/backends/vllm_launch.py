@@ -17,7 +17,11 @@ trainer rank of a colocated plan). vLLM takes the actor's placement group from R
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:  # annotations only: no import at run time
+    from compiler.plan import Plan
+
 
 Executor = Literal["uni", "mp", "ray"]
 
@@ -45,19 +49,19 @@ class ReplicaLaunch:
     env_unset: tuple[str, ...] = ()
 
 
-def gpu_processes(plan: Any, rank: int) -> int:
+def gpu_processes(plan: Plan, rank: int) -> int:
     """Processes that hold a share of device ``rank``'s GPU: the trainer rank (with its reference and
     critic in the same process) and the generator worker of the replica placed there."""
     d = plan.devices[rank]
     return int("trainer" in d.roles) + int("generator" in d.roles) or 1
 
 
-def gpu_share(plan: Any, rank: int) -> float:
+def gpu_share(plan: Plan, rank: int) -> float:
     """The share of device ``rank``'s GPU each of its processes asks Ray for."""
     return 1.0 / gpu_processes(plan, rank)
 
 
-def _bundle_index(plan: Any, rank: int) -> tuple[int, int]:
+def _bundle_index(plan: Plan, rank: int) -> tuple[int, int]:
     for g, node in enumerate(plan.bundles):
         for i, b in enumerate(node):
             if b.rank == rank:
@@ -65,7 +69,7 @@ def _bundle_index(plan: Any, rank: int) -> tuple[int, int]:
     raise KeyError(f"device rank {rank} has no bundle in the plan")
 
 
-def replica_launch(plan: Any, replica: int) -> ReplicaLaunch:
+def replica_launch(plan: Plan, replica: int) -> ReplicaLaunch:
     """The start settings of ``replica`` under ``plan`` (see the module doc)."""
     ro = plan.rollout
     ranks = tuple(ro.replica_groups[replica])

@@ -31,7 +31,7 @@ def load_benchmarks(spec: Any, tokenizer: Any, log: Callable[[str], None], alway
     """The prompt sets of ``evaluation.benchmarks`` (none when ``evaluation.every`` is 0, unless
     ``always``), with the training template and prompt-length limit; what is left out is counted in
     each report."""
-    from engine.evaluation.benchmarks import benchmark_rows
+    from engine.data.benchmarks import benchmark_rows
 
     e, d = spec.evaluation, spec.data
     if not (e.every or always) or not e.benchmarks:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from engine.data.columns import answer_value, prompt_value
+from compiler.columns import answer_value, prompt_value
 from schemas.data import COMPLEX_TEMPLATE, SIMPLE_TEMPLATE, render_prompt
 
 def template_text(kind: str, custom: Optional[str] = None) -> Optional[str]:
@@ -44,11 +44,11 @@ def read_rows(path: str | Path) -> list[dict]:
     if not p.exists():
         raise FileNotFoundError(f"data file not found: {p}")
     if p.suffix == ".parquet":
-        from engine.data.files import parquet_rows
+        from engine.core.files import parquet_rows
 
         return parquet_rows(p)
     if p.suffix in (".jsonl", ".json"):
-        from engine.data.files import json_lines
+        from engine.core.files import json_lines
 
         return [row if err is None else {"__error__": err} for _, row, err in json_lines(p)]
     raise ValueError(f"unsupported data file {p} (expected .parquet or .jsonl)")
@@ -127,7 +127,7 @@ def build_prompt_set(rows: list[dict], tokenizer: Any, template: Optional[str], 
 
     Counts in ``report``: rows, kept, bad_rows (with reasons), outside_levels, too_long (and the
     longest prompt seen, in tokens). With template "none" a chat-list prompt goes through the
-    tokenizer's chat template when it has one. Columns: `engine.data.columns` (``prompt_key``, and
+    tokenizer's chat template when it has one. Columns: `compiler.columns` (``prompt_key``, and
     ``answer_key`` instead of ``reward_model.ground_truth``).
     """
     out = PromptSet()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from engine.backends.base import SamplingParams
+from engine.core.atomic import write_json_atomic
+from engine.core.generation import SamplingParams
 from engine.data import prompts as P
 from engine.sampling import Sampler, step_seed
 
@@ -31,9 +31,7 @@ def select_by_pass_rate(data: P.PromptSet, sampler: Sampler, spec: Any, sampling
             gts = [g for g in data.ground_truths[s:s + bs] for _ in range(n)]
             ok = sampler.grade(gen.texts, gts)["correct"]
             rates.extend(float(np.mean(ok[i * n:(i + 1) * n])) for i in range(len(ids)))
-        tmp = cache.with_name(cache.name + ".tmp")
-        tmp.write_text(json.dumps({"n": n, "rates": rates}))
-        os.replace(tmp, cache)
+        write_json_atomic(cache, {"n": n, "rates": rates})
     lo = d.min_pass_rate if d.min_pass_rate is not None else 0.0
     hi = d.max_pass_rate if d.max_pass_rate is not None else 1.0
     keep = [i for i, r in enumerate(rates) if lo <= r <= hi]

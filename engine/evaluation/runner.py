@@ -8,12 +8,12 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from engine.backends.base import SamplingParams
+from engine.core.generation import SamplingParams
 from engine.data import prompts as P
 from engine.evaluation.behaviour import behaviour_ratios
 from engine.evaluation.metrics import summarize
 from engine.sampling import Sampler, step_seed
-from engine.study.rollouts import EvalCollector
+from engine.core.rollouts import EvalCollector
 
 
 def evaluate(sampler: Sampler, data: P.PromptSet, spec: Any, sampling: SamplingParams, step: int,
@@ -26,7 +26,7 @@ def evaluate(sampler: Sampler, data: P.PromptSet, spec: Any, sampling: SamplingP
     ``<prefix>/response_length`` (tokens; ``length_correct`` / ``length_wrong`` over the right and
     wrong answers), ``<prefix>/clip_ratio`` (share cut at the length limit), ``<prefix>/boxed_ratio``
     (share with a ``\\boxed{}`` answer), and ``reflection_ratio`` / ``repeat_ratio``
-    (`engine.evaluation.behaviour`). ``writer``: a `engine.study.rollouts.RolloutWriter` that saves
+    (`engine.evaluation.behaviour`). ``writer``: a `engine.core.rollouts.RolloutWriter` that saves
     every sample.
     """
     k = samples or spec.evaluation.samples

@@ -66,7 +66,7 @@ def _build(spec: Any, arch: Any, folder: Path, log: Callable[[str], None]) -> No
             raise ValueError(f"model.architecture.vocab_size {arch.vocab_size} < builtin tokenizer's {VOCAB_SIZE}")
     else:
         tok = load_tokenizer(m.tokenizer)
-    from engine.runtime.threads import apply_threads
+    from engine.core.threads import apply_threads
 
     apply_threads(spec.cluster.cpu_threads)
     model = random_model(arch, tok, spec.seed)

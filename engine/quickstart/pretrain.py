@@ -96,7 +96,7 @@ def corpus_documents(n: int, levels: list[int], template: str, eos: str, seed: i
 def progress_line(done: int, steps: int, loss: float, elapsed_s: float) -> str:
     """``pretrain step 120/1200 (10%) loss 1.234 | 0:12 elapsed, ETA 1:48``: the ETA assumes the
     remaining steps take as long as the ``done`` ones did on average (seconds -> m:ss)."""
-    from engine.runtime.tracking import fmt_duration
+    from engine.core.duration import fmt_duration
 
     eta = elapsed_s / max(done, 1) * (steps - done)
     return (f"pretrain step {done}/{steps} ({100 * done // max(steps, 1)}%) loss {loss:.3f} "

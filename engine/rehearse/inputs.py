@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.data.prompts import PromptSet
 from engine.model_files import ModelFiles
+
+if TYPE_CHECKING:  # annotations only: no import at run time
+    from compiler.plan import Plan
 
 
 def synthetic_prompts(count: int, max_len: int, seed: int, source: str) -> PromptSet:
@@ -30,7 +33,7 @@ def synthetic_prompts(count: int, max_len: int, seed: int, source: str) -> Promp
                      [source] * count, report)
 
 
-def rehearsal_inputs(plan: Any, folder: Path) -> Any:
+def rehearsal_inputs(plan: Plan, folder: Path) -> Any:
     """`engine.runtime.loop.RunInputs` for ``plan``: the quickstart tokenizer saved in ``folder``
     (the model and tokenizer folder every worker checks it can see), and synthetic prompt sets."""
     from engine.quickstart.tokenizer import build_tokenizer

@@ -4,10 +4,13 @@ each generator replica; the call order on device 0."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:  # annotations only: no import at run time
+    from compiler.plan import Plan
 
 
-def build(plan: Any, snapshot: dict[str, Any], *, steps: int, wall_s: float, placed_nodes: int,
+def build(plan: Plan, snapshot: dict[str, Any], *, steps: int, wall_s: float, placed_nodes: int,
           error: Optional[str], summary: dict[str, Any]) -> dict[str, Any]:
     """The report as plain data (what ``engine rehearse --json`` prints)."""
     planned = {d.rank: d for d in plan.devices}

@@ -18,9 +18,12 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from compiler import memory as M
+
+if TYPE_CHECKING:  # annotations only: no import at run time
+    from compiler.plan import Plan
 
 
 class RehearsalRefused(ValueError):
@@ -62,7 +65,7 @@ def _start_ray(gpus_per_node: int, nodes: int) -> tuple[Any, Optional[Any]]:
     return ray, cluster
 
 
-def rehearse(plan: Any, steps: int = 2, ray_nodes: Optional[int] = 1, log: Callable[[str], None] = print,
+def rehearse(plan: Plan, steps: int = 2, ray_nodes: Optional[int] = 1, log: Callable[[str], None] = print,
              keep: Optional[str] = None) -> dict[str, Any]:
     """Rehearse ``plan`` for ``steps`` RL steps; returns the report (`engine.rehearse.report.build`).
 

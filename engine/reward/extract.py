@@ -23,7 +23,10 @@ from __future__ import annotations
 import re
 from typing import List, Optional, Sequence, Tuple
 
-from engine.reward.normalize import match_braces, unescape_double
+from compiler.boxed import BOX_RE as _BOX_RE
+from compiler.boxed import boxes as _boxes
+from compiler.boxed import last_boxed, match_braces
+from engine.reward.normalize import unescape_double
 
 #: Only the last this-many characters of a response are searched for an answer.
 MAX_RESPONSE_CHARS = 32_768
@@ -32,7 +35,6 @@ MAX_ANSWER_CHARS = 2_000
 #: Boxes are joined only across a gap of at most this many characters.
 MAX_BOX_GAP_CHARS = 48
 
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _PHRASE_RE = re.compile(r"(?:final\s+answer|the\s+answer|answer)\s*(?:is\s*:?|:)\s*", re.IGNORECASE)
 _NUMBER_RE = re.compile(r"(?<![\w\\{}^_.,])[-−]?(?:(?:\d{1,3}(?:,\d{3})+|\d{1,3}(?: \d{3})+(?![\d.,])|\d+)(?:[.,]\d+)?(?:/\d+)?|\.\d+)"
                         r"(?![\d.,]\d)")
@@ -62,45 +64,6 @@ def cut_at_end_tokens(text: str, end_tokens: Sequence[str]) -> str:
             if idx >= 0:
                 cut = idx
     return text[:cut]
-
-
-def _boxes(text: str) -> List[Tuple[int, int, str]]:
-    """Complete boxes as ``(start, end, content)``; an unclosed box (a cut response) is skipped."""
-    out = []
-    pos = 0
-    while True:
-        m = _BOX_RE.search(text, pos)
-        if not m:
-            return out
-        j = m.end()
-        while j < len(text) and text[j] in " \t":
-            j += 1
-        if j < len(text) and text[j] == "{":
-            end = match_braces(text, j)
-            if end < 0:
-                pos = m.end()
-                continue
-            out.append((m.start(), end + 1, text[j + 1:end]))
-            pos = end + 1
-        elif j > m.end():  # "\boxed 5": up to the next space or '$'
-            mm = re.match(r"[^\s$]+", text[j:])
-            if mm:
-                out.append((m.start(), j + mm.end(), mm.group(0)))
-                pos = j + mm.end()
-            else:
-                pos = j
-        else:
-            pos = m.end()
-
-
-def last_boxed(text: str) -> Optional[str]:
-    """Content of the last complete ``\\boxed{...}`` / ``\\fbox{...}``, or None.
-
-    ``\\boxed 5`` (no braces) gives the following token. An unclosed last box (a response cut by
-    the length limit) is skipped in favour of an earlier complete one.
-    """
-    boxes = _boxes(text)
-    return boxes[-1][2] if boxes else None
 
 
 def _is_separator_gap(gap: str) -> bool:

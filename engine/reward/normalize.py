@@ -11,6 +11,8 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Optional
 
+from compiler.boxed import match_braces
+
 #: Answers longer than this are compared as strings only (never parsed).
 MAX_SYMBOLIC_CHARS = 1_000
 
@@ -97,26 +99,6 @@ def _mixed(m: "re.Match") -> str:
     if int(b) == 0 or int(a) >= int(b):  # not a proper fraction: a product, left as written
         return m.group(0)
     return f"({w}+\\frac{{{a}}}{{{b}}})"
-
-
-def match_braces(text: str, open_idx: int) -> int:
-    """Index of the ``}`` closing the ``{`` at ``open_idx``, or -1. ``\\{`` and ``\\}`` are literal."""
-    depth = 0
-    i = open_idx
-    n = len(text)
-    while i < n:
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
-    return -1
 
 
 def _replace_braced_command(s: str, regex: re.Pattern) -> str:

@@ -1,25 +1,10 @@
-"""Packing prompts and responses into the padded tensors the trainer consumes."""
+"""Packing prompts and responses into the padded tensors the trainer consumes (the layout: `engine.core.batch`)."""
 
 from __future__ import annotations
 
 import torch
 
-
-def ragged(rows: list[list], width: int, fill, dtype: torch.dtype, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lists of unequal length as one [B, width] tensor, padded with ``fill`` on the right (or the left),
-    and the long mask of real entries; one copy of all values, no per-row tensor."""
-    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
-    cols = torch.arange(width)[None, :]
-    mask = (cols >= width - lengths[:, None]) if left else (cols < lengths[:, None])
-    out = torch.full((len(rows), width), fill, dtype=dtype)
-    if int(lengths.sum()):
-        out[mask] = torch.tensor([v for r in rows for v in r], dtype=dtype)
-    return out, mask.long()
-
-
-def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token lists to the longest one: ``ids`` and ``mask`` (1 on real tokens), both [B, P] long."""
-    return ragged(prompts, max(len(x) for x in prompts), pad_id, torch.long, left=True)
+from engine.core.batch import GROUP_KEYS, Batch, left_pad, ragged, sequences_per_group  # noqa: F401  (re-exported)
 
 
 def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -68,10 +53,6 @@ def pack_groups(prompts: list[list[int]], responses: list[list[int]], group_size
     return out
 
 
-#: Tensors with one row per prompt (a group of n sequences) rather than one per sequence.
-GROUP_KEYS = ("prompt_ids", "prompt_mask")
-
-
 def dp_shards(batch: dict[str, torch.Tensor], dp: int, mini_batch: int) -> list[dict[str, torch.Tensor]]:
     """Split a batch over ``dp`` data-parallel ranks so that, mini-batch by mini-batch, the ranks
     together hold exactly the single-process mini-batch: rank d gets the d-th slice of every
@@ -86,8 +67,7 @@ def dp_shards(batch: dict[str, torch.Tensor], dp: int, mini_batch: int) -> list[
     if mini_batch % dp or rows % mini_batch:
         raise ValueError(f"{rows} sequences in mini-batches of {mini_batch} do not split over DP {dp}")
     part = mini_batch // dp
-    groups = batch["prompt_ids"].shape[0] if "prompt_ids" in batch else 0
-    n = rows // groups if groups else 0
+    n = sequences_per_group(batch)
     keep_groups = bool(n) and part % n == 0
     out = []
     for d in range(dp):

@@ -26,13 +26,17 @@ import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 import torch
 
 from engine.backends.safe_load import CheckpointFileError, check_raw_pickles, load_plain
 from engine.runtime.run_folder import DiskFullError, folder_bytes, is_disk_full, require_free
+
+if TYPE_CHECKING:  # annotations only: no import at run time
+    from compiler.plan import Plan
+
 
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
 _OLD_DIR = re.compile(r"^\.old-(step_\d{6,})-\d+$")
@@ -358,7 +362,7 @@ def checkpoint_plan_or_run_plan(step_dir: str | Path):
     return None
 
 
-def export_checkpoint_hf(step_dir: str | Path, plan: Any, out_dir: str | Path, log=print) -> str:
+def export_checkpoint_hf(step_dir: str | Path, plan: Plan, out_dir: str | Path, log=print) -> str:
     """Write checkpoint ``step_dir``'s policy as a HF model folder ``out_dir`` (config, weights,
     tokenizer, generation config): the run's base model with the checkpoint's weights loaded.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 
@@ -14,8 +14,11 @@ from engine.evaluation.runner import evaluate_all
 from engine.model_files import resolve_model_files
 from engine.runtime.resources import check_resources
 from engine.runtime.roles import Roles
-from engine.runtime.threads import apply_threads
+from engine.core.threads import apply_threads
 from engine.sampling import sampling_params
+
+if TYPE_CHECKING:  # annotations only: no import at run time
+    from compiler.plan import Plan
 
 
 def _unreadable_model(exc: BaseException) -> bool:
@@ -31,7 +34,7 @@ def _unreadable_model(exc: BaseException) -> bool:
     return False
 
 
-def evaluate_model(plan: Any, model_path: Optional[str] = None, log: Callable[[str], None] = print,
+def evaluate_model(plan: Plan, model_path: Optional[str] = None, log: Callable[[str], None] = print,
                    base: Optional[bool] = None) -> dict[str, Any]:
     """Evaluate one model on ``data.val`` and ``evaluation.benchmarks`` without training: the plan's
     base model, or the HF folder ``model_path``.

@@ -11,9 +11,12 @@ placement decision is made here: bundles, device indices and which roles share a
 from __future__ import annotations
 
 import socket
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from engine.runtime.dispatch import DROP_RESULT, Mode, mode_of
+
+if TYPE_CHECKING:  # annotations only: no import at run time
+    from compiler.plan import Plan
 
 
 class LocalHandle:
@@ -177,7 +180,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def uses_ray(plan: Any) -> bool:
+def uses_ray(plan: Plan) -> bool:
     """Ray when the plan names a cluster address, spans more than one device, or has trainer ranks in
     more than one process."""
     return bool(plan.spec.cluster.ray_address) or len(plan.devices) > 1
@@ -204,7 +207,7 @@ class PlacementError(RuntimeError):
     """Ray cannot place the plan's bundles; the message names the missing resources."""
 
 
-def placement_groups(plan: Any, timeout_s: float = 60.0, nodes: Optional[set[int]] = None) -> dict[int, Any]:
+def placement_groups(plan: Plan, timeout_s: float = 60.0, nodes: Optional[set[int]] = None) -> dict[int, Any]:
     """One STRICT_PACK placement group per node of ``plan.bundles`` (a bundle per GPU), ready; keyed by
     node. ``nodes``: only these nodes (a rehearsal places some nodes for real).
 
@@ -230,7 +233,7 @@ def _node_resources() -> list[dict[str, float]]:
     return [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
 
 
-def missing_resources(plan: Any, total: dict[str, float], nodes: Sequence[dict[str, float]],
+def missing_resources(plan: Plan, total: dict[str, float], nodes: Sequence[dict[str, float]],
                       need_nodes: Optional[int] = None) -> str:
     """Why the plan's bundles do not fit the cluster: per-node needs against the largest node."""
     need_nodes = len(plan.bundles) if need_nodes is None else need_nodes
@@ -246,7 +249,7 @@ def missing_resources(plan: Any, total: dict[str, float], nodes: Sequence[dict[s
             f"missing: " + "; ".join(short or ["resources held by other jobs"]) + f". Cluster total: {totals}.")
 
 
-def bundle_of(plan: Any, rank: int) -> tuple[int, int]:
+def bundle_of(plan: Plan, rank: int) -> tuple[int, int]:
     """(node, bundle index in that node's placement group) of device ``rank``."""
     for node in plan.bundles:
         for i, b in enumerate(node):
@@ -255,7 +258,7 @@ def bundle_of(plan: Any, rank: int) -> tuple[int, int]:
     raise KeyError(f"device rank {rank} has no bundle in the plan")
 
 
-def actor_options(plan: Any, groups: dict[int, Any], rank: int) -> dict[str, Any]:
+def actor_options(plan: Plan, groups: dict[int, Any], rank: int) -> dict[str, Any]:
     """Ray options that put a worker on device ``rank``: its bundle, and its share of the GPU
     (`engine.backends.vllm_launch.gpu_share`: 1/k when k processes share the device)."""
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -291,7 +294,7 @@ class Probe:
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid()}
 
 
-def probe_placement(plan: Any, timeout_s: float = 60.0) -> list[dict[str, Any]]:
+def probe_placement(plan: Plan, timeout_s: float = 60.0) -> list[dict[str, Any]]:
     """Place one probe actor per (device, role) of the plan exactly as the run would place its workers,
     and report where each landed: ``{"rank", "role", "group", "bundle", "gpu_ids", ...}``. Checks a
     cluster before any model is loaded; raises `PlacementError` when the bundles cannot be placed."""

@@ -25,14 +25,14 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 import torch
 
 from engine.algorithm.advantages import broadcast_to_tokens, gae, group_advantages, whiten
 from engine.algorithm.losses import mismatch_metrics
-from engine.backends.base import SamplingParams
+from engine.core.generation import SamplingParams
 from engine.data import prompts as P
 from engine.data.loading import load_benchmarks, load_prompts
 from engine.data.selection import select_by_pass_rate
@@ -45,10 +45,15 @@ from engine.runtime.batch import pack_groups
 from engine.runtime.resources import check_resources
 from engine.runtime.roles import Roles
 from engine.runtime.sync import StepOrder
-from engine.runtime.threads import apply_threads
+from engine.core.threads import apply_threads
 from engine.runtime.tracking import AimTracker, MetricsLog, Progress
 from engine.sampling import sampling_params, step_seed
-from engine.study import rollouts as R
+from engine.core import rollouts as R
+from engine.core.atomic import write_json_atomic, write_text_atomic
+
+if TYPE_CHECKING:  # annotations only: no import at run time
+    from compiler.plan import Plan
+
 
 #: Metrics that measure time or throughput (they differ between otherwise identical runs).
 TIMING_KEYS = ("time/", "perf/")
@@ -63,15 +68,8 @@ class NonFiniteRewardError(ValueError):
     """A step's rewards hold nan or inf: the run stops at that step, before its update."""
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (a temporary file, then `os.replace`)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write_json(path: Path, data: Any) -> None:
-    _write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str))
+    write_json_atomic(path, data, indent=2, sort_keys=True, default=str)
 
 
 def rollout_metrics(rewards: torch.Tensor, correct: list[bool], lengths: torch.Tensor,
@@ -110,7 +108,7 @@ def rollout_log_probs_tensor(log_probs: list[list[float]], mask: torch.Tensor) -
 class StepInputs:
     """What one RL step reads besides the roles: the run's fixed settings."""
 
-    plan: Any
+    plan: Plan
     train_set: P.PromptSet
     sampling: SamplingParams
     pad_id: int
@@ -141,18 +139,19 @@ def rl_step(roles: Roles, inp: StepInputs, step: int) -> dict[str, float]:
     R.save_step(inp.writer, step, inp.train_set, idx, gen, graded, gts, n)
     t_reward = time.perf_counter()
 
-    # 4. log-probs: the policy before the update (needed unless the update is on-policy), the reference
+    # 4. log-probs: the policy before the update (needed unless the update is on-policy: one optimizer
+    # step, whose forward pass *is* the old policy's; the trainer then reports the rollout/* gap), the reference
     batch = pack_groups(prompts, gen.response_ids, n, inp.pad_id)
     mask = batch["response_mask"]
     m: dict[str, float] = {}
     on_policy = a.ppo_mini_batch_size >= bsz and a.ppo_epochs == 1  # one optimizer step per batch
     if gen.log_probs is not None:
         batch["rollout_log_probs"] = rollout_log_probs_tensor(gen.log_probs, mask)
-    if not on_policy or gen.log_probs is not None:
+    if not on_policy:
         batch["old_log_probs"] = roles.log_probs(batch)
-    if gen.log_probs is not None:
-        m.update({f"rollout/{k}": v for k, v in
-                  mismatch_metrics(batch["old_log_probs"], batch["rollout_log_probs"], mask).items()})
+        if gen.log_probs is not None:
+            m.update({f"rollout/{k}": v for k, v in
+                      mismatch_metrics(batch["old_log_probs"], batch["rollout_log_probs"], mask).items()})
     if a.kl_coef > 0:
         batch["ref_log_probs"] = roles.reference_log_probs(batch)
 
@@ -224,7 +223,7 @@ class RunInputs:
     bench_sets: dict[str, P.PromptSet]
 
 
-def load_run_inputs(plan: Any, log: Callable[[str], None]) -> RunInputs:
+def load_run_inputs(plan: Plan, log: Callable[[str], None]) -> RunInputs:
     """The plan's base model (built and cached if need be), its training and validation prompts, and the
     benchmarks, each data set counted and reported (bad rows are never dropped silently)."""
     spec = plan.spec
@@ -250,7 +249,7 @@ class Harness:
 
 
 @run_folder.guarded  # lock the folder, never overwrite a run in it, check the free space
-def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Callable[[str], None]] = None,
+def train(plan: Plan, run_dir: str | Path, resume: bool = False, log: Optional[Callable[[str], None]] = None,
           progress_stream=None, stop_after: Optional[int] = None, sync_skip: tuple[str, ...] = (),
           from_previous: bool = False, preflight: bool = True, harness: Optional[Harness] = None) -> dict[str, Any]:
     """Execute ``plan`` in ``run_dir``; returns the summary (also written to ``summary.json``).
@@ -277,7 +276,7 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
     run_info_path = run_dir / "run.json"
     run_info = json.loads(run_info_path.read_text()) if run_info_path.exists() else {}
     if not (run_dir / "plan.json").exists():
-        _write_text(run_dir / "plan.json", plan.to_json())  # a crash here must not leave a half plan
+        write_text_atomic(run_dir / "plan.json", plan.to_json())  # a crash here must not leave a half plan
     if resume:  # refuse a changed experiment, stop at a finished run, say what is redone
         from engine.runtime.resume import check_resume
 
@@ -290,7 +289,9 @@ def train(plan: Any, run_dir: str | Path, resume: bool = False, log: Optional[Ca
     data = harness.inputs if harness else load_run_inputs(plan, log)
     files, train_set, val_set, bench_sets = data.files, data.train_set, data.val_set, data.bench_sets
     gate = plan.rollout.backend == "vllm" or spec.algorithm.rollout_correction == "tis" or bool(sync_skip)
-    inp = StepInputs(plan, train_set, sampling_params(spec, files.end_token_ids, logprobs=gate),
+    # the generator's log-probs every step (one value per sampled token): each step logs the rollout/*
+    # trainer-vs-generator gap, with any generator, and TIS has its denominators
+    inp = StepInputs(plan, train_set, sampling_params(spec, files.end_token_ids, logprobs=True),
                      files.tokenizer.pad_token_id, StepOrder(plan))
     roles = Roles(plan, files, threads=threads, order=inp.order, run_dir=str(run_dir),
                   rehearsal=harness.rehearsal if harness else None, spawner=harness.spawner if harness else None)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 from compiler.backends import backend
+
+if TYPE_CHECKING:  # annotations only: no import at run time
+    from compiler.plan import Plan
 
 
 class ResourceError(RuntimeError):
@@ -55,7 +58,7 @@ def _missing_package(name: str) -> bool:
         return True
 
 
-def backend_problem(plan: Any, roles: tuple[str, ...] = ("trainer", "generator")) -> Optional[str]:
+def backend_problem(plan: Plan, roles: tuple[str, ...] = ("trainer", "generator")) -> Optional[str]:
     """Why this runtime cannot execute the plan's backends of ``roles`` or its weight sync here, or None
     (``engine eval`` asks only about the generator)."""
     chosen = {"trainer": plan.trainer.backend if plan.trainer else plan.spec.trainer.backend,
@@ -83,7 +86,7 @@ def backend_problem(plan: Any, roles: tuple[str, ...] = ("trainer", "generator")
 GENERATOR_COMPONENTS = ("vllm_weights", "vllm_activations", "vllm_non_torch", "cuda_graphs", "generator_context")
 
 
-def generator_needs(plan: Any) -> tuple[int, float]:
+def generator_needs(plan: Plan) -> tuple[int, float]:
     """(GPUs, GiB per GPU) one generator replica needs: what `engine eval` needs, since evaluation
     runs no trainer. vllm: its weights, activations and fixed buffers plus the KV cache of one
     max-length sequence; hf: its weights and the KV cache of one micro-batch."""
@@ -103,7 +106,7 @@ def generator_needs(plan: Any) -> tuple[int, float]:
     return r.tensor_parallel, gib
 
 
-def needs(plan: Any, command: str = "run") -> tuple[int, float]:
+def needs(plan: Plan, command: str = "run") -> tuple[int, float]:
     """(GPUs, GiB per GPU) the plan needs; (0, 0) for a CPU plan. ``command="eval"``: one generator
     replica (`generator_needs`)."""
     if plan.accelerator != "gpu":
@@ -114,7 +117,7 @@ def needs(plan: Any, command: str = "run") -> tuple[int, float]:
     return gpus, max((d.peak_gib for d in plan.devices), default=0.0)
 
 
-def check_resources(plan: Any, found: Optional[Found] = None, command: str = "run") -> Found:
+def check_resources(plan: Plan, found: Optional[Found] = None, command: str = "run") -> Found:
     """Raise `ResourceError` unless the hardware covers the plan (count and per-GPU memory) and this
     runtime has the plan's backends (hardware is reported first). ``command`` names the `engine`
     command in the hint for running on a cluster; ``eval`` needs only the generator: one replica's
@@ -148,7 +151,7 @@ def check_resources(plan: Any, found: Optional[Found] = None, command: str = "ru
     return found
 
 
-def _check_backends(plan: Any, roles: tuple[str, ...] = ("trainer", "generator")) -> None:
+def _check_backends(plan: Plan, roles: tuple[str, ...] = ("trainer", "generator")) -> None:
     problem = backend_problem(plan, roles)
     if problem:
         raise ResourceError(problem)

@@ -19,7 +19,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+
+if TYPE_CHECKING:  # annotations only: no import at run time
+    from compiler.plan import Plan
+
 
 #: Plan keys that may differ between the checkpoint's plan and the resumed plan. A key ending in
 #: ``.`` allows everything under it. Spec keys are written without the ``spec.`` prefix.
@@ -133,7 +137,7 @@ def logged_steps(metrics_path: Path) -> list[int]:
 _LATEST = object()
 
 
-def check_resume(plan: Any, run_dir: Path, log: Callable[[str], None], checkpoint_step: Any = _LATEST) -> Optional[dict]:
+def check_resume(plan: Plan, run_dir: Path, log: Callable[[str], None], checkpoint_step: Any = _LATEST) -> Optional[dict]:
     """Run the resume checks for ``plan`` in ``run_dir`` before anything is loaded.
 
     ``checkpoint_step``: the checkpoint the resume continues from (`checkpoint.resume_step`; None:
@@ -192,7 +196,7 @@ def check_resume(plan: Any, run_dir: Path, log: Callable[[str], None], checkpoin
     return None
 
 
-def plan_with_overrides(plan: Any, overrides: list[str]) -> Any:
+def plan_with_overrides(plan: Plan, overrides: list[str]) -> Plan:
     """``plan`` recompiled with ``overrides`` applied to its resolved spec (``engine run RUN --resume
     key=value``); the original source files are kept. Raises `compiler.errors.SpecError`."""
     import tempfile

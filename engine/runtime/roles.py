@@ -20,16 +20,19 @@ declares.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
 from engine.backends.base import Generation, SamplingParams
 from engine.backends.vllm_launch import gpu_share, replica_launch
 from engine.model_files import ModelFiles
-from engine.runtime.batch import GROUP_KEYS, dp_shards, merge_dp
+from engine.runtime.batch import GROUP_KEYS, Batch, dp_shards, merge_dp
 from engine.runtime.group import LocalHandle, WorkerGroup, bundle_of, init_ray, placement_groups, spawn, uses_ray
 from engine.runtime.workers import GeneratorCalls, GeneratorWorker, RewardWorker, TrainerWorker, WorkerSetup
+
+if TYPE_CHECKING:  # annotations only: no import at run time
+    from compiler.plan import Plan
 
 
 @dataclass
@@ -41,7 +44,7 @@ class Spawner:
     some nodes for real and runs the other nodes' workers in this process against its ledger.
     """
 
-    plan: Any
+    plan: Plan
     remote: bool
     nodes: Optional[set[int]] = None
 
@@ -95,7 +98,7 @@ class Spawner:
             self.groups = {}
 
 
-def worker_device(plan: Any) -> str:
+def worker_device(plan: Plan) -> str:
     """The device string a worker gets: ``cuda:0`` on GPU (its one visible GPU: Ray sets
     ``CUDA_VISIBLE_DEVICES`` per actor, and a one-GPU run uses the first), ``cpu`` otherwise."""
     return "cuda:0" if plan.accelerator == "gpu" else "cpu"
@@ -108,7 +111,7 @@ class Roles:
     workers start (default: as the plan places them); ``rehearsal``: stand-in settings for every
     worker (`engine.rehearse`)."""
 
-    def __init__(self, plan: Any, files: ModelFiles, threads: Optional[int] = None, training: bool = True,
+    def __init__(self, plan: Plan, files: ModelFiles, threads: Optional[int] = None, training: bool = True,
                  order: Any = None, spawner: Optional[Spawner] = None, rehearsal: Any = None,
                  run_dir: Optional[str] = None) -> None:
         self.plan = plan
@@ -215,17 +218,17 @@ class Roles:
                 known[k] = (tensors[k], [s[k] for s in sub if k in s])
         return [{k: known[k][1][d] for k in tensors if len(known[k][1]) == dp} for d in range(dp)]
 
-    def log_probs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def log_probs(self, batch: Batch) -> torch.Tensor:
         """The current policy's per-token log-probs of the responses, [B, T]."""
         return merge_dp(self.trainer.compute_log_probs(self._shards(batch)), self.mini_batch)
 
-    def reference_log_probs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def reference_log_probs(self, batch: Batch) -> torch.Tensor:
         return merge_dp(self.trainer.compute_ref_log_probs(self._shards(batch)), self.mini_batch)
 
-    def values(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def values(self, batch: Batch) -> torch.Tensor:
         return merge_dp(self.trainer.compute_values(self._shards(batch)), self.mini_batch)
 
-    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    def update(self, batch: Batch) -> dict[str, float]:
         """One RL update over every rank's shard; the metrics are the group's (rank 0's)."""
         return self.trainer.update(self._shards(batch))[0]
 

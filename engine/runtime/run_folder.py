@@ -28,7 +28,11 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+if TYPE_CHECKING:  # annotations only: no import at run time
+    from compiler.plan import Plan
+
 
 #: What makes a folder a run folder (any one of them).
 RUN_MARKERS = ("plan.json", "run.json", "metrics.jsonl", "summary.json", "checkpoints", "final", "rollouts")
@@ -109,7 +113,7 @@ def require_free(where: str | Path, need: int, what: str, last_checkpoint: Optio
                             f"{fmt_bytes(need)} needed{intact}. Free space there, then {then}")
 
 
-def checkpoint_bytes(plan: Any) -> int:
+def checkpoint_bytes(plan: Plan) -> int:
     """Estimated size of one checkpoint of ``plan`` (bytes).
 
     torch trainer: fp32 weights and AdamW's two moments, 12 B/parameter (24 with a critic);
@@ -124,14 +128,14 @@ def checkpoint_bytes(plan: Any) -> int:
     return int(n * per * critic)
 
 
-def export_bytes(plan: Any) -> int:
+def export_bytes(plan: Plan) -> int:
     """Estimated size of the final HF export (fp32 weights, bytes); 0 when there is none."""
     from compiler.memory import total_params
 
     return int(total_params(plan.architecture) * 4) if plan.spec.checkpoint.export_hf else 0
 
 
-def check_space(plan: Any, run_dir: Path, log: Callable[[str], None]) -> None:
+def check_space(plan: Plan, run_dir: Path, log: Callable[[str], None]) -> None:
     """Before the run: room for one checkpoint and the export (`DiskFullError`); a warning when the
     ``keep_last + 1`` checkpoints a save holds at once would not fit."""
     one, final = checkpoint_bytes(plan), export_bytes(plan)
@@ -216,7 +220,7 @@ class RunLock:
             self.fd = None
 
 
-def claim(plan: Any, run_dir: Path, resume: bool, log: Callable[[str], None], space: bool = True) -> RunLock:
+def claim(plan: Plan, run_dir: Path, resume: bool, log: Callable[[str], None], space: bool = True) -> RunLock:
     """Lock ``run_dir``, refuse to overwrite a run in it (unless ``resume``), check the free space
     (``space``: not for a rehearsal, whose stand-ins write no weights)."""
     run_dir.mkdir(parents=True, exist_ok=True)

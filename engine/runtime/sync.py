@@ -25,13 +25,16 @@ order is the same, so it is tested there (and the rehearsal charges it to a per-
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # annotations only: no import at run time
+    from compiler.plan import Plan
 
 
 class StepOrder:
     """Issues the colocated sequence on a run's roles (`engine.runtime.roles.Roles`)."""
 
-    def __init__(self, plan: Any) -> None:
+    def __init__(self, plan: Plan) -> None:
         # what leaves the devices when (`plan.offload`): the generator while the trainer updates, the
         # trainer's optimizer state while the generator samples
         self.sleep_level = plan.rollout.sleep_level if plan.offload.train else 0

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from engine.core.duration import fmt_duration
+
 
 class MetricsLog:
     """Appends one JSON object per step to ``metrics.jsonl``.
@@ -203,16 +205,6 @@ class AimTracker:
             RepoIndexManager.get_index_manager(repo).index(run_hash)
         except Exception:  # indexing is an optimisation; `aim up` indexes finished runs itself
             pass
-
-
-def fmt_duration(seconds: float) -> str:
-    """``75`` -> ``1:15``; ``3725`` -> ``1:02:05``."""
-    if not math.isfinite(seconds) or seconds < 0:
-        return "?"
-    s = int(round(seconds))
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
 
 
 class Progress:

@@ -9,8 +9,6 @@ failure is left out of the ratio and counted).
 
 from __future__ import annotations
 
-import json
-import os
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -18,7 +16,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from engine.study import rollouts as R
+from engine.core import rollouts as R
+from engine.core.atomic import atomic_path, write_json_atomic
 from engine.study.aha import detect_rise
 from engine.study.judge import BEHAVIOURS, Labels
 
@@ -148,9 +147,8 @@ def _write_labels(path: Path, rows: list[dict], labels: Sequence[Labels]) -> Non
             "length": [int(r["length"]) for r in rows], "correct": [bool(r["correct"]) for r in rows]}
     for b in BEHAVIOURS:
         cols[b] = [lab.get(b) for lab in labels]
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(pa.table(cols), str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.table(cols), str(tmp))
 
 
 def analyze_run(run_dir: str | Path, judges: Sequence[Any], *, sample_per_step: Optional[int] = None,
@@ -186,9 +184,7 @@ def analyze_run(run_dir: str | Path, judges: Sequence[Any], *, sample_per_step: 
         result["agreement"] = {f"{a}~{b}": agreement(all_labels[a], all_labels[b])
                                for i, a in enumerate(names) for b in names[i + 1:]}
     result["primary"] = names[0]
-    tmp = out_dir / ".analysis.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, out_dir / "analysis.json")
+    write_json_atomic(out_dir / "analysis.json", result, indent=2, sort_keys=True, default=str)
     return result
 
 

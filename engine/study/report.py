@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from engine.core.atomic import atomic_path, write_json_atomic, write_text_atomic
 from engine.study.judge import BEHAVIOURS
 
 #: (file stem, title, y label, metric keys plotted; several keys are drawn as separate lines).
@@ -35,7 +35,7 @@ def read_run(run_dir: str | Path, log: Callable[[str], None] = print) -> dict[st
     d = Path(run_dir)
     if not (d / "metrics.jsonl").exists():
         raise FileNotFoundError(f"{d} is not a run folder (no metrics.jsonl)")
-    from engine.data.files import json_lines
+    from engine.core.files import json_lines
 
     metrics, bad = [], []
     for _, rec, err in json_lines(d / "metrics.jsonl"):
@@ -94,10 +94,9 @@ def _plot(path: Path, title: str, ylabel: str, lines: list[tuple[str, list[int],
     if len(lines) > 1:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)
     return True
 
 
@@ -122,7 +121,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path, log=print)
     for r, n in zip(runs, names):
         r["label"] = n
         if r["analysis"] is None:
-            from engine.study.rollouts import step_files
+            from engine.core.rollouts import step_files
 
             if step_files(r["dir"]):
                 from engine.study.analyze import analyze_run
@@ -184,20 +183,15 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path, log=print)
             "judges": sorted(a["judges"]) if a else [],
             "agreement": (a or {}).get("agreement"),
         })
-    tmp = out / ".report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2, default=str))
-    os.replace(tmp, out / "report.json")
-    page = render_html(report)
-    tmp = out / ".index.html.tmp"
-    tmp.write_text(page)
-    os.replace(tmp, out / "index.html")
+    write_json_atomic(out / "report.json", report, indent=2, default=str)
+    write_text_atomic(out / "index.html", render_html(report))
     return report
 
 
 def _key_examples(run: dict, rec: Optional[dict], length_rise: Optional[dict] = None, per_step: int = 2) -> list[dict]:
     """Responses at the first step, the aha step(s) found, the step responses got longer (when
     found) and the last step (from the saved rollouts)."""
-    from engine.study.rollouts import read_rollouts, step_files
+    from engine.core.rollouts import read_rollouts, step_files
 
     files = step_files(run["dir"])
     if not files:

@@ -29,8 +29,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from engine.data.columns import final_answer
-from engine.reward.extract import last_boxed
+from compiler.boxed import last_boxed
+from compiler.columns import final_answer
+from engine.core.atomic import atomic_path, write_json_atomic
 
 #: The recipe's splits: name -> (include GSM8K, MATH levels).
 SPLITS: dict[str, tuple[bool, tuple[int, ...]]] = {
@@ -52,7 +53,7 @@ def normalise_problem(text: str) -> str:
 
 
 def _read_json_lines(path: Path, bad: Counter) -> list[dict]:
-    from engine.data.files import json_lines
+    from engine.core.files import json_lines
 
     rows = []
     for _, obj, err in json_lines(path):
@@ -65,7 +66,7 @@ def _read_json_lines(path: Path, bad: Counter) -> list[dict]:
 
 def _read_table(path: Path, bad: Counter) -> list[dict]:
     if path.suffix == ".parquet":
-        from engine.data.files import parquet_rows
+        from engine.core.files import parquet_rows
 
         return parquet_rows(path)
     return _read_json_lines(path, bad)
@@ -217,8 +218,7 @@ def prepare(gsm8k_path: Optional[str], math_path: Optional[str], out_dir: str | 
             benchmarks_dir: str | Path, *, size: int = 8000, val_size: int = 500, seed: int = 0) -> dict[str, Any]:
     """Read the inputs, build the splits and write ``<out>/{easy,medium,hard,val}.parquet`` and
     ``<out>/report.json`` (each file atomically); returns the report."""
-    import os
-
+    
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -239,13 +239,10 @@ def prepare(gsm8k_path: Optional[str], math_path: Optional[str], out_dir: str | 
     report["files"] = {}
     for name, rows in splits.items():
         path = out / f"{name}.parquet"
-        tmp = out / f".{name}.parquet.tmp"
-        pq.write_table(pa.Table.from_pylist(rows) if rows else pa.table({}), str(tmp))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            pq.write_table(pa.Table.from_pylist(rows) if rows else pa.table({}), str(tmp))
         report["files"][name] = str(path)
-    tmp = out / ".report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=True))
-    os.replace(tmp, out / "report.json")
+    write_json_atomic(out / "report.json", report, indent=2, sort_keys=True)
     return report
 
 

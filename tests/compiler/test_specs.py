@@ -43,7 +43,8 @@ def test_paper_spec_matches_recipe(name: str):
         kl, split, template, response)
     # shared recipe (from the base)
     a, r, t = spec.algorithm, spec.rollout, spec.trainer
-    assert (a.advantage, a.norm_eps, a.clip_low, a.clip_high, a.loss_agg) == ("grpo", 1e-6, 0.2, 0.2, "token_mean")
+    assert (a.advantage, a.norm_eps, a.clip_low, a.clip_high) == ("grpo", 1e-6, 0.2, 0.2)
+    assert (a.loss_agg, a.loss_micro_batch) == ("micro_batch_token_mean", 2)  # the paper's code: per-GPU micro-batch 2
     assert (a.kl_estimator, a.kl_clamp, a.entropy_coef, a.ppo_mini_batch_size, a.ppo_epochs) == ("k3", 10.0, 1e-3, 256, 1)
     assert (spec.data.train_batch_size, r.n, r.temperature, r.top_p, spec.data.max_prompt_length) == (1024, 8, 1.0, 1.0, 1024)
     assert (t.lr, t.warmup_steps, t.weight_decay, t.betas, t.grad_clip, t.total_steps) == (5e-7, 0, 0.01, (0.9, 0.999), 1.0, 100)

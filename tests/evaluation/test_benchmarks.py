@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.data.benchmarks import benchmark_rows, gold_answer
 from engine.data.prompts import build_prompt_set, ground_truth_of, question_of
-from engine.evaluation.benchmarks import benchmark_rows, gold_answer
 from schemas.run import BENCHMARKS
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "benchmarks"

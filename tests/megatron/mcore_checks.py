@@ -57,20 +57,22 @@ def _sizes(batch_rows: int, micro: int):
     return BatchConfig(mini_batch=batch_rows, micro_batch=micro, log_prob_micro_batch=3)
 
 
-def optim_loss(agg: str = "token_mean"):
-    """The optimizer and loss settings both trainers use in the update checks."""
+def optim_loss(agg: str = "token_mean", temperature: float = 1.0):
+    """The optimizer and loss settings both trainers use in the update checks (responses of up to 5
+    tokens: max_response_length 5 for seq_mean_token_sum_norm; loss micro-batches of 2 sequences)."""
     from engine.backends.config import LossConfig, OptimConfig
 
     return (OptimConfig(lr=1e-3, weight_decay=0.01, grad_clip=1.0),
-            LossConfig(clip_low=0.2, clip_high=0.28, loss_agg=agg, kl_coef=0.1, entropy_coef=0.01))
+            LossConfig(clip_low=0.2, clip_high=0.28, loss_agg=agg, kl_coef=0.1, entropy_coef=0.01,
+                       temperature=temperature, max_response_length=5, loss_micro_batch=2))
 
 
 def trainer(arch: Architecture, path: str, tp: int, pp: int, dp: int, rows: int, micro: int = 2,
-            agg: str = "token_mean"):
+            agg: str = "token_mean", temperature: float = 1.0):
     from engine.backends.megatron.model import ModelLayout
     from engine.backends.megatron.trainer import MegatronTrainer
 
-    optim, loss = optim_loss(agg)
+    optim, loss = optim_loss(agg, temperature)
     return MegatronTrainer(arch, path, ModelLayout(tensor_parallel=tp, pipeline_parallel=pp, recompute="full"),
                            optim, loss, _sizes(rows, micro), data_parallel=dp, seed=1)
 
@@ -188,4 +190,31 @@ def run_all(rank: int, world: int, root: str, layouts: list[tuple[str, int, int]
             out[f"resume_{key}"] = {"m2": m2, "m2b": m2b, "files": sorted(os.listdir(ckpt)),
                                     "same_weights": all(torch.equal(w2[n], w2b[n]) for n in w2)}
     ps.destroy_model_parallel()
+    return out
+
+
+def run_objective(rank: int, world: int, root: str, layouts: list[tuple[int, int, str, bool]],
+                  inputs: dict[str, Any]) -> dict[str, Any]:
+    """RL updates at ``inputs['temperature']`` (qwen2), one per layout (tp, pp, loss_agg, on_policy; the
+    remaining factor of 2 is data parallel): metrics and weights after the update, and the log-probs
+    and entropy before it. ``on_policy``: the batch without old log-probs, with the generator's."""
+    from megatron.core import parallel_state as ps
+
+    out: dict[str, Any] = {}
+    temperature = inputs["temperature"]
+    for tp, pp, agg, on_policy in layouts:
+        dp = world // (tp * pp)
+        ub = dict(inputs["update_batch"])
+        if on_policy:
+            ub.pop("old_log_probs")
+        rows = ub["responses"].shape[0]
+        tr = trainer(QWEN2, os.path.join(root, "qwen2"), tp, pp, dp, rows // dp, agg=agg, temperature=temperature)
+        key = f"tp{tp}_pp{pp}_dp{dp}_{agg}" + ("_on" if on_policy else "")
+        logp, ent = tr.compute_log_probs(ub, with_entropy=True)
+        m1 = tr.update(_dp_shard(ub, dp, tr.dp_rank))
+        w1 = {n: t.clone() for b in tr.weight_stream(1 << 20) for n, t in b}
+        out[key] = {"metrics": m1, "weights": w1, "logp": logp, "entropy": ent}
+        tr.close()
+    if ps.model_parallel_is_initialized():
+        ps.destroy_model_parallel()
     return out

@@ -30,12 +30,14 @@ UPDATE_LAYOUTS = [(2, 1, "token_mean"), (1, 2, "token_mean"), (1, 1, "token_mean
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def models(tmp_path_factory):
+    """The HF models on disk and the inputs every check shares."""
     root = str(tmp_path_factory.mktemp("mcore"))
     for name, arch in mc.ARCHS.items():
         mc.save_hf_model(arch, os.path.join(root, name))
     batch = mc.make_batch(mc.QWEN2, seed=0)
-    # the update batch: old log-probs off the current ones (ratios != 1, so clipping is active), a reference
+    # the update batch: old log-probs off the current ones (ratios != 1, so clipping is active), a reference,
+    # and a generator's log-probs near the current ones (read by an on-policy update only)
     hf = _hf(root, "qwen2")
     from engine.backends.torch_trainer import response_log_probs
 
@@ -46,10 +48,16 @@ def run(tmp_path_factory):
     ub = dict(flat)
     ub["old_log_probs"] = (cur + 0.3 * torch.randn(cur.shape, generator=g)) * flat["response_mask"]
     ub["ref_log_probs"] = (cur - 0.2 * torch.randn(cur.shape, generator=g).abs()) * flat["response_mask"]
+    ub["rollout_log_probs"] = (cur + 0.05 * torch.randn(cur.shape, generator=g)) * flat["response_mask"]
     inputs = {"batch": batch, "update_batch": ub, "vp_logits": torch.randn(3, 4, 12, generator=g) * 3,
               "vp_tokens": torch.randint(0, 10, (3, 4), generator=g)}
-    results = run_ranks(mc.run_all, 2, root, LAYOUTS, UPDATE_LAYOUTS, inputs)
-    return {"root": root, "inputs": inputs, "ranks": results}
+    return {"root": root, "inputs": inputs}
+
+
+@pytest.fixture(scope="module")
+def run(models):
+    results = run_ranks(mc.run_all, 2, models["root"], LAYOUTS, UPDATE_LAYOUTS, models["inputs"])
+    return {**models, "ranks": results}
 
 
 def _hf(root, name):
@@ -133,17 +141,20 @@ def test_vocab_parallel_log_probs_and_entropy_at_tp2(run):
     assert torch.count_nonzero(got_grad[..., 10:]) == 0  # padding ids get no gradient
 
 
-def _torch_update(run, agg):
+def _torch_update(run, agg, temperature=1.0, on_policy=False):
     from engine.backends.config import BatchConfig
     from engine.backends.torch_trainer import TorchTrainer
 
-    optim, loss = mc.optim_loss(agg)
+    optim, loss = mc.optim_loss(agg, temperature)
     model = copy.deepcopy(_hf(run["root"], "qwen2"))
-    ub = run["inputs"]["update_batch"]
+    ub = dict(run["inputs"]["update_batch"])
+    if on_policy:
+        ub.pop("old_log_probs")
     rows = ub["responses"].shape[0]
     tr = TorchTrainer(model, optim, loss, BatchConfig(mini_batch=rows, micro_batch=2, log_prob_micro_batch=3))
+    before = tr.compute_log_probs(ub, with_entropy=True)
     metrics = tr.update(ub)
-    return metrics, {n: p.detach() for n, p in model.state_dict().items()}
+    return metrics, {n: p.detach() for n, p in model.state_dict().items()}, before
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +165,7 @@ def torch_updates(run):
 @pytest.mark.parametrize("tp,pp,dp,agg", [(2, 1, 1, "token_mean"), (1, 2, 1, "token_mean"), (1, 1, 2, "token_mean"),
                                           (1, 1, 2, "seq_mean_token_mean")])
 def test_rl_update_equals_the_torch_trainer(run, torch_updates, tp, pp, dp, agg):
-    want, want_w = torch_updates[agg]
+    want, want_w, _ = torch_updates[agg]
     for r in run["ranks"]:
         got = r[f"update_tp{tp}_pp{pp}_dp{dp}_{agg}"]
         for k in ("trainer/pg_loss", "trainer/grad_norm", "trainer/entropy", "trainer/kl", "trainer/pg_clipfrac",
@@ -170,6 +181,40 @@ def test_rl_update_equals_the_torch_trainer(run, torch_updates, tp, pp, dp, agg)
         close = sum(int(((got["weights"][n] - want_w[n]).abs() < 1e-5).sum()) for n in got["weights"])
         total = sum(got["weights"][n].numel() for n in got["weights"])
         assert close >= 0.999 * total, (close, total)
+
+
+# the objective at a rollout temperature != 1 with the new aggregation modes: DP 2 (weights and counts
+# summed over ranks), TP 2 (vocab-parallel log-probs and entropy at the temperature), and an on-policy
+# update (no old log-probs: the trainer reports the rollout/* gap from its own forward pass)
+TEMPERATURE = 0.7
+OBJECTIVE_LAYOUTS = [(1, 1, "micro_batch_token_mean", False), (1, 1, "seq_mean_token_sum_norm", False),
+                     (2, 1, "micro_batch_token_mean", False), (1, 1, "token_mean", True)]
+
+
+@pytest.fixture(scope="module")
+def objective_run(models):
+    inputs = {**models["inputs"], "temperature": TEMPERATURE}
+    return {**models, "ranks": run_ranks(mc.run_objective, 2, models["root"], OBJECTIVE_LAYOUTS, inputs)}
+
+
+@pytest.mark.parametrize("tp,pp,agg,on_policy", OBJECTIVE_LAYOUTS)
+def test_objective_at_a_temperature_equals_the_torch_trainer(objective_run, tp, pp, agg, on_policy):
+    want, want_w, (want_lp, want_ent) = _torch_update(objective_run, agg, TEMPERATURE, on_policy)
+    m = objective_run["inputs"]["update_batch"]["response_mask"].bool()
+    keys = ["trainer/pg_loss", "trainer/grad_norm", "trainer/entropy", "trainer/kl", "trainer/pg_clipfrac",
+            "trainer/ppo_kl", "trainer/skipped_steps"]
+    if on_policy:
+        keys += ["rollout/token_mult_prob_error", "rollout/kl", "rollout/max_abs_diff"]
+        assert want["rollout/token_mult_prob_error"] > 1.0 and want["trainer/pg_clipfrac"] == 0
+    else:
+        assert want["trainer/pg_clipfrac"] > 0 and "rollout/token_mult_prob_error" not in want
+    for r in objective_run["ranks"]:
+        got = r[f"tp{tp}_pp{pp}_dp{2 // (tp * pp)}_{agg}" + ("_on" if on_policy else "")]
+        assert (got["logp"] - want_lp)[m].abs().max() < 1e-5 and (got["entropy"] - want_ent)[m].abs().max() < 1e-5
+        for k in keys:
+            assert abs(got["metrics"][k] - want[k]) <= 1e-5 * max(1.0, abs(want[k])), (k, got["metrics"][k], want[k])
+        worst = max((got["weights"][n] - want_w[n]).abs().max().item() for n in got["weights"])
+        assert worst < 1e-4, worst  # Adam's rounding on near-zero gradients, as in the update test above
 
 
 def test_checkpoint_load_gives_the_identical_next_update(run):

@@ -136,3 +136,22 @@ def test_split_placement_broadcasts_weights_to_a_generator_in_its_own_process(tm
     # scores: at step 0 and after every update
     assert [r["step"] for r in records] == [0, 1, 2, 3]
     assert all(r["rollout/token_mult_prob_error"] < 1.01 for r in records), records
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_vllm_at_temperature_0_7_passes_the_gate_and_matches_every_step(tmp_path):
+    # the trainer's log-probs are softmax(logits / 0.7), as vLLM's processed log-probs: at temperature 1
+    # they would miss by a factor of exp(|gap|) well above the gate's 1.05
+    summary, records = _run(tmp_path, "rollout.backend=vllm", "rollout.temperature=0.7", "trainer.total_steps=2",
+                            "evaluation.every=0")
+    assert summary["complete"] and summary["step0_token_mult_prob_error"] < 1.05
+    assert [r["step"] for r in records] == [0, 1, 2]
+    assert all(r["rollout/token_mult_prob_error"] < 1.05 for r in records), records  # steps 1-2: from the update
+
+
+@pytest.mark.slow
+def test_hf_at_temperature_0_7_logs_the_generator_gap_every_step(tmp_path):
+    summary, records = _run(tmp_path, "rollout.temperature=0.7", "trainer.total_steps=2", "evaluation.every=0")
+    assert summary["complete"] and [r["step"] for r in records] == [1, 2]
+    assert all(r["rollout/token_mult_prob_error"] < 1.001 for r in records), records  # the same module, in-process

@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from engine.runtime.resume import changed_keys, describe_resume, is_finished, is_safe, plan_differences
-from engine.runtime.threads import auto_threads, resolve_threads, usable_cpus
+from engine.core.threads import auto_threads, resolve_threads, usable_cpus
 
 
 def _plan() -> dict:

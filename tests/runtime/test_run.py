@@ -103,7 +103,7 @@ def test_plans_the_runtime_cannot_execute_here_are_refused_before_loading(monkey
 
 @pytest.mark.parametrize("overrides", [
     ["algorithm.advantage=gae"],                      # PPO with a critic and GAE
-    ["algorithm.advantage=dr_grpo", "algorithm.loss_agg=seq_mean_token_sum", "algorithm.kl_estimator=k1"],
+    ["algorithm.advantage=dr_grpo", "algorithm.loss_agg=auto", "algorithm.kl_estimator=k1"],  # the Dr.GRPO recipe
     ["data.max_pass_rate=0.9", "algorithm.ppo_mini_batch_size=4"],  # pass-rate selection, on-policy path
 ])
 def test_algorithm_variants_run(tmp_path, overrides):

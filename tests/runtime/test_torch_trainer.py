@@ -17,7 +17,8 @@ def _batch(tok, model):
 
 
 def _trainer(model, micro, agg="token_mean", kl=0.0, ent=0.0):
-    return TorchTrainer(model, OptimConfig(lr=1e-2), LossConfig(loss_agg=agg, kl_coef=kl, entropy_coef=ent),
+    return TorchTrainer(model, OptimConfig(lr=1e-2), LossConfig(loss_agg=agg, kl_coef=kl, entropy_coef=ent,
+                                                                max_response_length=4),
                         BatchConfig(mini_batch=4, micro_batch=micro, log_prob_micro_batch=3))
 
 
@@ -30,7 +31,8 @@ def test_pack_layout(tokenizer):
 
 
 def test_micro_batches_accumulate_to_the_full_batch_gradient(tiny_model, tokenizer):
-    for agg in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"):
+    for agg in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm",
+                "micro_batch_token_mean"):
         grads = []
         for micro in (4, 1):
             model = copy.deepcopy(tiny_model)
@@ -125,3 +127,35 @@ def test_grouped_prompt_pass_equals_flat_pass_in_value_and_gradient(tiny_model, 
     # chunks that are whole groups keep the per-prompt tensors, others fall back to flat
     assert [c["prompt_ids"].shape[0] for c in split_rows(grouped, 3)] == [1, 1]
     assert all("prompt_ids" not in c for c in split_rows(grouped, 2))
+
+
+def test_log_probs_and_entropy_at_the_rollout_temperature(tiny_model, tokenizer):
+    from engine.algorithm.losses import entropy_from_logits
+    from engine.backends.torch_trainer import response_logits
+
+    tr = TorchTrainer(tiny_model, OptimConfig(lr=1e-2), LossConfig(temperature=0.7),
+                      BatchConfig(mini_batch=4, micro_batch=2, log_prob_micro_batch=3))
+    batch = _batch(tokenizer, tiny_model)
+    lp, ent = tr.compute_log_probs(batch, with_entropy=True)
+    with torch.no_grad():
+        z = response_logits(tiny_model, batch) / 0.7
+    want = torch.log_softmax(z, -1).gather(-1, batch["responses"][..., None]).squeeze(-1)
+    m = batch["response_mask"].bool()
+    assert (lp - want)[m].abs().max() < 1e-5
+    assert (ent - entropy_from_logits(z))[m].abs().max() < 1e-5
+    plain = TorchTrainer(copy.deepcopy(tiny_model), OptimConfig(), LossConfig(),
+                         BatchConfig(mini_batch=4, micro_batch=2, log_prob_micro_batch=3)).compute_log_probs(batch)
+    assert (plain - lp)[m].abs().max() > 1e-3  # the temperature is not a no-op
+
+
+def test_on_policy_update_reports_the_generator_gap(tiny_model, tokenizer):
+    # no old log-probs: the update's own forward pass is the old policy; it measures the rollout's gap
+    tr = TorchTrainer(tiny_model, OptimConfig(lr=1e-2), LossConfig(temperature=0.7, rollout_correction="tis", kl_coef=0.0),
+                      BatchConfig(mini_batch=4, micro_batch=1, log_prob_micro_batch=3))
+    batch = _batch(tokenizer, tiny_model)
+    mask = batch["response_mask"]
+    batch["rollout_log_probs"] = tr.compute_log_probs(batch) + 0.1 * mask  # the generator 0.1 nats more confident
+    got = tr.update(batch)
+    assert abs(got["rollout/token_mult_prob_error"] - torch.exp(torch.tensor(0.1)).item()) < 1e-4
+    assert abs(got["rollout/kl"] - 0.1) < 1e-4 and abs(got["rollout/max_abs_diff"] - 0.1) < 1e-4
+    assert got["trainer/ppo_kl"] == 0.0 and got["trainer/pg_clipfrac"] == 0.0  # ratio 1

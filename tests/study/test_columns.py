@@ -6,7 +6,7 @@ import json
 import pytest
 
 from compiler.cli import plan_command
-from engine.data.columns import answer_value, column_problems, final_answer, prompt_value
+from compiler.columns import answer_value, column_problems, final_answer, prompt_value
 from tests.study.conftest import ROOT, SHARED_DATA
 
 GSM8K = SHARED_DATA / "train" / "gsm8k_train.jsonl"
@@ -74,7 +74,7 @@ def test_engine_run_trains_on_the_plain_gsm8k_file(tmp_path, engine_cache, capsy
     assert rep["rows"] == 7473 and rep["bad_rows"] == 0
     assert rep["kept"] + rep["too_long"] == 7473 and rep["kept"] > 0
     assert summary["steps_done"] == 1
-    from engine.study.rollouts import read_rollouts, step_files
+    from engine.core.rollouts import read_rollouts, step_files
 
     rows = read_rollouts(step_files(run)[1])
     gold = {json.loads(l)["question"]: json.loads(l)["answer"].rsplit("####", 1)[1].strip().replace(",", "")

@@ -5,7 +5,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from engine.study import rollouts as R
+from engine.core import rollouts as R
 from tests.study.conftest import BATCH, N, STEPS, VAL
 
 

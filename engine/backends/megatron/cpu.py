@@ -1,7 +1,7 @@
 """CPU compatibility for megatron-core's CUDA assumptions (activated only when the trainer runs on CPU).
 
 megatron-core 0.16 is written for CUDA. On CPU (gloo) its maths runs unchanged, but a handful of
-places assume a GPU (see /work/shared/GPU-BACKENDS.md):
+places assume a GPU (see ``../shared/GPU-BACKENDS.md``):
 
 - the RNG tracker saves and restores *CUDA* generator states (``tensor_parallel/random.py``);
 - ``torch.cuda.current_device()`` is used as a device (rotary embedding, global memory buffer, p2p);
@@ -18,13 +18,18 @@ reports CPU tensors' ``type()`` under the CUDA names; ``torch.cuda`` RNG, ``curr
 enters it around every call into megatron-core when (and only when) its device is ``cpu``; it is
 never entered on a GPU, where megatron-core runs unpatched. It is part of the product, not a test
 fixture: ``engine run specs/quickstart.yaml trainer.backend=megatron`` trains on CPU through it.
+
+The swap of ``torch.cuda.*`` functions is process-wide by nature (megatron-core looks them up on the
+module), so its state is one object per process, `CUDA_ON_CPU` (a `CudaFunctionSwap`): how many
+contexts are open (``depth``), the originals it will restore (``saved``) and the lock that guards both
+across threads. The device rewrite is a torch function mode, which torch keeps per thread.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -70,9 +75,7 @@ class _CudaToCpu(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-_lock = threading.Lock()
-_depth = 0
-_saved: dict[str, Any] = {}
+# The swapped functions' state (depth, originals, lock) lives in one object, `CUDA_ON_CPU` (below).
 
 
 def _causal_mask(sq: int) -> torch.Tensor:
@@ -117,29 +120,61 @@ def _cuda_patches() -> dict[str, tuple[Any, str, Any]]:
     }
 
 
+class CudaFunctionSwap:
+    """The process-wide swap of ``torch.cuda`` (and megatron's CUDA RNG) functions for CPU ones.
+
+    ``acquire`` swaps them in on the first of nested (or concurrent) users and ``release`` puts the
+    originals back when the last one leaves. ``patches``: builds the (owner, attribute, replacement)
+    table (`_cuda_patches`; a test may pass its own).
+    """
+
+    def __init__(self, patches: Callable[[], dict[str, tuple[Any, str, Any]]] = _cuda_patches) -> None:
+        self._patches = patches
+        self._lock = threading.Lock()
+        self.depth = 0  # contexts open in this process
+        self.saved: dict[str, tuple[Any, str, Any]] = {}  # key -> (owner, attribute, original)
+
+    @property
+    def active(self) -> bool:
+        return self.depth > 0
+
+    def acquire(self) -> None:
+        with self._lock:
+            if self.depth == 0:
+                for key, (owner, attr, repl) in self._patches().items():
+                    self.saved[key] = (owner, attr, getattr(owner, attr))
+                    setattr(owner, attr, repl)
+            self.depth += 1
+
+    def release(self) -> None:
+        with self._lock:
+            if self.depth == 0:
+                raise RuntimeError("CudaFunctionSwap.release without acquire")
+            self.depth -= 1
+            if self.depth == 0:
+                for owner, attr, orig in self.saved.values():
+                    setattr(owner, attr, orig)
+                self.saved.clear()
+
+
+#: The one swap of this process (``torch.cuda`` is one module per process).
+CUDA_ON_CPU = CudaFunctionSwap()
+
+
 @contextlib.contextmanager
-def cpu_compat() -> Iterator[None]:
+def cpu_compat(swap: Optional[CudaFunctionSwap] = None) -> Iterator[None]:
     """Run megatron-core on CPU inside this context (re-entrant; everything is restored on exit).
 
     Device arguments that name CUDA become ``cpu``; CUDA RNG state calls use the CPU generator (so
-    the model-parallel RNG tracker forks CPU states); ``torch.cuda.synchronize`` does nothing."""
-    global _depth
-    with _lock:
-        if _depth == 0:
-            for key, (owner, attr, repl) in _cuda_patches().items():
-                _saved[key] = (owner, attr, getattr(owner, attr))
-                setattr(owner, attr, repl)
-        _depth += 1
+    the model-parallel RNG tracker forks CPU states); ``torch.cuda.synchronize`` does nothing.
+    ``swap``: whose function swap to hold (default: this process's `CUDA_ON_CPU`)."""
+    swap = CUDA_ON_CPU if swap is None else swap
+    swap.acquire()
     try:
         with _CudaToCpu():
             yield
     finally:
-        with _lock:
-            _depth -= 1
-            if _depth == 0:
-                for owner, attr, orig in _saved.values():
-                    setattr(owner, attr, orig)
-                _saved.clear()
+        swap.release()
 
 
 def compat_for(device: str | torch.device) -> contextlib.AbstractContextManager:

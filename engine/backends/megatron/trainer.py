@@ -6,10 +6,11 @@ Megatron's parallel groups with the plan's sizes and checks that they agree with
 convention (`compiler.mesh`: tp fastest, then dp, then pp). A single-process run needs no caller
 setup (the trainer starts a one-rank group itself).
 
-Losses are those of `engine.algorithm.losses`, as in the torch trainer. Exactness across ranks:
-the loss function returns *sums* over its micro-batch and the number of tokens (or sequences) they
-cover (`calculate_per_token_loss`); Megatron adds gradients over micro-batches and DP ranks and
-divides by the global count, so the update equals the single-process update on the whole batch.
+Losses are those of `engine.algorithm.losses`, as in the torch trainer, at the rollout temperature.
+Exactness across ranks: the loss function returns a *sum* over its micro-batch, weighted by the
+mini-batch's `loss_weights`, and the whole-number count they cover (`calculate_per_token_loss`);
+Megatron adds gradients over micro-batches and DP ranks and divides by the global count, so the
+update equals the single-process update on the whole batch, in every aggregation mode.
 
 Input layout (`layout`): each forward-backward call re-forms its micro-batches from the runtime's
 batch into left-aligned rows padded to `seq_multiple` tokens and runs the model with no attention
@@ -25,11 +26,11 @@ import functools
 import math
 import os
 import shutil
-from typing import Any, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
 
 import torch
 
-from engine.algorithm.losses import policy_loss_per_token
+from engine.algorithm.losses import loss_weights, policy_loss_per_token
 from engine.backends.base import WeightBucket
 from engine.backends.config import BatchConfig, LossConfig, OptimConfig, from_plan
 from engine.backends.device import release_cached
@@ -39,9 +40,17 @@ from engine.backends.megatron.cpu import compat_for
 from engine.backends.megatron.layout import micro_batches, seq_multiple
 from engine.backends.megatron.logprobs import vocab_parallel_log_probs
 from engine.backends.megatron.model import ModelLayout, build_gpt, transformer_config
+from engine.core.batch import GROUP_KEYS
+from engine.core.batch import split_rows as _rows  # the torch trainer's row split, one rule for both
 
-#: Per-token statistics summed by the loss function: name -> index in the stats vector.
+if TYPE_CHECKING:  # annotations only: no import at run time
+    from compiler.plan import Plan
+
+
+#: Per-token statistics summed by the loss function: name -> index in the stats vector; then the
+#: trainer-vs-generator gap of an on-policy update (`_MISMATCH`: two sums and a max).
 _STATS = ("trainer/pg_loss", "trainer/entropy", "trainer/pg_clipfrac", "trainer/ppo_kl", "trainer/kl")
+_MISMATCH = ("rollout/token_mult_prob_error", "rollout/kl", "rollout/max_abs_diff")
 
 
 def _compat(method):
@@ -58,25 +67,21 @@ def _compat(method):
 def _flat(batch: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
     """The flat-layout tensors of a `pack_groups` batch on ``device`` (per-prompt keys dropped)."""
     return {k: v.to(device) for k, v in batch.items()
-            if isinstance(v, torch.Tensor) and k not in ("prompt_ids", "prompt_mask")}
-
-
-def _rows(batch: Mapping[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
-    n = batch["responses"].shape[0]
-    return [{k: v[i:i + size] for k, v in batch.items()} for i in range(0, n, size)]
+            if isinstance(v, torch.Tensor) and k not in GROUP_KEYS}
 
 
 class MegatronTrainer:
     """Policy optimisation with megatron-core (one rank of a TP x PP x DP group)."""
 
     def __init__(self, arch: Any, model_path: str, layout: ModelLayout, optim: OptimConfig, loss: LossConfig,
-                 sizes: BatchConfig, data_parallel: int = 1, seed: int = 0, temperature: float = 1.0,
+                 sizes: BatchConfig, data_parallel: int = 1, seed: int = 0, temperature: Optional[float] = None,
                  distributed_optimizer: bool = True, frozen: bool = False) -> None:
         """``frozen``: the reference policy, forward only (no DDP, no optimizer), on the process groups
-        the trainer of the same rank already set up."""
+        the trainer of the same rank already set up. ``temperature``: that of the log-probs and entropy
+        (default ``loss.temperature``, the rollout's)."""
         self.arch, self.layout, self.optim_cfg, self.loss_cfg, self.sizes = arch, layout, optim, loss, sizes
         self.device = torch.device(layout.device)
-        self.temperature = float(temperature)
+        self.temperature = float(loss.temperature if temperature is None else temperature)
         self.data_parallel = data_parallel
         self.model_path = model_path
         self.steps = 0  # optimizer steps taken (drives the warm-up)
@@ -155,8 +160,7 @@ class MegatronTrainer:
 
     # -- learning rate (the torch trainer's linear warm-up) -----------------------------------------
     def _lr_at(self, step: int) -> float:
-        warm = self.optim_cfg.warmup_steps
-        return self.optim_cfg.lr * (min(1.0, (step + 1) / warm) if warm else 1.0)
+        return self.optim_cfg.lr * self.optim_cfg.lr_factor(step)
 
     def _set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -267,18 +271,17 @@ class MegatronTrainer:
                                                          mb.get("rollout_log_probs"))
         if kl is None:
             kl = torch.zeros_like(logp)
-        # a *sum* and its count: Megatron divides the summed gradients by the global count
-        if cfg.loss_agg == "token_mean":
-            total, count = (per_tok * m).sum(), m.sum()
-        elif cfg.loss_agg == "seq_mean_token_mean":
-            total, count = ((per_tok * m).sum(-1) / m.sum(-1).clamp(min=1.0)).sum(), torch.tensor(float(m.shape[0]))
-        elif cfg.loss_agg == "seq_mean_token_sum":
-            total, count = (per_tok * m).sum(-1).sum(), torch.tensor(float(m.shape[0]))
-        else:
-            raise ValueError(f"unknown loss aggregation {cfg.loss_agg!r}")
+        # a weighted *sum* and its (whole-number) count, weights from the mini-batch (`loss_weights`):
+        # Megatron divides the summed gradients by the global count
+        total, count = (per_tok * mb["loss_weights"]).sum(), mb["loss_counts"].sum().round()
         with torch.no_grad():
-            stats = torch.stack([(pg * m).sum(), (ent * m).sum(), (clipped * m).sum(), ((old - logp) * m).sum(),
-                                 (kl * m).sum(), m.sum()])
+            parts = [(pg * m).sum(), (ent * m).sum(), (clipped * m).sum(), ((old - logp) * m).sum(), (kl * m).sum()]
+            if "old_log_probs" not in mb and "rollout_log_probs" in mb:  # on-policy: logp is pi_old
+                gap = (logp - mb["rollout_log_probs"]).float()
+                parts += [(gap.abs().exp() * m).sum(), (-gap * m).sum(), (gap.abs() * m).max()]
+            else:
+                parts += [torch.zeros((), device=m.device)] * 3
+            stats = torch.stack([*parts, m.sum()])
         return total, count.to(torch.int).to(logits.device), {"stats": stats}
 
     @_compat
@@ -289,16 +292,22 @@ class MegatronTrainer:
 
         flat = _flat(batch, self.device)
         self.model.train()
-        stats = torch.zeros(len(_STATS) + 1, dtype=torch.float64, device=self.device)
+        stats = torch.zeros(len(_STATS) + len(_MISMATCH) + 1, dtype=torch.float64, device=self.device)
         grad_norms: list[float] = []
         skipped = 0
         for _ in range(self.sizes.epochs):
             for mini in _rows(flat, self.sizes.mini_batch):
+                cfg = self.loss_cfg
+                mini["loss_weights"], mini["loss_counts"] = loss_weights(
+                    mini["response_mask"], cfg.loss_agg, cfg.max_response_length, cfg.loss_micro_batch)
                 self.model.zero_grad_buffer()
                 self.optimizer.zero_grad()
                 outs = self._run(self._micro_batches(mini, self.sizes.micro_batch), self._loss, forward_only=False)
                 for o in outs:
-                    stats += o["stats"].to(stats.dtype)
+                    o = o["stats"].to(stats.dtype)
+                    worst = torch.maximum(stats[-2], o[-2])
+                    stats += o
+                    stats[-2] = worst
                 self._set_lr(self._lr_at(self.steps))
                 gn = self._checked_step()
                 if gn is None:
@@ -308,10 +317,17 @@ class MegatronTrainer:
                 self.steps += 1
         # per-token sums: over DP ranks, then from the last stage to every stage
         if self.data_parallel > 1:
+            worst = stats[-2:-1].clone()
             torch.distributed.all_reduce(stats, group=ps.get_data_parallel_group())
+            torch.distributed.all_reduce(worst, op=torch.distributed.ReduceOp.MAX, group=ps.get_data_parallel_group())
+            stats[-2] = worst[0]
         stats = self._broadcast_from_last_stage(stats)
         tokens = float(stats[-1])
         out = {name: float(stats[i]) / tokens for i, name in enumerate(_STATS) if tokens > 0}
+        if "old_log_probs" not in flat and "rollout_log_probs" in flat and tokens > 0:
+            k = len(_STATS)
+            out.update({_MISMATCH[0]: float(stats[k]) / tokens, _MISMATCH[1]: float(stats[k + 1]) / tokens,
+                        _MISMATCH[2]: float(stats[k + 2])})
         if self.loss_cfg.kl_coef <= 0:
             out.pop("trainer/kl", None)
         if grad_norms:
@@ -465,7 +481,7 @@ class MegatronTrainer:
                                       if isinstance(old, torch.Tensor) else group["step"])
 
 
-def layout_from_plan(plan: Any, device: str) -> ModelLayout:
+def layout_from_plan(plan: Plan, device: str) -> ModelLayout:
     """The model layout the plan asks for on ``device``."""
     t = plan.trainer
     on_gpu = torch.device(device).type == "cuda"

@@ -1,4 +1,8 @@
-"""Which columns of a data row hold the question and the answer (torch-free: the compiler uses it).
+"""Which columns of a data row hold the question and the answer.
+
+Read by the compiler (the column check of `engine plan`, on a file's first rows) and by the engine
+(`engine.data.prompts`, `engine.study.splits`), so it lives here, below both: standard library only
+(pyarrow inside `peek_rows`), no engine import.
 
 Two layouts are read:
 
@@ -18,6 +22,8 @@ import json
 import re
 from pathlib import Path
 from typing import Any, Optional
+
+from compiler.boxed import last_boxed
 
 #: Tried, in order, when ``prompt_key`` is the default "prompt" and a row has no such column.
 PROMPT_FALLBACKS: tuple[str, ...] = ("question", "problem")
@@ -68,8 +74,6 @@ def final_answer(text: Any) -> Optional[str]:
         if _NUMBER_WITH_COMMAS.fullmatch(s):
             s = s.replace(",", "")  # "1,000" -> "1000"
     elif "\\boxed" in s or "\\fbox" in s:
-        from engine.reward.extract import last_boxed  # pure string code, no sympy at import
-
         boxed = last_boxed(s)
         s = boxed if boxed is not None else s
     s = s.strip()

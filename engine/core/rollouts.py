@@ -19,10 +19,11 @@ everything else lives here.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any, Optional, Sequence
+
+from engine.core.atomic import atomic_path
 
 #: Columns of a step file, in order.
 STEP_COLUMNS = ("step", "group", "sample", "prompt", "response", "ground_truth", "extracted", "reward", "correct",
@@ -74,9 +75,8 @@ def _rows_table(step: int, prompts: Sequence[str], responses: Sequence[str], gro
 def _write_atomic(table: Any, path: Path) -> None:
     import pyarrow.parquet as pq
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, str(tmp))
 
 
 class RolloutWriter:
@@ -183,9 +183,9 @@ def eval_files(run_dir: str | Path) -> dict[tuple[int, str], Path]:
 
 
 def read_rollouts(path: str | Path) -> list[dict]:
-    """The rows of one rollout file as dicts (`engine.data.files.DataFileError` naming a file that
+    """The rows of one rollout file as dicts (`engine.core.files.DataFileError` naming a file that
     cannot be read)."""
-    from engine.data.files import parquet_rows
+    from engine.core.files import parquet_rows
 
     return parquet_rows(path)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from engine.reward.extract import last_boxed
+from compiler.boxed import last_boxed
 from schemas.run import BENCHMARKS
 
 
@@ -82,7 +82,7 @@ def benchmark_rows(name: str, data_dir: str | Path) -> list[dict]:
     path = benchmark_path(name, data_dir)
     if not path.exists():
         raise FileNotFoundError(f"benchmark file not found: {path} (evaluation.data_dir={data_dir})")
-    from engine.data.files import json_lines
+    from engine.core.files import json_lines
 
     rows: list[dict] = []
     for _, raw, err in json_lines(path):

@@ -17,7 +17,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:  # annotations only: no import at run time
+    from compiler.plan import Plan
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,7 +59,7 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def check_first(plan: Any) -> None:
+def check_first(plan: Plan) -> None:
     """The hardware and input-file checks of `evaluate_model`, before a checkpoint is exported."""
     from compiler.validate import missing_data_files
     from engine.runtime.resources import check_resources
