@@ -110,6 +110,11 @@ def single(rank: int, world: int, root: str, inputs: dict[str, Any]) -> dict[str
     tr.compute_log_probs(batch)  # warm-up: lazily built buffers (rotary tables, ...) are not the pass's
     (lp, ent), peak_lp = _profile_peak(lambda: tr.compute_log_probs(batch, with_entropy=True))
     batch = dict(batch, old_log_probs=lp + 0.1 * batch["response_mask"], ref_log_probs=lp - 0.1 * batch["response_mask"])
+    from engine.algorithm.losses import loss_weights
+
+    cfg = tr.loss_cfg  # what `update` adds to each mini-batch before its forward-backward
+    batch["loss_weights"], batch["loss_counts"] = loss_weights(batch["response_mask"], cfg.loss_agg,
+                                                               cfg.max_response_length, cfg.loss_micro_batch)
     micro = tr._micro_batches(batch, rows)
     with compat_for("cpu"):
         tr.model.train()
