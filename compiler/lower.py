@@ -13,8 +13,8 @@ from schemas import Architecture, ExperimentSpec
 from compiler import memory as M
 from compiler.backends import backend as backend_info
 from compiler.errors import Problem
-from compiler.placement import (BASE_MFU, DECODE_BW_EFF, HOST_BROADCAST_BW, Candidate, Inputs, SearchResult, choice_notes,
-                                search, sync_parts)
+from compiler.placement import (BASE_MFU, DECODE_BW_EFF, FP8_SPEEDUP, HOST_BROADCAST_BW, Candidate, Inputs, SearchResult,
+                                choice_notes, search, sync_parts)
 from compiler.mesh import coords
 from compiler.plan import (BundlePlan, DevicePlan, Estimates, MeshCoords, ObjectivePlan, OffloadPlan, Plan, RolloutPlan,
                            TrainerPlan, WeightSyncPlan)
@@ -232,6 +232,26 @@ def _notes(spec: ExperimentSpec, inp: Inputs, res: SearchResult) -> list[str]:
                      + (f", sleep-level-1 host copy {parts['sleep_copy']:.1f} s" if parts["sleep_copy"] else "")
                      + f"; a gloo broadcast through host memory would take ~{gloo:.0f} s "
                      f"({tree_rounds(len(c.gen_ranks))} tree rounds to {len(c.gen_ranks)} receivers at {HOST_BROADCAST_BW / 1e9:.0f} GB/s)")
+    if spec.trainer.backend == "megatron":
+        m = M.token_multiple(c.tp, spec.trainer.sequence_parallel and c.tp > 1, spec.trainer.fp8)
+        notes.append("megatron micro-batches: prompt and response left-aligned in each row, causal attention with no "
+                     "mask (Transformer Engine's), sequence length padded to a multiple of "
+                     f"{m} token{'s' if m > 1 else ''}")
+    if spec.trainer.fp8 != "none":
+        notes.append(f"trainer fp8 '{spec.trainer.fp8}': the training time is divided by {FP8_SPEEDUP} - an ASSUMED "
+                     "speed-up, not measured here; memory is counted as bf16 (weights and fp32 masters remain)")
+    if spec.rollout.quantization == "fp8":
+        notes.append("rollout fp8: vLLM quantizes the synced bf16 weights to fp8 on load; generation time and "
+                     "memory are estimated as bf16 (not measured)")
+    arch = inp.arch
+    if arch.sliding_window:
+        notes.append(f"sliding window {arch.sliding_window} tokens: executed by every backend (Megatron window_size "
+                     f"({arch.sliding_window - 1}, 0), HF and vLLM from config.json)")
+    if arch.rope_scaling is not None:
+        r = arch.rope_scaling
+        notes.append(f"rope scaling {r.type} x{r.factor:g}" + (f" (original context {r.original_max_position_embeddings})"
+                                                              if r.original_max_position_embeddings else "")
+                     + ": applied by the Megatron build, HF and vLLM alike")
     if inp.offload:
         notes.append("trainer offload: optimizer states and fp32 masters on CPU; grads leave the GPU between updates")
     notes.append("reward: CPU verification processes (no GPU memory)")
@@ -269,7 +289,8 @@ def _cpu_plan(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str], 
     roles = ["trainer", "generator"] + (["reference"] if ref else []) + (["critic"] if spec.algorithm.advantage == "gae" else []) + ["reward"]
     micro_per_rank = spec.algorithm.ppo_mini_batch_size * spec.rollout.n // dp
     trainer = TrainerPlan(backend=tr.backend, tensor_parallel=tp, pipeline_parallel=pp, context_parallel=1,
-                          data_parallel=dp, sequence_parallel=False, micro_batch_size=mb,
+                          data_parallel=dp, sequence_parallel=bool(tr.sequence_parallel and tp > 1 and tr.backend == "megatron"),
+                          micro_batch_size=mb,
                           gradient_accumulation=max(1, micro_per_rank // mb), recompute=recompute, offload=False,
                           fp8="none", distributed_optimizer=tr.distributed_optimizer and tr.backend == "megatron" and dp > 1,
                           log_prob_micro_batch_size=tr.log_prob_micro_batch_size, ranks=list(range(world)))

@@ -230,25 +230,59 @@ def stage_activation_bytes(arch: Architecture, seq: int, micro_batch: int, tp: i
     return inflight * n * per_layer
 
 
-def logits_bytes(arch: Architecture, seq: int, micro_batch: int, tp: int = 1, *, grad: bool = True,
-                 entropy: bool = True) -> float:
-    """Peak memory of the output layer and the log-prob computation on the last stage (bytes).
+def token_multiple(tp: int, sequence_parallel: bool, fp8: str = "none") -> int:
+    """The multiple (tokens) the Megatron trainer pads every micro-batch's sequence length to: TP
+    under sequence parallelism (the sequence is scattered over the TP ranks); under FP8 each rank's
+    token count must also be a multiple of 16 (per-tensor recipes) or 128 (blockwise), hence 16 x TP
+    (128 x TP) with sequence parallelism, 16 (128) without."""
+    sp = tp if (sequence_parallel and tp > 1) else 1
+    if fp8 in (None, "none"):
+        return sp
+    return sp * (128 if fp8 == "blockwise" else 16)
 
-    The output layer produces bf16 logits [s, b, Vp/t] (2 B per element, E = s*b*Vp/t elements).
-    The vocab-parallel log-softmax (Megatron's cross-entropy style, in place) upcasts to one fp32
-    working copy (4 B) that becomes the softmax saved for backward; the gradient is formed in that
-    buffer and cast back to bf16. So:
-      * forward-only log-probs (old / reference):  E x (2 + 4) = 6E
-      * training forward (grad):                    E x (2 + 4 + 4) = 10E  (+4E fp32 temporaries of
-        the entropy bonus when entropy_coef > 0); plus 4sbh/t of final-norm output / output-layer
-        input, as in Korthikanti's 4sbh(1 + V/h)/t (which counts only fp32 logits: 4E).
-    At V=152K, s=8K, b=1, t=1 that is 6 x 1.25 G elements = 7.5 GB per sequence without grad.
+
+#: fp32 elements of one chunk of the log-prob pass (`engine.backends.megatron.logprobs`): 16 Mi.
+LOGPROB_CHUNK_ELEMENTS = 1 << 24
+
+
+def logprob_chunk_tokens(rows: int, v_local: int, budget: int = LOGPROB_CHUNK_ELEMENTS) -> int:
+    """Response tokens per chunk of the log-prob pass: as many as keep rows x tokens x v_local within
+    ``budget`` elements, at least one (tokens)."""
+    return max(1, budget // max(1, rows * v_local))
+
+
+def logits_bytes(arch: Architecture, seq: int, micro_batch: int, tp: int = 1, *, grad: bool = True,
+                 entropy: bool = True, logit_bytes: int = 2) -> float:
+    """Peak memory of the output layer and the log-prob pass on the last stage (bytes).
+
+    E = s*b*Vp/t logit elements of ``logit_bytes`` (lb) each (bf16 on GPU: 2; the CPU trainer's fp32:
+    4); K = c*b*Vp/t elements of one chunk (c = `logprob_chunk_tokens`); u = 4 B of fp32 upcast per
+    chunk element when lb < 4 (none for fp32 logits). What the Megatron trainer holds
+    (`engine.backends.megatron.logprobs`; measured on CPU in tests/megatron/test_megatron_layout.py):
+
+      * the output layer writes [s, b, Vp/t] and GPTModel returns a transposed contiguous copy:
+        2E x lb while both live;
+      * forward only (old / reference log-probs): the logits plus one chunk's gathered copy (lb),
+        upcast (u) and exp (4 B) -> lb E + max(lb E, K (lb + u + 4));
+      * training: the logits are the only large tensor saved; the backward writes the gradient into
+        one E x lb buffer chunk by chunk, a chunk holding its gathered copy, upcast, exp and (bf16)
+        down-cast -> 2 lb E + K (lb + u + 4 + u/2); the output layer's backward then forms its weight
+        gradient (lb x Vp/t x h) before DDP adds it to the fp32 main grad, so the larger of the two,
+        plus the output layer's input and the final norm's (2 lb x sbh/t).
+
+    The entropy costs no buffer (``entropy`` is kept for callers). At V=152K, s=8K, b=1, t=1 in
+    bf16: 4E = 4.98 GB without grad (the former fp32 working copies counted 6E and needed 18E).
     """
     vp = padded_vocab(arch.vocab_size, tp)
-    e = seq * micro_batch * vp / tp
+    v_local = vp // tp
+    lb = float(logit_bytes)
+    up = 4.0 if lb < 4 else 0.0
+    e = seq * micro_batch * v_local
+    k = logprob_chunk_tokens(micro_batch, v_local) * micro_batch * v_local
     if not grad:
-        return 6.0 * e
-    return (14.0 if entropy else 10.0) * e + 4.0 * seq * micro_batch * arch.hidden_size / tp
+        return lb * e + max(lb * e, k * (lb + up + 4.0))
+    chunk = k * (lb + up + 4.0 + up / 2.0)
+    return 2.0 * lb * e + max(chunk, lb * v_local * arch.hidden_size) + 2.0 * lb * seq * micro_batch * arch.hidden_size / tp
 
 
 # --------------------------------------------------------------------------------------------

@@ -58,7 +58,8 @@ HOST_BROADCAST_BW = 2e9
 HOST_COPY_BW = 4e9
 #: Fraction of peak HBM bandwidth a device-local copy (read + write) achieves: copy_bw = eff x HBM / 2.
 COPY_BW_EFF = 0.7
-#: FP8 GEMM speed-up applied to the training FLOP rate.
+#: FP8 GEMM speed-up applied to the training FLOP rate: ASSUMED (Transformer Engine reports 1.3-1.5x on H100
+#: GEMMs), not measured by this project; the plan notes say so wherever it is used.
 FP8_SPEEDUP = 1.3
 
 

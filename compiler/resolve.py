@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from compiler.catalog import CATALOG
 from compiler.errors import Problem, SpecError
-from schemas import Architecture, ModelSpec
+from schemas import Architecture, ModelSpec, RopeScaling
 
 #: HF ``model_type`` -> `Architecture.family`.
 _FAMILIES = {"qwen2": "qwen2", "llama": "llama", "mistral": "mistral"}
@@ -68,6 +68,28 @@ def _local_dir(path: Optional[str]) -> Optional[Path]:
     return p if p.is_dir() else None
 
 
+def _rope(config: dict[str, Any], source: str) -> tuple[float, Optional[RopeScaling]]:
+    """(rope_theta, rope scaling) of a HF config: ``rope_theta`` / ``rope_scaling`` (transformers 4),
+    or ``rope_parameters`` (transformers 5 writes both there). A scaling rule the trainers do not
+    implement raises `SpecError` (never silently dropped: the generator would apply it)."""
+    params = config.get("rope_parameters") or {}
+    if isinstance(params, dict) and set(params) and not ("rope_type" in params or "rope_theta" in params):
+        params = {}  # per-layer-type dicts (not used by these families)
+    theta = float(config.get("rope_theta", params.get("rope_theta", 10000.0)))
+    scaling = config.get("rope_scaling") or params
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    if kind in (None, "default"):
+        return theta, None
+    if kind not in ("linear", "llama3"):
+        raise SpecError([Problem("model.path", f"{source}: rope scaling {kind!r} is not implemented by the trainers",
+                                 "supported: linear, llama3; or give model.architecture inline")])
+    keep = ("factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor")
+    try:
+        return theta, RopeScaling(type=kind, **{k: scaling[k] for k in keep if scaling.get(k) is not None})
+    except Exception as exc:  # pydantic ValidationError
+        raise SpecError([Problem("model.path", f"{source} has an invalid rope scaling: {exc}", "")]) from None
+
+
 def architecture_from_config(config: dict[str, Any], source: str = "config.json") -> Architecture:
     """Map a HF ``config.json`` dict to an `Architecture` (raises `SpecError` on ``model.path``)."""
     model_type = str(config.get("model_type", ""))
@@ -76,6 +98,7 @@ def architecture_from_config(config: dict[str, Any], source: str = "config.json"
         raise SpecError([Problem("model.path", f"unsupported model_type {model_type!r} in {source}",
                                  f"supported: {', '.join(sorted(_FAMILIES))}; or give model.architecture inline")])
     heads = config.get("num_attention_heads")
+    theta, scaling = _rope(config, source)
     sliding = config.get("sliding_window")
     if family == "qwen2" and not config.get("use_sliding_window", False):
         sliding = None
@@ -91,10 +114,11 @@ def architecture_from_config(config: dict[str, Any], source: str = "config.json"
         tied_embeddings=bool(config.get("tie_word_embeddings", False)),
         max_position_embeddings=config.get("max_position_embeddings"),
         qkv_bias=True if family == "qwen2" else bool(config.get("attention_bias", False)),
-        rope_theta=float(config.get("rope_theta", 10000.0)),
+        rope_theta=theta,
+        rope_scaling=scaling,
         sliding_window=sliding,
     )
-    missing = [k for k, v in fields.items() if v is None and k not in ("head_dim", "sliding_window")]
+    missing = [k for k, v in fields.items() if v is None and k not in ("head_dim", "sliding_window", "rope_scaling")]
     if missing:
         raise SpecError([Problem("model.path", f"{source} lacks {', '.join(missing)}",
                                  "give model.architecture inline instead")])

@@ -8,6 +8,15 @@ from typing import Any
 import torch
 
 
+def rope_scaling_dict(scaling: Any) -> dict[str, Any]:
+    """HF ``rope_scaling`` of a `schemas.RopeScaling` (what transformers and vLLM read)."""
+    out: dict[str, Any] = {"rope_type": scaling.type, "factor": scaling.factor}
+    if scaling.type == "llama3":
+        out.update(original_max_position_embeddings=scaling.original_max_position_embeddings,
+                   low_freq_factor=scaling.low_freq_factor, high_freq_factor=scaling.high_freq_factor)
+    return out
+
+
 def hf_config(arch: Any, tokenizer: Any = None):
     """A transformers config for a `schemas.Architecture` (qwen2, llama or mistral family)."""
     from transformers import AutoConfig
@@ -21,6 +30,8 @@ def hf_config(arch: Any, tokenizer: Any = None):
     )
     if arch.family == "mistral" and arch.sliding_window:
         kw["sliding_window"] = arch.sliding_window
+    if arch.rope_scaling is not None:
+        kw["rope_scaling"] = rope_scaling_dict(arch.rope_scaling)
     if arch.family == "llama":
         kw["attention_bias"] = arch.qkv_bias
     if tokenizer is not None:

@@ -4,9 +4,32 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, model_validator
 
 from schemas.common import Section
+
+
+class RopeScaling(Section):
+    """RoPE frequency scaling (HF ``config.json`` ``rope_scaling``): ``linear`` divides every
+    frequency by ``factor``; ``llama3`` (Llama 3.1) divides the low frequencies (wavelength above
+    original_max_position_embeddings / low_freq_factor) by ``factor``, keeps the high ones (below
+    original / high_freq_factor) and interpolates smoothly in between."""
+
+    type: Literal["linear", "llama3"] = Field(description="Scaling rule (HF rope_type).")
+    factor: float = Field(gt=0, description="Frequency divisor (context extension factor).")
+    original_max_position_embeddings: Optional[PositiveInt] = Field(
+        None, description="Context length the model was pre-trained at (tokens); llama3 only.")
+    low_freq_factor: float = Field(1.0, gt=0, description="llama3: wavelengths above original / low_freq_factor are scaled.")
+    high_freq_factor: float = Field(4.0, gt=0, description="llama3: wavelengths below original / high_freq_factor are kept.")
+
+    @model_validator(mode="after")
+    def _llama3_needs_context(self) -> "RopeScaling":
+        if self.type == "llama3":
+            if self.original_max_position_embeddings is None:
+                raise ValueError("llama3 rope scaling needs original_max_position_embeddings")
+            if self.high_freq_factor <= self.low_freq_factor:
+                raise ValueError("llama3 rope scaling needs high_freq_factor > low_freq_factor")
+        return self
 
 
 class Architecture(Section):
@@ -24,7 +47,8 @@ class Architecture(Section):
     max_position_embeddings: PositiveInt = Field(description="Longest sequence the model supports (tokens).")
     qkv_bias: bool = Field(False, description="Bias on the q/k/v projections (Qwen2).")
     rope_theta: float = Field(10000.0, description="RoPE base frequency.")
-    sliding_window: Optional[PositiveInt] = Field(None, description="Sliding-window attention span (tokens), if any.")
+    rope_scaling: Optional[RopeScaling] = Field(None, description="RoPE frequency scaling (llama3, linear), if any.")
+    sliding_window: Optional[PositiveInt] = Field(None, description="Sliding-window attention span (tokens): each token attends to itself and the window - 1 before it.")
 
     @property
     def kv_channels(self) -> int:

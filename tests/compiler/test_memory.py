@@ -78,17 +78,33 @@ def test_kv_bytes_per_token():
 
 
 def test_logits_bytes_v152k_8k_tokens():
-    # E = 8192 tokens x 152064 vocab = 1,245,708,288 logits
+    # E = 8192 tokens x 152064 vocab = 1,245,708,288 logits; one chunk: 16 Mi // 152064 = 110 tokens
     e = 8192 * 152064
-    # forward-only log-probs: bf16 logits 2 B + fp32 working copy 4 B = 6 B -> 7,474,249,728 B (6.96 GiB)
-    assert M.logits_bytes(Q7, 8192, 1, 1, grad=False) == 6 * e == 7_474_249_728
-    # training with entropy: 2 + 4 + 4 + 4 = 14 B per logit + 4sbh (final-norm output) 4 x 8192 x 3584
-    assert M.logits_bytes(Q7, 8192, 1, 1, grad=True, entropy=True) == 14 * e + 4 * 8192 * 3584
-    assert M.logits_bytes(Q7, 8192, 1, 1, grad=True, entropy=False) == 10 * e + 4 * 8192 * 3584
+    assert M.logprob_chunk_tokens(1, 152064) == 110
+    k = 110 * 152064
+    # forward-only log-probs: bf16 logits and GPTModel's transposed copy (2 x 2 B), above the logits
+    # plus a chunk's gather, upcast and exp (2 + 4 + 4 B) -> 4E = 4,982,833,152 B (4.64 GiB)
+    assert 10 * k < 2 * e
+    assert M.logits_bytes(Q7, 8192, 1, 1, grad=False) == 4 * e == 4_982_833_152
+    # training: 4E + the larger of a chunk's 12 B and the output weight's bf16 gradient 2Vh, + 4sbh
+    assert 12 * k < 2 * 152064 * 3584
+    want = 4 * e + 2 * 152064 * 3584 + 4 * 8192 * 3584
+    assert M.logits_bytes(Q7, 8192, 1, 1, grad=True, entropy=True) == want == 6_190_268_416
+    assert M.logits_bytes(Q7, 8192, 1, 1, grad=True, entropy=False) == want  # entropy costs no buffer
     # TP4 splits the vocabulary (152064 is a multiple of 512, no padding)
-    assert M.logits_bytes(Q7, 8192, 1, 4, grad=False) == 6 * e / 4
+    assert M.logits_bytes(Q7, 8192, 1, 4, grad=False) == 4 * e / 4
+    # the CPU trainer's fp32 logits: no upcast copy; at s = 8 (b = 1) the chunk term wins
+    assert M.logits_bytes(Q7, 8192, 1, 1, grad=False, logit_bytes=4) == 8 * e
+    assert M.logits_bytes(Q7, 8, 1, 1, grad=False, logit_bytes=4) == 4 * 8 * 152064 + 8 * k
     # Korthikanti's 4sbh(1 + V/h) counts fp32 logits only: 4E + 4sbh, below our forward-with-grad figure
     assert 4 * e + 4 * 8192 * 3584 < M.logits_bytes(Q7, 8192, 1, 1)
+
+
+def test_token_multiple_hand_checked():
+    assert M.token_multiple(1, True) == 1 and M.token_multiple(8, False) == 1
+    assert [M.token_multiple(t, True) for t in (2, 4, 8)] == [2, 4, 8]
+    assert M.token_multiple(4, True, "tensorwise") == 64 and M.token_multiple(4, True, "blockwise") == 512
+    assert M.token_multiple(1, False, "delayed") == 16
 
 
 def test_layer_activations_swiglu_gqa():

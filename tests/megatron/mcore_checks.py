@@ -82,7 +82,7 @@ def full_logits(tr, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     from megatron.core import parallel_state as ps
 
     from engine.backends.megatron.cpu import compat_for
-    from engine.backends.megatron.trainer import _flat, _rows
+    from engine.backends.megatron.trainer import _flat
 
     with compat_for("cpu"), torch.no_grad():
         tr.model.eval()
@@ -95,12 +95,24 @@ def full_logits(tr, batch: dict[str, torch.Tensor]) -> torch.Tensor:
                 logits = torch.cat(parts, dim=-1)
             return torch.zeros(()), {"logits": logits[..., :tr.arch.vocab_size]}
 
-        outs = tr._run(_rows(flat, 3), loss_fn, forward_only=True)
+        micro = tr._micro_batches(flat, 3)  # the trainer's left-aligned layout
+        outs = tr._run(micro, loss_fn, forward_only=True)
         b, s = flat["input_ids"].shape
-        out = torch.empty(b, s, tr.arch.vocab_size)
+        aligned = torch.empty(b, micro[0]["input_ids"].shape[1], tr.arch.vocab_size)
         if ps.is_pipeline_last_stage():
-            out.copy_(torch.cat([o["logits"] for o in outs]))
-        return tr._broadcast_from_last_stage(out)
+            aligned.copy_(torch.cat([o["logits"] for o in outs]))
+        aligned = tr._broadcast_from_last_stage(aligned)
+        return to_runtime_layout(aligned, flat["attention_mask"])
+
+
+def to_runtime_layout(aligned: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Per-token values [B, W, ...] of the left-aligned layout back at the runtime layout's columns
+    [B, S, ...] (zeros at padding)."""
+    real = attention_mask.bool()
+    out = aligned.new_zeros(real.shape + aligned.shape[2:])
+    for i in range(real.shape[0]):
+        out[i, real[i]] = aligned[i, :int(real[i].sum())]
+    return out
 
 
 def _dp_shard(batch: dict[str, torch.Tensor], dp: int, dp_rank: int) -> dict[str, torch.Tensor]:

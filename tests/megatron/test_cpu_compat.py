@@ -53,6 +53,6 @@ def test_threads_share_one_swap():
 def test_the_process_swap_is_restored_after_megatron_calls():
     before = torch.cuda.current_device
     with cpu_compat():
-        assert CUDA_ON_CPU.active and torch.cuda.current_device() == 0
+        assert CUDA_ON_CPU.active and torch.cuda.current_device() == torch.device("cpu")  # a device, not an index
         assert torch.zeros(1, device="cuda").device.type == "cpu"
     assert not CUDA_ON_CPU.active and torch.cuda.current_device is before

@@ -28,14 +28,15 @@ def test_padded_vocabulary_hand_checked():
     assert padded_vocab_size(151936, 2) == 152064  # 594 x 256
 
 
-def test_cpu_refuses_fp8_and_sequence_parallel_with_the_reason():
+def test_cpu_refuses_fp8_and_sequence_parallel_without_tp_with_the_reason():
     from engine.backends.megatron.model import MegatronModelError, ModelLayout, check_layout
 
     with pytest.raises(MegatronModelError, match="fp8.*Transformer Engine.*GPU"):
         check_layout(ModelLayout(fp8="tensorwise"))
-    with pytest.raises(MegatronModelError, match="GPU only"):
-        check_layout(ModelLayout(tensor_parallel=2, sequence_parallel=True))
+    with pytest.raises(MegatronModelError, match="tensor_parallel > 1"):
+        check_layout(ModelLayout(tensor_parallel=1, sequence_parallel=True))
     check_layout(ModelLayout(tensor_parallel=2, pipeline_parallel=2, recompute="selective"))
+    check_layout(ModelLayout(tensor_parallel=2, sequence_parallel=True))  # SP runs on CPU (local spec, SP norm)
 
 
 def test_cpu_shim_is_scoped_to_its_context():
@@ -118,3 +119,11 @@ def test_single_process_trainer_from_the_plan_learns_and_exports(tmp_path):
         lp = response_log_probs(exported, flat)
     mask = flat["response_mask"].bool()
     assert (lp - r["after"])[mask].abs().max() < 1e-5
+
+
+def test_mistral_window_reaches_the_megatron_config():
+    from compiler.catalog import CATALOG
+    from engine.backends.megatron.model import ModelLayout, transformer_config
+
+    assert transformer_config(CATALOG["mistral-7b"], ModelLayout()).window_size == (4095, 0)
+    assert transformer_config(CATALOG["qwen2.5-7b"], ModelLayout()).window_size is None

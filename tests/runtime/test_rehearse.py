@@ -35,7 +35,7 @@ def _rehearse(plan, **kw):
     return rehearse(plan, log=lambda s: None, **kw)
 
 
-@pytest.mark.parametrize("name", PAPER)
+@pytest.mark.parametrize("name", PAPER + ["ablations/qwen2.5-7b-fp8"])  # + the FP8 ablation (issue 16)
 def test_each_paper_plan_runs_through_the_runtime_within_capacity(name):
     plan = _plan(name, *SMALL)
     assert plan.feasible, plan.reasons

@@ -8,6 +8,8 @@ places assume a GPU (see ``../shared/GPU-BACKENDS.md``):
 - literal ``device='cuda'`` tensors (optimizer found-inf / scale, grad-norm clipping, schedules);
 - ``Tensor.type()`` compared with ``'torch.cuda.FloatTensor'`` (optimizer, clip_grads);
 - ``torch.cuda.synchronize()`` (p2p communication) and ``Tensor.cuda()``.
+- the local softmax's causal and sliding-window masks (``device='cuda'`` literals, also reached
+  inside autograd Functions such as activation recompute, where the device rewrite does not apply).
 
 `cpu_compat()` is a re-entrant context manager that, while active, maps all of these to the CPU:
 a `TorchFunctionMode` rewrites CUDA device arguments to ``cpu``, makes ``Tensor.cuda()`` a no-op and
@@ -76,8 +78,22 @@ class _CudaToCpu(TorchFunctionMode):
 # The swapped functions' state (depth, originals, lock) lives in one object, `CUDA_ON_CPU` (below).
 
 
+def _causal_mask(sq: int) -> torch.Tensor:
+    """megatron's ``get_default_causal_mask`` on the CPU: True above the diagonal (masked)."""
+    return torch.triu(torch.ones(sq, sq, dtype=torch.bool), diagonal=1)
+
+
+def _window_mask(sq: int, skv: int, window_size: tuple[int, int]) -> torch.Tensor:
+    """megatron's ``get_sliding_window_causal_mask`` on the CPU: True outside
+    [q - window_size[0], q + window_size[1]] (aligned to the end of the keys)."""
+    m = torch.ones(sq, skv, dtype=torch.bool)
+    keep = torch.tril(torch.triu(m, diagonal=skv - sq - window_size[0]), diagonal=skv - sq + window_size[1])
+    return ~keep
+
+
 def _cuda_patches() -> dict[str, tuple[Any, str, Any]]:
     """(owner, attribute, replacement) for every module-level function the shim swaps."""
+    import megatron.core.fusions.fused_softmax as msoftmax
     import megatron.core.tensor_parallel.random as mrandom
 
     def get_state(*_a: Any, **_k: Any) -> torch.Tensor:
@@ -87,7 +103,9 @@ def _cuda_patches() -> dict[str, tuple[Any, str, Any]]:
         torch.set_rng_state(state)
 
     return {
-        "cuda.current_device": (torch.cuda, "current_device", lambda: 0),
+        # the CPU itself (not an index): also right where megatron builds tensors with device=current_device()
+        # inside autograd Functions (SP backward, recompute), where the device rewrite does not apply
+        "cuda.current_device": (torch.cuda, "current_device", lambda: _CPU),
         "cuda.synchronize": (torch.cuda, "synchronize", lambda *a, **k: None),
         "cuda.get_rng_state": (torch.cuda, "get_rng_state", get_state),
         "cuda.set_rng_state": (torch.cuda, "set_rng_state", set_state),
@@ -95,6 +113,10 @@ def _cuda_patches() -> dict[str, tuple[Any, str, Any]]:
         "cuda.random.get_rng_state": (torch.cuda.random, "get_rng_state", get_state),
         "mrandom._get_cuda_rng_state": (mrandom, "_get_cuda_rng_state", get_state),
         "mrandom._set_cuda_rng_state": (mrandom, "_set_cuda_rng_state", set_state),
+        # the local softmax builds its causal / sliding-window masks on device="cuda" (reached inside
+        # autograd Functions such as activation recompute, where the device rewrite does not apply)
+        "msoftmax.get_default_causal_mask": (msoftmax, "get_default_causal_mask", _causal_mask),
+        "msoftmax.get_sliding_window_causal_mask": (msoftmax, "get_sliding_window_causal_mask", _window_mask),
     }
 
 

@@ -5,12 +5,20 @@ Families: qwen2 (q/k/v bias), llama (and DeepSeek-Math's MHA: ``num_kv_heads == 
 All are RMSNorm + SwiGLU + RoPE decoders without linear biases besides q/k/v.
 
 Layer spec: Megatron's *local* spec (pure PyTorch modules) on CPU; the Transformer Engine spec on
-GPU, which is also what FP8 (``plan.trainer.fp8``) and sequence parallelism need. Transformer Engine
-is imported only when the TE spec is asked for; on CPU an FP8 plan is refused with a clear message.
+GPU, which is also what FP8 (``plan.trainer.fp8``) needs. Transformer Engine is imported only when
+the TE spec is asked for; on CPU an FP8 plan is refused with a clear message. Sequence parallelism
+runs on CPU too: the local spec with `SequenceParallelRMSNorm` (megatron's torch norm refuses SP).
+
+Both specs run causal-only attention with no mask (the trainer's left-aligned layout, `layout`), a
+sliding window as megatron's ``window_size`` = (window - 1, 0) (TE's window on GPU, megatron's
+sliding-window mask in the local softmax on CPU), and RoPE frequencies set from `rope_inv_freq`
+(llama3 / linear scaling, exactly as transformers and vLLM compute them).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -63,9 +71,6 @@ def check_layout(layout: ModelLayout) -> None:
             f"{layout.device}. Set trainer.fp8=none for CPU runs.")
     if layout.sequence_parallel and layout.tensor_parallel == 1:
         raise MegatronModelError("sequence parallelism needs tensor_parallel > 1")
-    if layout.sequence_parallel and not layout.on_gpu:
-        raise MegatronModelError("sequence parallelism needs the Transformer Engine norm (GPU only); "
-                                 "the plan must not enable it on CPU")
     if layout.recompute not in ("none", "selective", "full"):
         raise MegatronModelError(f"unknown recompute mode {layout.recompute!r}")
 
@@ -95,6 +100,9 @@ def transformer_config(arch: Any, layout: ModelLayout):
         cross_entropy_loss_fusion=False, attention_softmax_in_fp32=True,
         moe_token_dispatcher_type="alltoall",  # (dense model; the default refuses variable_seq_lengths)
     )
+    if arch.sliding_window:
+        # each query sees itself and the window - 1 keys before it (HF: kv > q - window; vLLM too)
+        kw["window_size"] = (arch.sliding_window - 1, 0)
     if layout.recompute == "full":
         kw.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
     elif layout.recompute == "selective":
@@ -105,8 +113,21 @@ def transformer_config(arch: Any, layout: ModelLayout):
     return TransformerConfig(**kw)
 
 
+class SequenceParallelRMSNorm:
+    """torch RMSNorm for the local spec under sequence parallelism (megatron's `WrappedTorchNorm`
+    refuses SP): the norm of the s/TP tokens a rank holds is the norm of those tokens, and its weight
+    is marked ``sequence_parallel`` so `finalize_model_grads` sums its gradient over the TP ranks
+    (what Transformer Engine's norms do on GPU)."""
+
+    def __new__(cls, config: Any, hidden_size: int, eps: float = 1e-5, **_: Any):
+        norm = torch.nn.RMSNorm(normalized_shape=hidden_size, eps=eps)
+        norm.weight.sequence_parallel = bool(config.sequence_parallel)
+        return norm
+
+
 def layer_spec(config: Any, layout: ModelLayout):
-    """Local (pure PyTorch) spec on CPU, Transformer Engine spec on GPU."""
+    """Local (pure PyTorch) spec on CPU, Transformer Engine spec on GPU. Under sequence parallelism
+    on CPU: the local spec's layers with `SequenceParallelRMSNorm`, as block submodules."""
     from megatron.core.models.gpt.gpt_layer_specs import (get_gpt_layer_local_spec,
                                                           get_gpt_layer_with_transformer_engine_spec)
 
@@ -119,7 +140,39 @@ def layer_spec(config: Any, layout: ModelLayout):
                                          "(pip install '.[gpu]')") from e
             return get_gpt_layer_local_spec(normalization="RMSNorm")
         return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=False)
-    return get_gpt_layer_local_spec(normalization="RMSNorm")
+    local = get_gpt_layer_local_spec(normalization="RMSNorm")
+    if not layout.sequence_parallel:
+        return local
+    from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
+
+    sub = dataclasses.replace(local.submodules, input_layernorm=SequenceParallelRMSNorm,
+                              pre_mlp_layernorm=SequenceParallelRMSNorm)
+    layer = dataclasses.replace(local, submodules=sub)
+    return TransformerBlockSubmodules(layer_specs=[layer] * get_num_layers_to_build(config),
+                                      layer_norm=SequenceParallelRMSNorm)
+
+
+def rope_inv_freq(kv_channels: int, theta: float, scaling: Any = None) -> torch.Tensor:
+    """RoPE inverse frequencies [kv_channels / 2] (radians per token, fp32) for base ``theta`` and a
+    `schemas.RopeScaling` (None: unscaled). llama3: wavelengths 2 pi / f above original / low_freq_factor
+    are divided by ``factor``, those below original / high_freq_factor kept, the band between
+    interpolated with s = (original / wavelength - low) / (high - low): (1 - s) f / factor + s f.
+    linear: every frequency / factor. Same arithmetic as transformers' rope initialisers."""
+    inv = 1.0 / (theta ** (torch.arange(0, kv_channels, 2, dtype=torch.int64).float() / kv_channels))
+    if scaling is None:
+        return inv
+    if scaling.type == "linear":
+        return inv / scaling.factor
+    if scaling.type != "llama3":
+        raise MegatronModelError(f"rope scaling {scaling.type!r} is not implemented")
+    old, lo, hi, factor = (scaling.original_max_position_embeddings, scaling.low_freq_factor,
+                           scaling.high_freq_factor, scaling.factor)
+    wavelen = 2 * math.pi / inv
+    scaled = torch.where(wavelen > old / lo, inv / factor, inv)
+    smooth = (old / wavelen - lo) / (hi - lo)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < old / hi) * ~(wavelen > old / lo)
+    return torch.where(medium, smoothed, scaled)
 
 
 def uses_te_spec(layout: ModelLayout) -> bool:
@@ -153,6 +206,9 @@ def build_gpt(arch: Any, layout: ModelLayout, config: Optional[Any] = None, pre_
         share_embeddings_and_output_weights=bool(arch.tied_embeddings), position_embedding_type="rope",
         rotary_base=int(arch.rope_theta) if float(arch.rope_theta).is_integer() else arch.rope_theta,
     )
+    rope = getattr(model, "rotary_pos_emb", None)
+    if rope is not None:  # the HF/vLLM frequencies (megatron's own llama3 rule fixes 3 of its 4 numbers)
+        rope.inv_freq = rope_inv_freq(arch.kv_channels, arch.rope_theta, arch.rope_scaling).to(rope.inv_freq.device)
     if layout.on_gpu:
         model = model.to(torch.device(layout.device))
     return model

@@ -12,6 +12,10 @@ mini-batch's `loss_weights`, and the whole-number count they cover (`calculate_p
 Megatron adds gradients over micro-batches and DP ranks and divides by the global count, so the
 update equals the single-process update on the whole batch, in every aggregation mode.
 
+Input layout (`layout`): each forward-backward call re-forms its micro-batches from the runtime's
+batch into left-aligned rows padded to `seq_multiple` tokens and runs the model with no attention
+mask, which is what Transformer Engine's causal-only attention computes correctly.
+
 On CPU every call into megatron-core runs inside `engine.backends.megatron.cpu.cpu_compat` (its
 CUDA assumptions mapped to the CPU); on GPU megatron-core runs unpatched.
 """
@@ -33,6 +37,7 @@ from engine.backends.device import release_cached
 from engine.backends.manifest import bucketed
 from engine.backends.megatron.bridge import WeightBridge, norm_eps, read_hf_config
 from engine.backends.megatron.cpu import compat_for
+from engine.backends.megatron.layout import micro_batches, seq_multiple
 from engine.backends.megatron.logprobs import vocab_parallel_log_probs
 from engine.backends.megatron.model import ModelLayout, build_gpt, transformer_config
 from engine.core.batch import GROUP_KEYS
@@ -57,15 +62,6 @@ def _compat(method):
             return method(self, *args, **kwargs)
 
     return wrapped
-
-
-def megatron_attention_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Megatron's boolean mask [B, 1, S, S] (True = masked) from a [B, S] padding mask (1 = token):
-    causal, and no query attends to a padding key."""
-    s = attention_mask.shape[1]
-    causal = torch.ones(s, s, dtype=torch.bool, device=attention_mask.device).tril()
-    allowed = causal[None, None] & attention_mask.bool()[:, None, None, :]
-    return ~allowed
 
 
 def _flat(batch: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
@@ -171,23 +167,33 @@ class MegatronTrainer:
             group["lr"] = lr
 
     # -- forward -----------------------------------------------------------------------------------
+    @property
+    def seq_multiple(self) -> int:
+        """Every micro-batch's sequence length is a multiple of this (TP under sequence parallelism,
+        16 x / 128 x that under FP8; `layout.seq_multiple`)."""
+        return seq_multiple(self.layout.tensor_parallel, self.layout.sequence_parallel, self.layout.fp8)
+
+    def _micro_batches(self, batch: Mapping[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
+        """The micro-batches of one forward-backward call, in the left-aligned layout (`layout`)."""
+        return micro_batches(batch, size, self.seq_multiple)
+
     def _response_log_probs(self, logits: torch.Tensor, mb: Mapping[str, torch.Tensor], with_entropy: bool):
-        """(log p, entropy or None) of the response tokens, [b, T], from vocab-parallel logits [b, S, V/tp]."""
+        """(log p, entropy or None) of the response tokens, [b, T], from vocab-parallel logits [b, S, V/tp]
+        of a left-aligned micro-batch (``mb['logit_index']`` names the column predicting each token)."""
         from megatron.core import parallel_state as ps
 
-        t = mb["responses"].shape[1]
-        s = mb["input_ids"].shape[1]
-        pred = logits[:, s - t - 1:s - 1, :]
-        v_local = pred.shape[-1]
-        return vocab_parallel_log_probs(pred, mb["responses"], self.tp_rank * v_local, self.arch.vocab_size,
+        v_local = logits.shape[-1]
+        return vocab_parallel_log_probs(logits, mb["responses"], self.tp_rank * v_local, self.arch.vocab_size,
                                         self.temperature, with_entropy,
                                         ps.get_tensor_model_parallel_group() if self.layout.tensor_parallel > 1
-                                        else None)
+                                        else None, index=mb["logit_index"])
 
     def _forward_step(self, loss_fn):
         def step(data_iterator, model):
             mb = next(data_iterator)
-            out = model(mb["input_ids"], mb["position_ids"], megatron_attention_mask(mb["attention_mask"]))
+            # no attention mask: real tokens come first in every row, so causal attention (what
+            # Transformer Engine's causal mask type computes) never reaches a padding key
+            out = model(mb["input_ids"], mb["position_ids"], None)
             return out, functools.partial(loss_fn, mb)
         return step
 
@@ -236,7 +242,7 @@ class MegatronTrainer:
         with ``with_entropy`` a pair (log_probs, entropy)."""
         self.model.eval()
         flat = _flat(batch, self.device)
-        micro = _rows(flat, self.sizes.log_prob_micro_batch)
+        micro = self._micro_batches(flat, self.sizes.log_prob_micro_batch)
 
         def loss_fn(mb, logits):
             logp, ent = self._response_log_probs(logits, mb, with_entropy)
@@ -296,7 +302,7 @@ class MegatronTrainer:
                     mini["response_mask"], cfg.loss_agg, cfg.max_response_length, cfg.loss_micro_batch)
                 self.model.zero_grad_buffer()
                 self.optimizer.zero_grad()
-                outs = self._run(_rows(mini, self.sizes.micro_batch), self._loss, forward_only=False)
+                outs = self._run(self._micro_batches(mini, self.sizes.micro_batch), self._loss, forward_only=False)
                 for o in outs:
                     o = o["stats"].to(stats.dtype)
                     worst = torch.maximum(stats[-2], o[-2])
@@ -481,18 +487,14 @@ def layout_from_plan(plan: Plan, device: str) -> ModelLayout:
     on_gpu = torch.device(device).type == "cuda"
     dtype = torch.bfloat16 if on_gpu and plan.spec.model.dtype == "bfloat16" else torch.float32
     return ModelLayout(tensor_parallel=t.tensor_parallel, pipeline_parallel=t.pipeline_parallel,
-                       sequence_parallel=bool(t.sequence_parallel and t.tensor_parallel > 1 and on_gpu),
+                       sequence_parallel=bool(t.sequence_parallel and t.tensor_parallel > 1),
                        dtype=dtype, recompute=t.recompute, fp8=t.fp8, device=device)
 
 
 def build(ctx: Any) -> MegatronTrainer:
     """The plan's Megatron trainer for this rank (registry entry ``megatron``)."""
     plan = ctx.plan  # gae and context parallelism are refused by the compiler (`compiler.backends`)
-    arch, d = plan.architecture, plan.spec.data
-    longest = d.max_prompt_length + d.max_response_length
-    if arch.sliding_window and longest > arch.sliding_window:
-        raise ValueError(f"sequences of up to {longest} tokens exceed the model's sliding window "
-                         f"({arch.sliding_window}); the megatron trainer attends over the full causal span")
+    # a sliding window is executed (`model.transformer_config`: window_size), as vLLM and HF do
     optim, loss, sizes = from_plan(plan)
     return MegatronTrainer(plan.architecture, ctx.model_path, layout_from_plan(plan, ctx.device), optim, loss, sizes,
                            data_parallel=plan.trainer.data_parallel, seed=plan.spec.seed,
