@@ -62,10 +62,13 @@ def test_stop_string(tiny_model, tokenizer):
     gen = HFGenerator(tiny_model, tokenizer)
     prompts = _prompts(tokenizer, ["Compute 1+1."])
     free = gen.generate(prompts, 1, SamplingParams(max_new_tokens=10, temperature=1.0), seed=3)
-    stop = tokenizer.decode(free.response_ids[0][3:5])
+    ids, special = free.response_ids[0], set(tokenizer.all_special_ids)
+    # two sampled tokens that are text (a special token is left out of the decoded text)
+    i = next(i for i in range(1, len(ids) - 1) if ids[i] not in special and ids[i + 1] not in special)
+    stop = tokenizer.decode(ids[i:i + 2])
     out = gen.generate(prompts, 1, SamplingParams(max_new_tokens=10, temperature=1.0, stop=(stop,)), seed=3)
     assert out.finish_reasons == ["stop"]
-    assert stop in out.texts[0] and len(out.response_ids[0]) <= 5
+    assert stop in out.texts[0] and len(out.response_ids[0]) <= i + 2
 
 
 def test_end_tokens_come_from_the_tokenizer(tokenizer):
@@ -82,6 +85,22 @@ def test_top_p_and_top_k_keep_the_best_token():
         draws = {int(sample_next(logits, params, g)) for _ in range(20)}
         assert draws == {1}
     assert int(sample_next(logits, SamplingParams(4, temperature=0.0), g)) == 1
+
+
+def test_finished_sequences_leaving_the_batch_change_no_sample(tiny_model, tokenizer):
+    """Each sequence's tokens depend on its own draws only: with an end token that stops some samples
+    early (they leave the batch), every other sample is the same as without it, token for token."""
+    gen = HFGenerator(tiny_model, tokenizer)
+    prompts = _prompts(tokenizer, ["Compute 1+1.", "Compute 5+5.", "Compute 7*3."])
+    free = gen.generate(prompts, 4, SamplingParams(max_new_tokens=12, temperature=1.0), seed=5)
+    end = free.response_ids[1][1]  # the second token of one sample ends every sample that draws it
+    out = gen.generate(prompts, 4, SamplingParams(max_new_tokens=12, temperature=1.0, end_token_ids=(end,)), seed=5)
+    early = 0
+    for a, b in zip(free.response_ids, out.response_ids):
+        cut = a.index(end) + 1 if end in a else len(a)
+        assert b == a[:cut]
+        early += cut < len(a)
+    assert early >= 1
 
 
 def test_shared_prompt_cache_gives_the_same_greedy_samples(tiny_model, tokenizer):
