@@ -182,7 +182,7 @@ def run_trl(steps: int, threads: int, work: Path) -> dict:
         adam_beta1=t.betas[0], adam_beta2=t.betas[1], max_grad_norm=t.grad_clip,
         beta=a.kl_coef, epsilon=a.clip_low, epsilon_high=a.clip_high, loss_type="dapo", scale_rewards="group",
         num_iterations=1, max_steps=steps, logging_steps=1, save_strategy="no", disable_dropout=True,
-        dataloader_num_workers=0,
+        dataloader_num_workers=0, disable_tqdm=True,
     )
     clock = PhaseClock()
 
@@ -286,7 +286,8 @@ def main() -> int:
         print(f"[{k + 1}/{len(order)}] {side}: {args.steps} steps, {args.threads} threads, "
               f"load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
         subprocess.run([sys.executable, __file__, "--child", side, "--steps", str(args.steps),
-                        "--threads", str(args.threads), "--out", str(out)], env=env, check=True)
+                        "--threads", str(args.threads), "--out", str(out)], env=env, check=True,
+                       stdout=subprocess.DEVNULL)  # TRL prints every step's log dict
         runs[side].append(summarize(json.loads(out.read_text()), args.target))
         out.unlink()
         r = runs[side][-1]
