@@ -31,6 +31,23 @@ def test_greedy_cached_decode_matches_full_recompute_with_left_padding(tiny_mode
     assert out.finish_reasons == ["length", "length"]
 
 
+def test_sequences_still_running_after_others_stop_match_full_recompute(tiny_model, tokenizer):
+    """Greedy, with an end token that stops some sequences early: they leave the batch and its KV
+    cache, and every other sequence still decodes exactly what a full recompute gives."""
+    gen = HFGenerator(tiny_model, tokenizer)
+    prompts = _prompts(tokenizer, ["Compute 3+4.", "Question:\nCompute 12+5.\nAnswer:\n", "Q", "Compute 9*9."])
+    free = [_greedy_no_cache(tiny_model, p, 8) for p in prompts]
+    firsts = [f[1] for f in free]
+    end = max(set(firsts), key=firsts.count)  # the second token of at least one sequence
+    out = gen.generate(prompts, 1, SamplingParams(max_new_tokens=8, temperature=0.0, end_token_ids=(end,)), seed=0)
+    stopped = 0
+    for f, r, why in zip(free, out.response_ids, out.finish_reasons):
+        cut = f.index(end) + 1 if end in f else len(f)
+        assert r == f[:cut] and (why == "stop") == (end in f)
+        stopped += cut < len(f)
+    assert 1 <= stopped < len(prompts)
+
+
 def test_same_seed_same_samples_and_prompt_major_order(tiny_model, tokenizer):
     gen = HFGenerator(tiny_model, tokenizer)
     prompts = _prompts(tokenizer, ["Compute 1+1.", "Compute 2*3."])
