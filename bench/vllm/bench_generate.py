@@ -63,8 +63,10 @@ def child(side: str, args) -> dict:
     params = SamplingParams(args.max_tokens, spec.rollout.temperature, spec.rollout.top_p, spec.rollout.top_k,
                             tuple(spec.rollout.stop), end_token_ids(tok))
     load0 = os.getloadavg()[0]
+    arch = plan.architecture
     out: dict = {"side": side, "threads": torch.get_num_threads(), "load_before": load0,
-                 "params": sum(p.numel() for p in load_model(model_dir).parameters())}
+                 "params": sum(p.numel() for p in load_model(model_dir).parameters()),
+                 "head_size": arch.hidden_size // arch.num_heads}
     if side == "hf":
         gen = HFGenerator(load_model(model_dir).eval(), tok)
     else:
@@ -138,7 +140,8 @@ def main() -> None:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     loads = [x for rs in runs.values() for r in rs for x in (r["load_before"], r["load_after"])]
     results: dict = {"batch": {"prompts": args.prompts, "n": args.n, "max_new_tokens": args.max_tokens},
-                     "arch": args.arch, "params": runs["hf"][0]["params"], "threads": args.threads,
+                     "arch": args.arch, "params": runs["hf"][0]["params"],
+                     "head_size": runs["hf"][0]["head_size"], "threads": args.threads,
                      "rounds": args.rounds, "order": order, "pretrain_steps": args.pretrain_steps,
                      "machine": f"{platform.machine()}, {cpus} usable CPUs, shared", "torch": torch.__version__,
                      "load_min": min(loads), "load_max": max(loads)}
@@ -162,7 +165,7 @@ def main() -> None:
           f"during the runs), torch {results['torch']}, {args.threads} thread(s), run order {', '.join(order)}, "
           f"{args.calls} timed calls per run.",
           f"Batch: {args.prompts} prompts x {args.n} samples, <= {args.max_tokens} tokens, temperature 1; quickstart "
-          f"architecture{' with ' + ', '.join(args.arch) if args.arch else ''} (head size 32, "
+          f"architecture{' with ' + ', '.join(args.arch) if args.arch else ''} (head size {results['head_size']}, "
           f"{results['params'] / 1e6:.2f}M parameters), pretrain steps {args.pretrain_steps}.",
           "", "| generator | tokens (median) | tokens/s wall, median (range) | tokens per CPU s, median (range) |",
           "|---|---|---|---|",
