@@ -166,8 +166,10 @@ def test_length_sorted_micro_batches_give_the_same_log_probs_update_and_metrics(
             lp = tr.compute_log_probs(batch)
             batch["old_log_probs"] = lp + 0.2 * batch["response_mask"]  # ratios off 1: clipping
             batch["ref_log_probs"] = lp - 0.1
+            for group in tr.opt.param_groups:  # keep weights: compare the accumulated gradients
+                group["lr"] = 0.0
             metrics = tr.update(batch)
-            return lp, metrics, [p.detach().clone() for p in model.parameters()]
+            return lp, metrics, torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
         finally:
             TT.micro_batches = saved
 
@@ -179,5 +181,4 @@ def test_length_sorted_micro_batches_give_the_same_log_probs_update_and_metrics(
     for key in ("trainer/pg_loss", "trainer/entropy", "trainer/kl", "trainer/pg_clipfrac", "trainer/ppo_kl",
                 "trainer/grad_norm"):
         assert abs(m0[key] - m1[key]) < 1e-5 * max(1.0, abs(m0[key])), key
-    for p, q in zip(w0, w1):
-        assert torch.allclose(p, q, atol=1e-6)
+    assert torch.allclose(w0, w1, atol=1e-6, rtol=1e-4)
