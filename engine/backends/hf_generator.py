@@ -2,8 +2,10 @@
 
 A lean decode loop instead of `model.generate`: prompts are left-padded into one batch, the prompt
 is run once to fill the cache, then one token per step is sampled for every live sequence. Each
-sequence stops on its own (end token, stop string, or the length budget); the loop ends when all
-have stopped. Sampling uses a seeded `torch.Generator`, so a given seed reproduces the responses.
+sequence stops on its own (end token, stop string, or the length budget) and leaves the batch and
+its KV cache, so the later steps compute only the sequences still running; the loop ends when all
+have stopped. Sampling uses a seeded `torch.Generator` (one uniform number per sequence and step),
+so a given seed reproduces the responses.
 """
 
 from __future__ import annotations
@@ -21,8 +23,14 @@ from engine.core.tokens import end_token_ids  # noqa: F401  (re-exported: tests 
 from engine.modeling import cache_kwarg
 
 
-def sample_next(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> torch.Tensor:
-    """Draw one token per row of ``logits`` [B, V] (float) with temperature / top-k / top-p."""
+def sample_next(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator,
+                uniform: torch.Tensor | None = None) -> torch.Tensor:
+    """Draw one token per row of ``logits`` [B, V] (float) with temperature / top-k / top-p.
+
+    Each row's draw is the inverse CDF of its distribution at one uniform number, ``uniform`` [B]
+    (drawn from ``gen`` when not given): a row's token depends only on its own logits and its own
+    number, not on which other rows share the batch (the decode loop drops finished rows).
+    """
     if params.temperature <= 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / params.temperature
@@ -36,7 +44,13 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, gen: torch.Generat
         drop = (sorted_p.cumsum(-1) - sorted_p) >= params.top_p
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, idx, sorted_p)
-    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+    if uniform is None:
+        uniform = torch.rand(probs.shape[0], generator=gen, device=probs.device)
+    cdf = probs.cumsum(-1)
+    tok = torch.searchsorted(cdf, (uniform.to(cdf.dtype) * cdf[:, -1])[:, None], right=True).squeeze(-1)
+    # a number that rounds to the total mass: the last token with any probability
+    last = probs.shape[-1] - 1 - (probs > 0).flip(-1).to(torch.int8).argmax(-1)
+    return torch.minimum(tok, last)
 
 
 class HFGenerator:
@@ -113,8 +127,8 @@ class HFGenerator:
 
     def _generate_chunk(self, prompts: list[list[int]], n: int, params: SamplingParams,
                         gen: torch.Generator) -> tuple[list[list[int]], list[str], list[list[float]]]:
-        """Decode ``n`` samples of each prompt; the prompt is run once and its KV cache repeated n times.
-        Also returns each sampled token's log-prob after temperature (empty lists unless ``params.logprobs``)."""
+        """Decode ``n`` samples of each prompt; the prompt is run once and its KV cache repeated n times;
+        finished sequences leave the batch. Also returns each sampled token's log-prob after temperature (empty lists unless ``params.logprobs``)."""
         input_ids, attn = left_pad(prompts, self.pad_id)
         input_ids, attn = input_ids.to(self.device), attn.to(self.device)
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
@@ -126,7 +140,6 @@ class HFGenerator:
         out = torch.full((b, params.max_new_tokens), self.pad_id, dtype=torch.long, device=self.device)
         out_lp = torch.zeros((b, params.max_new_tokens), dtype=torch.float32, device=self.device)
         lengths = torch.zeros(b, dtype=torch.long, device=self.device)
-        done = torch.zeros(b, dtype=torch.bool, device=self.device)
         stopped = torch.zeros(b, dtype=torch.bool, device=self.device)
 
         res = self.model(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=True,
@@ -137,26 +150,33 @@ class HFGenerator:
         logits = res.logits[:, -1, :].repeat_interleave(n, dim=0)
         attn = attn.repeat_interleave(n, dim=0)
         next_pos = pos[:, -1:].repeat_interleave(n, dim=0) + 1
+        # the model's batch holds only the unfinished sequences: ``live`` maps its rows to the output rows
+        live = torch.arange(b, device=self.device)
         for t in range(params.max_new_tokens):
-            tok = sample_next(logits, params, gen)
-            tok = torch.where(done, torch.full_like(tok, self.pad_id), tok.to(self.device))
-            out[:, t] = tok
+            # one uniform number per output row and step, used or not: the samples do not depend on
+            # when finished rows leave the batch
+            uniform = None if params.temperature <= 0 else torch.rand(b, generator=gen, device=self.device)[live]
+            tok = sample_next(logits, params, gen, uniform).to(self.device)
+            out[live, t] = tok
             if params.logprobs:
                 scaled = logits.float() / params.temperature if params.temperature > 0 else logits.float()
-                out_lp[:, t] = torch.log_softmax(scaled, dim=-1).gather(-1, tok[:, None]).squeeze(-1)
-            lengths += (~done).long()
-            hit_end = torch.isin(tok, end_ids) & ~done
+                out_lp[live, t] = torch.log_softmax(scaled, dim=-1).gather(-1, tok[:, None]).squeeze(-1)
+            lengths[live] += 1
+            hit_end = torch.isin(tok, end_ids)
             if stops:
-                for i in (~done & ~hit_end).nonzero().flatten().tolist():
-                    lo = max(0, t + 1 - stop_window)
+                for j in (~hit_end).nonzero().flatten().tolist():
+                    i, lo = int(live[j]), max(0, t + 1 - stop_window)
                     tail = self.tokenizer.decode(out[i, lo:t + 1].tolist(), skip_special_tokens=False)
                     if any(s in tail for s in stops):
-                        hit_end[i] = True
-            stopped |= hit_end
-            done |= hit_end
-            if bool(done.all()) or t + 1 == params.max_new_tokens:
+                        hit_end[j] = True
+            stopped[live[hit_end]] = True
+            if bool(hit_end.all()) or t + 1 == params.max_new_tokens:
                 break
-            attn = torch.cat([attn, torch.ones((b, 1), dtype=attn.dtype, device=self.device)], dim=1)
+            if bool(hit_end.any()):  # finished sequences leave the batch (and the KV cache)
+                keep = (~hit_end).nonzero().flatten()
+                cache.batch_select_indices(keep)
+                live, tok, attn, next_pos = live[keep], tok[keep], attn[keep], next_pos[keep]
+            attn = torch.cat([attn, torch.ones((len(live), 1), dtype=attn.dtype, device=self.device)], dim=1)
             res = self.model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos,
                              use_cache=True, **{self._cache_kw: cache})
             cache = getattr(res, self._cache_kw)

@@ -32,9 +32,10 @@ def response_logits(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -
 
     Flat layout: ``input_ids`` is [B, P + T] (left-padded prompt, right-padded response); the logits
     at positions P-1 .. P+T-2 predict response tokens 0 .. T-1, and only the last T+1 positions reach
-    the LM head. Grouped layout (``prompt_ids`` [G, P] present, B = G * n): the n responses of a
-    prompt share one forward pass over the prompt, whose KV cache (with its autograd graph) is
-    repeated n times; the responses then run on top of it. Same maths, far fewer prompt tokens.
+    the LM head. Grouped layout (``prompt_ids`` [G, P] present, B = G * n, or ``prompt_index`` [B]
+    naming each response's prompt row): the responses of a prompt share one forward pass over the
+    prompt, whose KV cache (with its autograd graph) is repeated for each of them; the responses then
+    run on top of it. Same maths, far fewer prompt tokens.
     """
     t = batch["responses"].shape[1]
     if "prompt_ids" in batch and not getattr(model, "is_gradient_checkpointing", False):
@@ -45,20 +46,24 @@ def response_logits(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -
 
 
 def _grouped_response_logits(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """``prompt_index`` [B] (optional): the row of ``prompt_ids`` each response continues (default: the
+    n consecutive responses of each prompt, B = G * n)."""
     prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
     responses, rmask = batch["responses"], batch["response_mask"]
     g, b, t = prompt_ids.shape[0], responses.shape[0], responses.shape[1]
-    n = b // g
+    index = batch.get("prompt_index")
+    if index is None:
+        index = torch.arange(g, device=prompt_ids.device).repeat_interleave(b // g)
     kw = cache_kwarg(model)
     ppos = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=ppos, use_cache=True, logits_to_keep=1)
-    first = out.logits[:, -1:, :].float().repeat_interleave(n, dim=0)  # predicts response token 0
+    first = out.logits[:, -1:, :].float()[index]  # predicts response token 0
     if t == 1:
         return first
     cache = getattr(out, kw)
-    cache.batch_repeat_interleave(n)
-    attn = torch.cat([prompt_mask.repeat_interleave(n, dim=0), rmask[:, :-1].to(prompt_mask.dtype)], dim=1)
-    start = prompt_mask.sum(-1).repeat_interleave(n)[:, None]
+    cache.batch_select_indices(index)  # each response's copy of its prompt's KV cache (and its graph)
+    attn = torch.cat([prompt_mask[index], rmask[:, :-1].to(prompt_mask.dtype)], dim=1)
+    start = prompt_mask.sum(-1)[index][:, None]
     pos = start + torch.arange(t - 1, device=start.device)[None, :]
     rest = model(input_ids=responses[:, :-1], attention_mask=attn, position_ids=pos, use_cache=True, **{kw: cache})
     return torch.cat([first, rest.logits.float()], dim=1)
@@ -85,14 +90,94 @@ def bf16_autocast(enabled: bool):
 @torch.no_grad()
 def map_micro_batches(fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], batch: Mapping[str, Any], size: int,
                       device: torch.device, bf16: bool) -> torch.Tensor:
-    """``fn`` over micro-batches of at most ``size`` sequences (each moved to ``device``; no grad; bf16
-    autocast when ``bf16``), the results concatenated on CPU."""
-    parts = []
-    for mb in split_rows(batch, size):
+    """``fn`` over micro-batches of at most ``size`` sequences (`micro_batches`: grouped by response
+    length, trimmed to their longest response; each moved to ``device``; no grad; bf16 autocast when
+    ``bf16``), the per-token results put back in batch order on CPU, [B, T, ...] (0 past each
+    micro-batch's longest response, where every response is padding)."""
+    b, t = batch["responses"].shape
+    out = None
+    for rows, mb in micro_batches(batch, size):
         mb = {k: v.to(device) for k, v in mb.items()}
         with bf16_autocast(bf16):
-            parts.append(fn(mb).cpu())
-    return torch.cat(parts)
+            part = fn(mb).cpu()
+        if out is None:
+            out = part.new_zeros((b, t) + tuple(part.shape[2:]))
+        out[rows, :part.shape[1]] = part
+    return out
+
+
+#: A micro-batch's fixed cost (its forward and backward calls) in padded response tokens, as a share of
+#: the whole batch's: `micro_batches` splits off a shorter group only when that saves more than this.
+SPLIT_COST_SHARE = 0.125
+
+
+def length_parts(lengths: list[int], cost: float) -> list[int]:
+    """Where to cut units sorted by length (longest first) into parts that each pad to their own first
+    (longest) unit: the part starts, from 0, minimising sum(units x longest length) + ``cost`` per
+    extra part. ``lengths``: one per unit (tokens), non-increasing. Cuts fall only where the length
+    changes, so the search is over the distinct lengths."""
+    u = len(lengths)
+    if u == 0:
+        return []
+    starts = [0] + [k for k in range(1, u) if lengths[k] != lengths[k - 1]]
+    ends = starts[1:] + [u]
+    d = len(starts)
+    best = [0.0] + [float("inf")] * d  # best[j]: cheapest cut of the units before starts[j] (ends[j-1])
+    back = [0] * (d + 1)
+    for j in range(1, d + 1):
+        for i in range(j):  # the last part holds runs i..j-1 and pads to lengths[starts[i]]
+            c = best[i] + (ends[j - 1] - starts[i]) * lengths[starts[i]] + (cost if i else 0.0)
+            if c < best[j]:
+                best[j], back[j] = c, i
+    cuts, j = [], d
+    while j > 0:
+        cuts.append(starts[back[j]])
+        j = back[j]
+    return sorted(cuts)
+
+
+def micro_batches(batch: Mapping[str, Any], size: int) -> list[tuple[torch.Tensor, dict[str, Any]]]:
+    """The batch's micro-batches of at most ``size`` sequences, each trimmed to its longest response:
+    ``(rows, chunk)`` with ``rows`` the batch rows it holds.
+
+    Responses are padded to the longest in the batch, and computing padding costs as much as real
+    tokens. So the sequences are ordered by response length, cut where a shorter part saves more
+    padding than a micro-batch costs (`length_parts`, `SPLIT_COST_SHARE`) and then into at most
+    ``size`` sequences, and each chunk's per-token tensors are cut to its own longest response. In the
+    grouped layout a chunk carries the prompts its sequences continue (`GROUP_KEYS`) and
+    ``prompt_index``, each sequence's row among them. Padding never enters a loss or a metric (every
+    reduction is masked), so only the work changes.
+    """
+    resp = batch["responses"]
+    rows, t = resp.shape
+    lengths = batch["response_mask"].sum(1).long() if "response_mask" in batch else torch.full((rows,), t)
+    groups = batch["prompt_ids"].shape[0] if "prompt_ids" in batch else 0
+    n = rows // groups if groups and rows % groups == 0 else 0
+    order = torch.sort(lengths, descending=True, stable=True).indices
+    sorted_len = lengths[order].tolist()
+    cuts = length_parts(sorted_len, SPLIT_COST_SHARE * rows * max(1, sorted_len[0] if sorted_len else 1))
+    bounds = cuts + [rows]
+    full = batch["input_ids"].shape[1] if "input_ids" in batch else None
+    out = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        for a in range(lo, hi, max(1, size)):
+            idx = order[a:min(a + size, hi)]
+            keep = max(1, int(lengths[idx].max()))
+            chunk: dict[str, Any] = {}
+            for k, v in batch.items():
+                if not isinstance(v, torch.Tensor) or k in GROUP_KEYS or k == "prompt_index":
+                    continue
+                v = v[idx]
+                if v.dim() >= 2 and v.shape[1] == t:
+                    v = v[:, :keep]
+                elif v.dim() >= 2 and full is not None and v.shape[1] == full:
+                    v = v[:, :full - t + keep]
+                chunk[k] = v
+            if n:
+                used, chunk["prompt_index"] = torch.unique(idx // n, return_inverse=True)
+                chunk.update({k: batch[k][used] for k in GROUP_KEYS if k in batch})
+            out.append((idx, chunk))
+    return out
 
 
 class TorchTrainer:
@@ -186,7 +271,7 @@ class TorchTrainer:
                 mini["loss_weights"] = w
                 norm = float(c.sum().clamp(min=1))
                 self.opt.zero_grad(set_to_none=True)
-                for mb in split_rows(mini, self.sizes.micro_batch):
+                for _, mb in micro_batches(mini, self.sizes.micro_batch):
                     m = mb["response_mask"]
                     with self._autocast():
                         logits = response_logits(self.model, mb)

@@ -12,6 +12,7 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -177,19 +178,23 @@ def batch_indices(step: int, batch_size: int, n: int, seed: int, shuffle: bool =
     """Row indices of RL step ``step`` (0-based): consecutive slices of per-epoch permutations.
 
     A pure function of its arguments, so a resumed run draws exactly the batches the uninterrupted
-    run would have. Epoch ``e`` uses the permutation seeded by ``(seed, e)``.
+    run would have. Epoch ``e`` uses the permutation seeded by ``(seed, e)`` (computed once per epoch,
+    not once per step: `_epoch_order`).
     """
     if n <= 0:
         raise ValueError("no prompts to train on")
     out = []
     pos = step * batch_size
-    perms: dict[int, list[int]] = {}
     for p in range(pos, pos + batch_size):
         epoch, i = divmod(p, n)
-        if epoch not in perms:
-            order = list(range(n))
-            if shuffle:
-                random.Random(f"{seed}:{epoch}").shuffle(order)
-            perms[epoch] = order
-        out.append(perms[epoch][i])
+        out.append(_epoch_order(n, seed, epoch, shuffle)[i])
     return out
+
+
+@lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> tuple[int, ...]:
+    """The row order of one epoch (a permutation of ``range(n)`` seeded by ``(seed, epoch)``)."""
+    order = list(range(n))
+    if shuffle:
+        random.Random(f"{seed}:{epoch}").shuffle(order)
+    return tuple(order)

@@ -31,6 +31,23 @@ def test_greedy_cached_decode_matches_full_recompute_with_left_padding(tiny_mode
     assert out.finish_reasons == ["length", "length"]
 
 
+def test_sequences_still_running_after_others_stop_match_full_recompute(tiny_model, tokenizer):
+    """Greedy, with an end token that stops some sequences early: they leave the batch and its KV
+    cache, and every other sequence still decodes exactly what a full recompute gives."""
+    gen = HFGenerator(tiny_model, tokenizer)
+    prompts = _prompts(tokenizer, ["Compute 3+4.", "Question:\nCompute 12+5.\nAnswer:\n", "Q", "Compute 9*9."])
+    free = [_greedy_no_cache(tiny_model, p, 8) for p in prompts]
+    firsts = [f[1] for f in free]
+    end = max(set(firsts), key=firsts.count)  # the second token of at least one sequence
+    out = gen.generate(prompts, 1, SamplingParams(max_new_tokens=8, temperature=0.0, end_token_ids=(end,)), seed=0)
+    stopped = 0
+    for f, r, why in zip(free, out.response_ids, out.finish_reasons):
+        cut = f.index(end) + 1 if end in f else len(f)
+        assert r == f[:cut] and (why == "stop") == (end in f)
+        stopped += cut < len(f)
+    assert 1 <= stopped < len(prompts)
+
+
 def test_same_seed_same_samples_and_prompt_major_order(tiny_model, tokenizer):
     gen = HFGenerator(tiny_model, tokenizer)
     prompts = _prompts(tokenizer, ["Compute 1+1.", "Compute 2*3."])
@@ -62,10 +79,13 @@ def test_stop_string(tiny_model, tokenizer):
     gen = HFGenerator(tiny_model, tokenizer)
     prompts = _prompts(tokenizer, ["Compute 1+1."])
     free = gen.generate(prompts, 1, SamplingParams(max_new_tokens=10, temperature=1.0), seed=3)
-    stop = tokenizer.decode(free.response_ids[0][3:5])
+    ids, special = free.response_ids[0], set(tokenizer.all_special_ids)
+    # two sampled tokens that are text (a special token is left out of the decoded text)
+    i = next(i for i in range(1, len(ids) - 1) if ids[i] not in special and ids[i + 1] not in special)
+    stop = tokenizer.decode(ids[i:i + 2])
     out = gen.generate(prompts, 1, SamplingParams(max_new_tokens=10, temperature=1.0, stop=(stop,)), seed=3)
     assert out.finish_reasons == ["stop"]
-    assert stop in out.texts[0] and len(out.response_ids[0]) <= 5
+    assert stop in out.texts[0] and len(out.response_ids[0]) <= i + 2
 
 
 def test_end_tokens_come_from_the_tokenizer(tokenizer):
@@ -82,6 +102,22 @@ def test_top_p_and_top_k_keep_the_best_token():
         draws = {int(sample_next(logits, params, g)) for _ in range(20)}
         assert draws == {1}
     assert int(sample_next(logits, SamplingParams(4, temperature=0.0), g)) == 1
+
+
+def test_finished_sequences_leaving_the_batch_change_no_sample(tiny_model, tokenizer):
+    """Each sequence's tokens depend on its own draws only: with an end token that stops some samples
+    early (they leave the batch), every other sample is the same as without it, token for token."""
+    gen = HFGenerator(tiny_model, tokenizer)
+    prompts = _prompts(tokenizer, ["Compute 1+1.", "Compute 5+5.", "Compute 7*3."])
+    free = gen.generate(prompts, 4, SamplingParams(max_new_tokens=12, temperature=1.0), seed=5)
+    end = free.response_ids[1][1]  # the second token of one sample ends every sample that draws it
+    out = gen.generate(prompts, 4, SamplingParams(max_new_tokens=12, temperature=1.0, end_token_ids=(end,)), seed=5)
+    early = 0
+    for a, b in zip(free.response_ids, out.response_ids):
+        cut = a.index(end) + 1 if end in a else len(a)
+        assert b == a[:cut]
+        early += cut < len(a)
+    assert early >= 1
 
 
 def test_shared_prompt_cache_gives_the_same_greedy_samples(tiny_model, tokenizer):

@@ -159,3 +159,60 @@ def test_on_policy_update_reports_the_generator_gap(tiny_model, tokenizer):
     assert abs(got["rollout/token_mult_prob_error"] - torch.exp(torch.tensor(0.1)).item()) < 1e-4
     assert abs(got["rollout/kl"] - 0.1) < 1e-4 and abs(got["rollout/max_abs_diff"] - 0.1) < 1e-4
     assert got["trainer/ppo_kl"] == 0.0 and got["trainer/pg_clipfrac"] == 0.0  # ratio 1
+
+
+def test_length_parts_cut_where_the_padding_saved_beats_the_cost():
+    from engine.backends.torch_trainer import length_parts
+
+    # one part pads 10 units to 20 tokens: 200; cut after the two 20s: 2 x 20 + 8 x 8 + 30 = 134
+    assert length_parts([20, 20, 8, 8, 8, 8, 8, 8, 8, 8], 30.0) == [0, 2]
+    assert length_parts([20, 20, 8, 8, 8, 8, 8, 8, 8, 8], 100.0) == [0]  # 2 x 20 + 64 + 100 > 200
+    assert length_parts([32, 10, 10, 10, 10, 10, 10, 10], 0.0) == [0, 1]
+    assert length_parts([5, 5, 5], 0.0) == [0] and length_parts([], 1.0) == []
+
+
+def test_length_sorted_micro_batches_give_the_same_log_probs_update_and_metrics(tiny_model, tokenizer):
+    """Micro-batches ordered by response length and trimmed to their longest response (the grouped
+    layout, each sequence with its own prompt's cache) change the work, not the numbers."""
+    import engine.backends.torch_trainer as TT
+    from engine.runtime.batch import pack_groups
+
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in ["Compute 1+2.", "Q", "Compute 9*9."]]
+    responses = [[5] * 12, [6], [7, 8], [9, 10, 11], [12] * 11, [13], [14, 15], [16], [17] * 10]
+    base = pack_groups(prompts, responses, 3, tokenizer.pad_token_id)
+    base["advantages"] = torch.linspace(-1, 1, 9)[:, None] * base["response_mask"]
+    chunks = TT.micro_batches(base, 9)
+    assert [c["responses"].shape for _, c in chunks] == [(3, 12), (6, 3)]  # the long three, then the rest
+    assert sorted(torch.cat([rows for rows, _ in chunks]).tolist()) == list(range(9))
+    for rows, c in chunks:
+        assert torch.equal(c["prompt_ids"][c["prompt_index"]], base["prompt_ids"][rows // 3])
+    assert [c["responses"].shape[0] for _, c in TT.micro_batches(base, 2)] == [2, 1, 2, 2, 2]  # at most 2 each
+
+    def run(split):
+        saved = TT.micro_batches
+        if not split:  # one chunk in batch order, untrimmed: the arithmetic before the split
+            TT.micro_batches = lambda b, size: [(torch.arange(b["responses"].shape[0]), dict(b))]
+        try:
+            model = copy.deepcopy(tiny_model)
+            tr = TorchTrainer(model, OptimConfig(lr=1e-2), LossConfig(kl_coef=0.1, entropy_coef=0.01),
+                              BatchConfig(mini_batch=9, micro_batch=9, log_prob_micro_batch=9))
+            batch = dict(base)
+            lp = tr.compute_log_probs(batch)
+            batch["old_log_probs"] = lp + 0.2 * batch["response_mask"]  # ratios off 1: clipping
+            batch["ref_log_probs"] = lp - 0.1
+            for group in tr.opt.param_groups:  # keep weights: compare the accumulated gradients
+                group["lr"] = 0.0
+            metrics = tr.update(batch)
+            return lp, metrics, torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        finally:
+            TT.micro_batches = saved
+
+    (lp0, m0, w0), (lp1, m1, w1) = run(False), run(True)
+    mask = base["response_mask"].bool()
+    assert torch.allclose(lp0[mask], lp1[mask], atol=1e-5)
+    short = chunks[1][0]
+    assert torch.all(lp1[short, 3:] == 0)  # the short sequences' padding past 3 tokens is not computed
+    for key in ("trainer/pg_loss", "trainer/entropy", "trainer/kl", "trainer/pg_clipfrac", "trainer/ppo_kl",
+                "trainer/grad_norm"):
+        assert abs(m0[key] - m1[key]) < 1e-5 * max(1.0, abs(m0[key])), key
+    assert torch.allclose(w0, w1, atol=1e-6, rtol=1e-4)
