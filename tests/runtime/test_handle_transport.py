@@ -34,7 +34,9 @@ def _receive_in_child(channel, out) -> None:
     for bucket in rx.receive():
         got.append([(n, t.clone(), t.untyped_storage().data_ptr()) for n, t in bucket])
     rx.close()
-    out.put([[(n, t) for n, t, _ in b] for b in got])
+    # by value (plain pickle bytes): a tensor put on a multiprocessing queue travels as a shared-memory fd
+    # that this process must still serve when the parent reads it, and this process is about to exit
+    out.put(pickle.dumps([[(n, t) for n, t, _ in b] for b in got]))
 
 
 @pytest.mark.slow  # a spawned process imports torch: minutes on a busy 2-core machine
@@ -46,7 +48,7 @@ def test_buckets_reach_another_process_by_handle_intact():
     child.start()
     try:
         assert sender.send(_buckets()) == 7
-        got = out.get(timeout=300)
+        got = pickle.loads(out.get(timeout=300))
     finally:
         child.join(timeout=60)
         sender.close()
