@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from engine.core.atomic import atomic_path
 
@@ -156,30 +156,23 @@ class EvalCollector:
 
 # -- reading ----------------------------------------------------------------------------------------
 
-def step_files(run_dir: str | Path) -> dict[int, Path]:
-    """``{step: file}`` of the saved RL-step rollouts of ``run_dir``."""
+def _saved(run_dir: str | Path, pattern: re.Pattern, key: Callable[[re.Match], Any]) -> dict:
+    """``{key(match): file}`` of the files in ``run_dir/rollouts`` whose names match ``pattern``, sorted."""
     d = Path(run_dir) / "rollouts"
     if not d.is_dir():
         return {}
-    out = {}
-    for p in d.iterdir():
-        m = _STEP_RE.match(p.name)
-        if m:
-            out[int(m.group(1))] = p
-    return dict(sorted(out.items()))
+    found = {key(m): p for p in d.iterdir() if (m := pattern.match(p.name))}
+    return dict(sorted(found.items()))
+
+
+def step_files(run_dir: str | Path) -> dict[int, Path]:
+    """``{step: file}`` of the saved RL-step rollouts of ``run_dir``."""
+    return _saved(run_dir, _STEP_RE, lambda m: int(m.group(1)))
 
 
 def eval_files(run_dir: str | Path) -> dict[tuple[int, str], Path]:
     """``{(step, set name): file}`` of the saved evaluation samples of ``run_dir``."""
-    d = Path(run_dir) / "rollouts"
-    if not d.is_dir():
-        return {}
-    out = {}
-    for p in d.iterdir():
-        m = _EVAL_RE.match(p.name)
-        if m:
-            out[(int(m.group(1)), m.group(2))] = p
-    return dict(sorted(out.items()))
+    return _saved(run_dir, _EVAL_RE, lambda m: (int(m.group(1)), m.group(2)))
 
 
 def read_rollouts(path: str | Path) -> list[dict]:
