@@ -77,6 +77,14 @@ def check_shared_paths(paths: Sequence[str]) -> None:
             "run folder must be on a filesystem every node mounts at the same path (see README, Cluster prerequisites)")
 
 
+def _drain(stream: Any) -> int:
+    """Run a weight stream to its end keeping nothing (a rank that feeds no generator still takes part in
+    the stream's gathers); 0 tensors sent."""
+    for _ in stream:
+        pass
+    return 0
+
+
 def _prepare(setup: WorkerSetup, network_interface: Optional[str] = None) -> None:
     """Per-process set-up before any backend: threads, the network interface of gloo/NCCL, the shared-path check."""
     if setup.threads and setup.device == "cpu":
@@ -240,16 +248,13 @@ class TrainerWorker(GeneratorCalls):
         gathers TP shards and PP stages). ``skip``: names left out on purpose (tests of the parity
         gate). Returns the tensors the generator received (0 on ranks without one)."""
         names = self.trainer.weight_names()
-        stream = self.trainer.weight_stream(bucket_bytes)
-        if skip:
-            stream = ([(n, t) for n, t in bucket if n not in skip] for bucket in stream)
+        stream = self._stream(bucket_bytes, skip)
         if self.generator is None:
-            for _ in stream:  # take part in the collectives, keep nothing
-                pass
-            return 0
+            return _drain(stream)
         return self.generator.update_weights(stream, expected=None if skip else names)
 
     def _stream(self, bucket_bytes: int, skip: Sequence[str] = ()) -> Any:
+        """The trainer's weight stream without the names in ``skip``."""
         stream = self.trainer.weight_stream(bucket_bytes)
         if skip:
             stream = ([(n, t) for n, t in bucket if n not in skip] for bucket in stream)
@@ -273,9 +278,7 @@ class TrainerWorker(GeneratorCalls):
         Returns the tensors sent (0 on ranks that feed no worker)."""
         stream = self._stream(bucket_bytes, skip)
         if getattr(self, "handles", None) is None:
-            for _ in stream:
-                pass
-            return 0
+            return _drain(stream)
         return self.handles.send(stream)
 
     @dispatch(Mode.ALL)
@@ -324,9 +327,7 @@ class TrainerWorker(GeneratorCalls):
         every generator worker. Returns the tensors sent (0 on other ranks)."""
         stream = self.trainer.weight_stream(bucket_bytes)
         if self.rank != 0:
-            for _ in stream:
-                pass
-            return 0
+            return _drain(stream)
         return self.broadcast.send(stream)
 
     @dispatch(Mode.ALL)
