@@ -18,7 +18,7 @@ import torch
 from engine.backends.base import Generation, SamplingParams, WeightBucket
 from engine.backends.manifest import check_manifest
 from engine.core.batch import left_pad
-from engine.core.generation import stop_window as tail_tokens
+from engine.core.generation import stops_at
 from engine.core.tokens import end_token_ids  # noqa: F401  (re-exported: tests and benches import it here)
 from engine.modeling import cache_kwarg
 
@@ -135,7 +135,7 @@ class HFGenerator:
         b = len(prompts) * n
         end_ids = torch.tensor(sorted(set(params.end_token_ids)) or [-1], device=self.device)
         stops = tuple(params.stop)
-        stop_window = tail_tokens(stops)  # tokens of tail to decode (the rule: `engine.core.generation.stops_at`)
+        decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False)  # noqa: E731  (special tokens kept)
 
         out = torch.full((b, params.max_new_tokens), self.pad_id, dtype=torch.long, device=self.device)
         out_lp = torch.zeros((b, params.max_new_tokens), dtype=torch.float32, device=self.device)
@@ -165,9 +165,7 @@ class HFGenerator:
             hit_end = torch.isin(tok, end_ids)
             if stops:
                 for j in (~hit_end).nonzero().flatten().tolist():
-                    i, lo = int(live[j]), max(0, t + 1 - stop_window)
-                    tail = self.tokenizer.decode(out[i, lo:t + 1].tolist(), skip_special_tokens=False)
-                    if any(s in tail for s in stops):
+                    if stops_at(out[int(live[j])], t, stops, decode):
                         hit_end[j] = True
             stopped[live[hit_end]] = True
             if bool(hit_end.all()) or t + 1 == params.max_new_tokens:
