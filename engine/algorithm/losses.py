@@ -169,12 +169,21 @@ def mismatch_metrics(trainer_log_probs: torch.Tensor, rollout_log_probs: torch.T
     1.01-1.04 is typical in bf16); kl: mean of logp_rollout - logp_trainer, the k1 estimate of
     KL(rollout || trainer) from the rollout's own samples (nats); max_abs_diff: the largest gap (nats).
     """
-    diff = (trainer_log_probs - rollout_log_probs).float()
+    mult, kl, gap = mismatch_per_token(trainer_log_probs, rollout_log_probs)
     m = mask.float()
     n = m.sum().clamp(min=1)
-    return {"token_mult_prob_error": float((torch.exp(diff.abs()) * m).sum() / n),
-            "kl": float((-diff * m).sum() / n),
-            "max_abs_diff": float((diff.abs() * m).max()) if bool(m.any()) else 0.0}
+    return {"token_mult_prob_error": float((mult * m).sum() / n),
+            "kl": float((kl * m).sum() / n),
+            "max_abs_diff": float((gap * m).max()) if bool(m.any()) else 0.0}
+
+
+def mismatch_per_token(trainer_log_probs: torch.Tensor, rollout_log_probs: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The per-token terms of `mismatch_metrics`, [B, T] each (float32): exp(|d|), -d and |d|, with
+    d = logp_trainer - logp_rollout (nats). Trainers reduce them over their own tokens and ranks."""
+    diff = (trainer_log_probs - rollout_log_probs).float()
+    gap = diff.abs()
+    return torch.exp(gap), -diff, gap
 
 
 def policy_loss_per_token(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,

@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
-from engine.algorithm.losses import (aggregate, entropy_from_logits, loss_weights, masked_mean, policy_loss_per_token,
-                                     token_log_probs, value_loss_per_token)
+from engine.algorithm.losses import (aggregate, entropy_from_logits, loss_weights, masked_mean, mismatch_per_token,
+                                     policy_loss_per_token, token_log_probs, value_loss_per_token)
 from engine.backends.base import WeightBucket
 from engine.backends.config import BatchConfig, LossConfig, OptimConfig  # noqa: F401  (re-exported)
 from engine.backends.device import release_cached
@@ -291,10 +291,10 @@ class TorchTrainer:
                         add_tokens("trainer/pg_clipfrac", clipped, m)
                         add_tokens("trainer/ppo_kl", old - logp, m)
                         if "old_log_probs" not in mb and "rollout_log_probs" in mb:  # on-policy: logp is pi_old
-                            gap = (logp - mb["rollout_log_probs"]).float()
-                            add_tokens("rollout/token_mult_prob_error", gap.abs().exp(), m)
-                            add_tokens("rollout/kl", -gap, m)
-                            worst = float((gap.abs() * m).max()) if bool(m.any()) else 0.0
+                            mult, kl_gap, gap = mismatch_per_token(logp, mb["rollout_log_probs"])
+                            add_tokens("rollout/token_mult_prob_error", mult, m)
+                            add_tokens("rollout/kl", kl_gap, m)
+                            worst = float((gap * m).max()) if bool(m.any()) else 0.0
                             sums["rollout/max_abs_diff"] = max(sums.get("rollout/max_abs_diff", 0.0), worst)
                             counts["rollout/max_abs_diff"] = 1.0
                 gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_cfg.grad_clip)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
 
 import torch
 
-from engine.algorithm.losses import loss_weights, policy_loss_per_token
+from engine.algorithm.losses import loss_weights, mismatch_per_token, policy_loss_per_token
 from engine.backends.base import WeightBucket
 from engine.backends.config import BatchConfig, LossConfig, OptimConfig, from_plan
 from engine.backends.device import release_cached
@@ -277,8 +277,8 @@ class MegatronTrainer:
         with torch.no_grad():
             parts = [(pg * m).sum(), (ent * m).sum(), (clipped * m).sum(), ((old - logp) * m).sum(), (kl * m).sum()]
             if "old_log_probs" not in mb and "rollout_log_probs" in mb:  # on-policy: logp is pi_old
-                gap = (logp - mb["rollout_log_probs"]).float()
-                parts += [(gap.abs().exp() * m).sum(), (-gap * m).sum(), (gap.abs() * m).max()]
+                mult, kl_gap, gap = mismatch_per_token(logp, mb["rollout_log_probs"])
+                parts += [(mult * m).sum(), (kl_gap * m).sum(), (gap * m).max()]
             else:
                 parts += [torch.zeros((), device=m.device)] * 3
             stats = torch.stack([*parts, m.sum()])
