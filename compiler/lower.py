@@ -16,8 +16,9 @@ from compiler.errors import Problem
 from compiler.placement import (BASE_MFU, DECODE_BW_EFF, FP8_SPEEDUP, HOST_BROADCAST_BW, Candidate, Inputs, SearchResult,
                                 choice_notes, search, sync_parts)
 from compiler.mesh import coords
-from compiler.plan import (BundlePlan, DevicePlan, Estimates, MeshCoords, ObjectivePlan, OffloadPlan, Plan, RolloutPlan,
-                           TrainerPlan, WeightSyncPlan)
+from compiler.plan import (BundlePlan, DevicePlan, Estimates, EvaluationPlan, MeshCoords, ObjectivePlan, OffloadPlan,
+                           OptimPlan, Plan, RewardPlan, RolloutPlan, SamplingPlan, SchedulePlan, TrainerPlan,
+                           WeightSyncPlan)
 from compiler.rules import check_spec, fixed_size, loss_batch_problems
 from compiler.sync_cost import HANDLE_BUFFERS, broadcast_seconds, handle_buffer_bytes, sleep_level, tree_rounds
 
@@ -45,7 +46,7 @@ def lower(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str] = ())
     if spec.cluster.accelerator == "cpu":
         return _cpu_plan(spec, arch, sources, problems)
     base = dict(spec=spec, sources=list(sources), architecture=arch, accelerator="gpu", placement=spec.placement,
-                nodes=spec.cluster.nodes, gpus_per_node=spec.cluster.gpus_per_node, objective=objective_plan(spec))
+                nodes=spec.cluster.nodes, gpus_per_node=spec.cluster.gpus_per_node, **settings(spec))
     params_b = _r(M.total_params(arch) / 1e9, 6)
     if problems:
         return Plan(**base, feasible=False, reasons=_reasons(problems),
@@ -76,11 +77,76 @@ def resolved_loss_agg(spec: ExperimentSpec) -> str:
 
 
 def objective_plan(spec: ExperimentSpec) -> ObjectivePlan:
-    """The objective both trainers execute: log-probs and entropy at the rollout temperature (the
-    policy that sampled), and the resolved loss aggregation with its constants."""
+    """The objective both trainers execute: the advantage estimator, log-probs and entropy at the
+    rollout temperature (the policy that sampled), the loss terms, and the resolved aggregation."""
     a = spec.algorithm
-    return ObjectivePlan(temperature=spec.rollout.temperature, loss_agg=resolved_loss_agg(spec),
-                         loss_micro_batch=a.loss_micro_batch, max_response_length=spec.data.max_response_length)
+    return ObjectivePlan(advantage=a.advantage, norm_eps=a.norm_eps, gamma=a.gamma, lam=a.lam,
+                         temperature=spec.rollout.temperature, clip_low=a.clip_low, clip_high=a.clip_high,
+                         kl_coef=a.kl_coef, kl_estimator=a.kl_estimator, kl_clamp=a.kl_clamp,
+                         entropy_coef=a.entropy_coef, rollout_correction=a.rollout_correction, tis_cap=a.tis_cap,
+                         loss_agg=resolved_loss_agg(spec), loss_micro_batch=a.loss_micro_batch,
+                         max_response_length=spec.data.max_response_length)
+
+
+def schedule_plan(spec: ExperimentSpec) -> SchedulePlan:
+    """The run loop's schedule. ``on_policy``: one optimizer step per batch, so the old policy is
+    the one being updated and no old log-prob pass is needed; ``parity_gate``: the step-0 check of
+    the generator's log-probs against the trainer's, where they come from different code (vLLM) or
+    enter the loss (TIS)."""
+    a, d, c = spec.algorithm, spec.data, spec.checkpoint
+    return SchedulePlan(
+        seed=spec.seed, total_steps=spec.trainer.total_steps, prompts_per_step=d.train_batch_size,
+        samples_per_prompt=spec.rollout.n, shuffle=d.shuffle, mini_batch_sequences=a.ppo_mini_batch_size * spec.rollout.n,
+        epochs=a.ppo_epochs, on_policy=a.ppo_mini_batch_size >= d.train_batch_size and a.ppo_epochs == 1,
+        reference=a.kl_coef > 0, critic=a.advantage == "gae",
+        parity_gate=spec.rollout.backend == "vllm" or a.rollout_correction == "tis",
+        parity_threshold=spec.rollout.parity_threshold, min_pass_rate=d.min_pass_rate, max_pass_rate=d.max_pass_rate,
+        checkpoint_every=c.every, keep_checkpoints=c.keep_last, export_hf=c.export_hf)
+
+
+def _stops(spec: ExperimentSpec) -> list[str]:
+    """model.stop then rollout.stop, first occurrence kept."""
+    return list(dict.fromkeys([*spec.model.stop, *spec.rollout.stop]))
+
+
+def sampling_plan(spec: ExperimentSpec) -> SamplingPlan:
+    """The rollout's sampling: the training response length, the rollout's temperature and filters."""
+    r = spec.rollout
+    return SamplingPlan(max_tokens=spec.data.max_response_length, temperature=r.temperature, top_p=r.top_p,
+                        top_k=r.top_k, stop=_stops(spec))
+
+
+def evaluation_plan(spec: ExperimentSpec) -> EvaluationPlan:
+    """The evaluation's schedule and sampling: its own response length (the recipe: up to 16K; the
+    compiler sizes the generator's max_model_len for it), the RL checkpoints' temperature, and the
+    base model's (greedy by default, as the recipe evaluates it)."""
+    e = spec.evaluation
+
+    def at(temperature: float) -> SamplingPlan:
+        return SamplingPlan(max_tokens=e.max_response_length, temperature=temperature, top_p=e.top_p, top_k=-1,
+                            stop=_stops(spec))
+
+    return EvaluationPlan(every=e.every, before_training=e.before_training, batch_size=e.batch_size, samples=e.samples,
+                          samples_by_benchmark=dict(e.samples_by_benchmark), sampling=at(e.temperature),
+                          base_sampling=at(e.base_temperature))
+
+
+def settings(spec: ExperimentSpec) -> dict:
+    """The Plan sections every plan carries, feasible or not: what the runtime executes besides the
+    placement (objective, optimizer, schedule, sampling, evaluation, reward, dtype)."""
+    t, r = spec.trainer, spec.reward
+    return dict(dtype=spec.model.dtype, objective=objective_plan(spec),
+                optim=OptimPlan(lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
+                                grad_clip=t.grad_clip, critic_lr=spec.algorithm.critic_lr),
+                schedule=schedule_plan(spec), sampling=sampling_plan(spec), evaluation=evaluation_plan(spec),
+                reward=RewardPlan(format=r.format, correct=r.correct, wrong=r.wrong, format_penalty=r.format_penalty,
+                                  timeout_s=r.timeout_s, workers=r.workers))
+
+
+def _rollout_settings(spec: ExperimentSpec) -> dict:
+    """The generator's executor settings every RolloutPlan carries."""
+    ro = spec.rollout
+    return dict(micro_batch_size=ro.micro_batch_size or 0, enforce_eager=ro.enforce_eager, quantization=ro.quantization)
 
 
 def _trainer_plan(spec: ExperimentSpec, inp: Inputs, c: Candidate) -> TrainerPlan:
@@ -100,7 +166,7 @@ def _rollout_plan(spec: ExperimentSpec, inp: Inputs, c: Candidate) -> RolloutPla
         sleep_level=inp.sleep_level if spec.placement == "colocated" else 0,
         max_model_len=inp.max_model_len,  # evaluation's longer responses included
         max_num_seqs=ro.max_num_seqs, kv_cache_tokens=c.vllm.kv_tokens if c.vllm else 0,
-        concurrency=c.concurrency,
+        concurrency=c.concurrency, **_rollout_settings(spec),
         replica_groups=[list(c.gen_ranks[i:i + c.rtp]) for i in range(0, len(c.gen_ranks), c.rtp)])
 
 
@@ -299,7 +365,7 @@ def _cpu_plan(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str], 
                           gpu_memory_utilization=spec.rollout.gpu_memory_utilization,
                           sleep_level=0 if split else sleep_level(spec.rollout.sleep_level, backend_info("generator", spec.rollout.backend).sleep_mode),
                           max_model_len=seq, max_num_seqs=gen_seqs, kv_cache_tokens=0, concurrency=gen_seqs,
-                          replica_groups=[[world if split else 0]])
+                          replica_groups=[[world if split else 0]], **_rollout_settings(spec))
     devices = []
     for rank in range(world + split):
         held = ["generator"] if rank == world else [r for r in roles if not (split and r == "generator")] if rank == 0 else ["trainer"]
@@ -322,5 +388,5 @@ def _cpu_plan(spec: ExperimentSpec, arch: Architecture, sources: Sequence[str], 
         gpus_per_node=0, feasible=feasible, reasons=_reasons(problems), notes=notes, trainer=trainer, rollout=rollout,
         devices=devices, estimates=Estimates(tokens_per_step=_tokens_per_step(spec), params_b=_r(P / 1e9, 6)),
         weight_sync=_weight_sync(spec, trainer, rollout, arch), bundles=[], offload=_offload(spec, Inputs.from_spec(spec, arch)),
-        objective=objective_plan(spec),
+        **settings(spec),
     )

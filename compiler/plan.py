@@ -1,7 +1,11 @@
 """The `Plan`: what the compiler hands the runtime. A plain, serialisable, hashed value.
 
 The runtime executes a Plan and never re-reads YAML or makes placement decisions: everything it
-needs (the resolved spec, backends, parallel sizes, which device holds which role) is here.
+needs (the resolved spec, backends, parallel sizes, which device holds which role) is here. Every
+setting the runtime executes is lowered into the Plan's own sections (`schedule`, `optim`,
+`objective`, `sampling`, `evaluation`, `reward`, `trainer`, `rollout`, ...); the runtime reads the
+resolved ``spec`` only for the inputs it names: the model and data files, the prompt template,
+tracking, and the cluster's addresses (tests/compiler/test_plan_fields.py holds that list).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas import Architecture, ExperimentSpec
 
 #: Bumped whenever a field the runtime reads changes; `Plan.from_json` refuses other versions.
-PLAN_VERSION = 3
+PLAN_VERSION = 4
 
 #: Plan fields the runtime does not act on: estimates, explanations and derived values kept for
 #: people (`engine plan`) and for the compiler's own checks. Every other field is executed (a test
@@ -96,6 +100,9 @@ class RolloutPlan(_Frozen):
     sleep_level: int = 0
     max_model_len: int = Field(0, description="Prompt + response tokens a sequence may reach.")
     max_num_seqs: int = Field(0, description="Sequences a replica decodes at once (engine limit).")
+    micro_batch_size: int = Field(0, description="hf: prompts generated at once (0: the whole batch).")
+    enforce_eager: bool = Field(False, description="vllm: no CUDA graphs (always eager on CPU).")
+    quantization: Literal["none", "fp8"] = Field("none", description="vllm on GPU: the rollout's weight quantization.")
     kv_cache_tokens: int = Field(0, description="Estimated KV-cache capacity of one replica (tokens).")
     concurrency: int = Field(0, description="Max-length sequences a replica can hold at once (KV and max_num_seqs).")
     replica_groups: list[list[int]] = Field(description="Global device ranks of each generator replica (one list per replica, TP ranks in order).")
@@ -147,13 +154,93 @@ class OffloadPlan(_Frozen):
 
 class ObjectivePlan(_Frozen):
     """What every trainer optimises, resolved from the spec (`compiler.lower.objective_plan`): the
-    sampling temperature its log-probs and entropy are taken at, and the loss aggregation."""
+    advantage estimator, the sampling temperature its log-probs and entropy are taken at, the clipped
+    policy loss with its KL and entropy terms, the off-policy correction, and the loss aggregation."""
 
-    temperature: float = Field(1.0, ge=0, description="Rollout temperature: old, current and reference log-probs and the entropy are those of softmax(logits / temperature).")
+    advantage: Literal["grpo", "dr_grpo", "gae"] = Field(description="Advantage estimator (algorithm.advantage).")
+    norm_eps: float = Field(description="Added to the group std of grpo (reward units).")
+    gamma: float = Field(description="gae: discount.")
+    lam: float = Field(description="gae: lambda.")
+    temperature: float = Field(ge=0, description="Rollout temperature: old, current and reference log-probs and the entropy are those of softmax(logits / temperature).")
+    clip_low: float = Field(description="PPO ratio lower clip: ratio >= 1 - clip_low.")
+    clip_high: float = Field(description="PPO ratio upper clip: ratio <= 1 + clip_high.")
+    kl_coef: float = Field(description="Weight of the KL(policy || reference) term (0: no reference).")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field(description="KL estimator.")
+    kl_clamp: float = Field(description="k3 values are clamped to [-kl_clamp, kl_clamp] (nats).")
+    entropy_coef: float = Field(description="Weight of the entropy bonus.")
+    rollout_correction: Literal["none", "tis"] = Field(description="tis: each token's loss weighted by min(p_trainer / p_rollout, tis_cap).")
+    tis_cap: float = Field(description="Upper bound of the truncated importance weight.")
     loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm",
-                      "micro_batch_token_mean"] = Field("token_mean", description="Aggregation mode (algorithm.loss_agg with auto resolved).")
-    loss_micro_batch: int = Field(2, description="Sequences per loss micro-batch (micro_batch_token_mean).")
-    max_response_length: int = Field(0, description="Tokens: the constant normaliser of seq_mean_token_sum_norm.")
+                      "micro_batch_token_mean"] = Field(description="Aggregation mode (algorithm.loss_agg with auto resolved).")
+    loss_micro_batch: int = Field(description="Sequences per loss micro-batch (micro_batch_token_mean).")
+    max_response_length: int = Field(description="Tokens: the constant normaliser of seq_mean_token_sum_norm.")
+
+
+class OptimPlan(_Frozen):
+    """The trainers' AdamW (`trainer.*`), and the critic's learning rate (advantage gae)."""
+
+    lr: float = Field(description="Learning rate per optimizer step (constant after the warm-up).")
+    betas: tuple[float, float] = Field(description="AdamW betas.")
+    weight_decay: float = Field(description="AdamW weight decay.")
+    warmup_steps: int = Field(description="Linear warm-up (optimizer steps).")
+    grad_clip: float = Field(description="Global gradient L2-norm clip.")
+    critic_lr: float = Field(description="Critic learning rate (gae).")
+
+
+class SchedulePlan(_Frozen):
+    """The run loop's schedule: seeds, steps, batch sizes, the step-0 gate, pass-rate selection and
+    checkpoints (`compiler.lower.schedule_plan`)."""
+
+    seed: int = Field(description="Global random seed; every step's sampling seed derives from it.")
+    total_steps: int = Field(description="RL steps (rollout batches).")
+    prompts_per_step: int = Field(description="Prompts per RL step (data.train_batch_size).")
+    samples_per_prompt: int = Field(description="Responses per prompt (rollout.n, the group size).")
+    shuffle: bool = Field(description="Shuffle the training prompts each epoch.")
+    mini_batch_sequences: int = Field(description="Sequences per optimizer step, over all data-parallel ranks (ppo_mini_batch_size x n).")
+    epochs: int = Field(description="Passes over each rollout batch.")
+    on_policy: bool = Field(description="One optimizer step per batch (one mini-batch, one epoch): the update's forward pass is the old policy's, so no old log-prob pass runs.")
+    reference: bool = Field(description="A frozen reference model computes log-probs each step (kl_coef > 0).")
+    critic: bool = Field(description="A value model is trained beside the policy (advantage gae).")
+    parity_gate: bool = Field(description="Step 0 compares the generator's log-probs with the trainer's before any update (vllm, or TIS).")
+    parity_threshold: float = Field(description="The gate's bound on the mean exp(|logp_trainer - logp_rollout|).")
+    min_pass_rate: Optional[float] = Field(None, description="Pass-rate selection: drop prompts solved less often than this.")
+    max_pass_rate: Optional[float] = Field(None, description="Pass-rate selection: drop prompts solved more often than this.")
+    checkpoint_every: int = Field(description="Save a checkpoint every this many RL steps (and at the last).")
+    keep_checkpoints: int = Field(description="Checkpoints kept (older ones are deleted).")
+    export_hf: bool = Field(description="Export the final policy as a HF model folder.")
+
+
+class SamplingPlan(_Frozen):
+    """How one phase samples; the tokenizer's end tokens join these at run time."""
+
+    max_tokens: int = Field(description="Longest response (tokens).")
+    temperature: float = Field(ge=0, description="Sampling temperature (0: greedy).")
+    top_p: float = Field(description="Nucleus mass.")
+    top_k: int = Field(-1, description="Top-k (-1: off).")
+    stop: list[str] = Field(default_factory=list, description="Stop strings: model.stop then rollout.stop, without repeats.")
+
+
+class EvaluationPlan(_Frozen):
+    """When and how the run evaluates (`evaluation.*`)."""
+
+    every: int = Field(description="Evaluate every this many RL steps, and at the last (0: never).")
+    before_training: bool = Field(description="Evaluate the base model at step 0.")
+    batch_size: int = Field(description="Prompts per evaluation batch.")
+    samples: int = Field(description="Samples per prompt (avg@k, pass@k).")
+    samples_by_benchmark: dict[str, int] = Field(default_factory=dict, description="Samples per prompt of the named benchmarks.")
+    sampling: SamplingPlan = Field(description="Sampling of the RL checkpoints.")
+    base_sampling: SamplingPlan = Field(description="Sampling of the base model (step 0, `engine eval --base`).")
+
+
+class RewardPlan(_Frozen):
+    """The rule-based reward (`reward.*`; `engine.reward.RewardConfig`)."""
+
+    format: Literal["none", "strict", "independent"]
+    correct: float = Field(description="Reward of a correct answer.")
+    wrong: float = Field(description="Reward of a wrong answer.")
+    format_penalty: float = Field(description="Reward when the format rule is broken.")
+    timeout_s: float = Field(description="Time bound of one verification (seconds).")
+    workers: int = Field(description="Verification processes (0: in the calling process).")
 
 
 class Estimates(_Frozen):
@@ -188,7 +275,13 @@ class Plan(_Frozen):
     weight_sync: Optional[WeightSyncPlan] = None
     bundles: list[list[BundlePlan]] = Field(default_factory=list, description="Ray placement-group bundles, one list per node (GPU plans).")
     offload: OffloadPlan = Field(default_factory=OffloadPlan)
-    objective: ObjectivePlan = Field(default_factory=ObjectivePlan, description="The trainers' objective: temperature and loss aggregation.")
+    dtype: Literal["bfloat16", "float32"] = Field(description="Parameter dtype of the trainer and generator on GPU (CPU runs in float32).")
+    objective: ObjectivePlan = Field(description="The trainers' objective: advantage, loss terms, temperature and aggregation.")
+    optim: OptimPlan = Field(description="The trainers' optimizer.")
+    schedule: SchedulePlan = Field(description="The run loop's steps, batch sizes, seeds, gates and checkpoints.")
+    sampling: SamplingPlan = Field(description="The rollout's sampling.")
+    evaluation: EvaluationPlan = Field(description="When and how the run evaluates.")
+    reward: RewardPlan = Field(description="The reward's scores and bounds.")
     estimates: Estimates = Field(default_factory=Estimates)
 
     @property
