@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from engine.core.generation import Generation, SamplingParams
+
+if TYPE_CHECKING:
+    from compiler.plan import SamplingPlan
 
 
 def step_seed(seed: int, step: int, purpose: str = "rollout") -> int:
@@ -14,19 +17,11 @@ def step_seed(seed: int, step: int, purpose: str = "rollout") -> int:
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
-def sampling_params(spec: Any, end_ids: tuple[int, ...], evaluation: bool = False, base: bool = False,
-                    logprobs: bool = False) -> SamplingParams:
-    """Rollout sampling, or evaluation sampling (``base``: the step-0 evaluation of the base model)."""
-    stops = tuple(dict.fromkeys(list(spec.model.stop) + list(spec.rollout.stop)))
-    if evaluation:
-        e = spec.evaluation
-        temperature = e.base_temperature if base else e.temperature
-        # the evaluation's own length (the recipe: up to 16K); the compiler sizes the generator's
-        # max_model_len for it, so answers are not cut at the training length
-        return SamplingParams(e.max_response_length, temperature, e.top_p, -1, stops, end_ids)
-    r = spec.rollout
-    return SamplingParams(spec.data.max_response_length, r.temperature, r.top_p, r.top_k, stops, end_ids,
-                          logprobs=logprobs)
+def sampling_params(sampling: "SamplingPlan", end_ids: tuple[int, ...], logprobs: bool = False) -> SamplingParams:
+    """The generator's settings of one of the plan's phases (``plan.sampling``, the rollout;
+    ``plan.evaluation.sampling`` / ``base_sampling``), with the tokenizer's end tokens."""
+    return SamplingParams(sampling.max_tokens, sampling.temperature, sampling.top_p, sampling.top_k,
+                          tuple(sampling.stop), tuple(end_ids), logprobs=logprobs)
 
 
 class Sampler(Protocol):

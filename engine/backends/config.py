@@ -7,7 +7,10 @@ same objective (`engine.algorithm.losses`) with the same sizes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from compiler.plan import Plan
 
 
 @dataclass(frozen=True)
@@ -58,19 +61,15 @@ class BatchConfig:
     epochs: int = 1
 
 
-def from_plan(plan: Any) -> tuple[OptimConfig, LossConfig, BatchConfig]:
-    """The three configs of ``plan`` (sizes in sequences per data-parallel rank; the objective from
-    ``plan.objective``, where the compiler resolved it)."""
-    spec = plan.spec
-    a, t, obj = spec.algorithm, spec.trainer, plan.objective
-    dp = plan.trainer.data_parallel if plan.trainer else 1
-    mini = a.ppo_mini_batch_size * spec.rollout.n // dp
-    micro = plan.trainer.micro_batch_size if plan.trainer else t.micro_batch_size
-    lp_micro = plan.trainer.log_prob_micro_batch_size if plan.trainer else t.log_prob_micro_batch_size
-    return (OptimConfig(lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
-                        grad_clip=t.grad_clip),
-            LossConfig(clip_low=a.clip_low, clip_high=a.clip_high, loss_agg=obj.loss_agg, temperature=obj.temperature,
-                       loss_micro_batch=obj.loss_micro_batch, max_response_length=obj.max_response_length, kl_coef=a.kl_coef,
-                       kl_estimator=a.kl_estimator, kl_clamp=a.kl_clamp, entropy_coef=a.entropy_coef,
-                       rollout_correction=a.rollout_correction, tis_cap=a.tis_cap),
-            BatchConfig(mini_batch=mini, micro_batch=micro, log_prob_micro_batch=lp_micro, epochs=a.ppo_epochs))
+def from_plan(plan: "Plan") -> tuple[OptimConfig, LossConfig, BatchConfig]:
+    """The three configs of a feasible ``plan`` (its ``optim``, ``objective``, and the sizes of its
+    ``trainer`` and ``schedule`` in sequences per data-parallel rank)."""
+    t, o, obj = plan.trainer, plan.optim, plan.objective
+    return (OptimConfig(lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, warmup_steps=o.warmup_steps,
+                        grad_clip=o.grad_clip),
+            LossConfig(clip_low=obj.clip_low, clip_high=obj.clip_high, loss_agg=obj.loss_agg, temperature=obj.temperature,
+                       loss_micro_batch=obj.loss_micro_batch, max_response_length=obj.max_response_length,
+                       kl_coef=obj.kl_coef, kl_estimator=obj.kl_estimator, kl_clamp=obj.kl_clamp,
+                       entropy_coef=obj.entropy_coef, rollout_correction=obj.rollout_correction, tis_cap=obj.tis_cap),
+            BatchConfig(mini_batch=plan.schedule.mini_batch_sequences // t.data_parallel, micro_batch=t.micro_batch_size,
+                        log_prob_micro_batch=t.log_prob_micro_batch_size, epochs=plan.schedule.epochs))

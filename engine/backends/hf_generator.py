@@ -194,7 +194,7 @@ def build(ctx: Any, shared_model: Optional[torch.nn.Module] = None) -> HFGenerat
     values with ``ctx.dummy_weights``, until the first weight sync)."""
     from engine.modeling import load_model, load_tokenizer
 
-    dtype = torch.bfloat16 if ctx.plan.spec.model.dtype == "bfloat16" and ctx.device != "cpu" else torch.float32
+    dtype = torch.bfloat16 if ctx.plan.dtype == "bfloat16" and ctx.device != "cpu" else torch.float32
     if shared_model is not None:
         model = shared_model
     elif ctx.dummy_weights:  # the right shapes, random values: the first weight sync brings the real ones
@@ -204,4 +204,5 @@ def build(ctx: Any, shared_model: Optional[torch.nn.Module] = None) -> HFGenerat
         model = AutoModelForCausalLM.from_config(config, dtype=dtype).to(ctx.device)
     else:
         model = load_model(ctx.model_path, dtype=dtype, device=ctx.device)
-    return HFGenerator(model, load_tokenizer(ctx.tokenizer_path), ctx.plan.spec.rollout.micro_batch_size, ctx.device)
+    return HFGenerator(model, load_tokenizer(ctx.tokenizer_path), ctx.plan.rollout.micro_batch_size or None,
+                       ctx.device)

@@ -428,16 +428,16 @@ def build(ctx: Any) -> TorchTrainer:
     from engine.backends.config import from_plan
     from engine.modeling import load_model
 
-    spec = ctx.plan.spec
+    plan = ctx.plan
     model = load_model(ctx.model_path, dtype=torch.float32, device=ctx.device)
     if ctx.frozen:
         model.requires_grad_(False)
-    elif spec.model.gradient_checkpointing:
+    elif plan.trainer.recompute != "none":  # the compiler's recompute of a torch trainer: model.gradient_checkpointing
         model.gradient_checkpointing_enable()
-    critic = critic_from(model) if spec.algorithm.advantage == "gae" and not ctx.frozen else None
-    optim, loss, sizes = from_plan(ctx.plan)
-    return TorchTrainer(model, optim, loss, sizes, device=ctx.device, bf16=spec.model.dtype == "bfloat16",
-                        critic=critic, critic_lr=spec.algorithm.critic_lr)
+    critic = critic_from(model) if plan.schedule.critic and not ctx.frozen else None
+    optim, loss, sizes = from_plan(plan)
+    return TorchTrainer(model, optim, loss, sizes, device=ctx.device, bf16=plan.dtype == "bfloat16",
+                        critic=critic, critic_lr=plan.optim.critic_lr)
 
 
 def critic_from(policy: torch.nn.Module) -> torch.nn.Module:

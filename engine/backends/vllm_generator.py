@@ -248,18 +248,16 @@ class VLLMGenerator:
 def engine_kwargs(plan: Plan, device: str, model_config: Any = None) -> dict[str, Any]:
     """The ``vllm.LLM`` arguments a plan fixes for one replica (see the module doc)."""
     ro = plan.rollout
-    spec = plan.spec
     cpu = not str(device).startswith("cuda")
-    dtype = "float32" if cpu else spec.model.dtype
+    dtype = "float32" if cpu else plan.dtype
     kw: dict[str, Any] = dict(
         tensor_parallel_size=int(ro.tensor_parallel), gpu_memory_utilization=float(ro.gpu_memory_utilization),
-        max_model_len=int(ro.max_model_len), max_num_seqs=int(ro.max_num_seqs), seed=int(spec.seed), dtype=dtype,
-        enforce_eager=True if cpu else bool(spec.rollout.enforce_eager),
+        max_model_len=int(ro.max_model_len), max_num_seqs=int(ro.max_num_seqs), seed=int(plan.schedule.seed), dtype=dtype,
+        enforce_eager=True if cpu else bool(ro.enforce_eager),
         enable_sleep_mode=(not cpu and ro.sleep_level > 0),
     )
-    quant = getattr(spec.rollout, "quantization", "none")
-    if quant and quant != "none":
-        kw["quantization"] = quant
+    if ro.quantization != "none":
+        kw["quantization"] = ro.quantization
     if cpu and model_config is not None:
         kw["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(model_config, kw["max_model_len"], kw["max_num_seqs"], 4)
     return kw

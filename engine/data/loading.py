@@ -27,14 +27,13 @@ def load_prompts(path: str, spec: Any, tokenizer: Any, which: str, log: Callable
     return ps
 
 
-def load_benchmarks(spec: Any, tokenizer: Any, log: Callable[[str], None], always: bool = False) -> dict[str, P.PromptSet]:
-    """The prompt sets of ``evaluation.benchmarks`` (none when ``evaluation.every`` is 0, unless
-    ``always``), with the training template and prompt-length limit; what is left out is counted in
-    each report."""
+def load_benchmarks(spec: Any, tokenizer: Any, log: Callable[[str], None]) -> dict[str, P.PromptSet]:
+    """The prompt sets of ``evaluation.benchmarks``, with the training template and prompt-length
+    limit; what is left out is counted in each report."""
     from engine.data.benchmarks import benchmark_rows
 
     e, d = spec.evaluation, spec.data
-    if not (e.every or always) or not e.benchmarks:
+    if not e.benchmarks:
         return {}
     template = P.template_text(d.prompt_template, d.custom_template)
     sets = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -13,21 +13,25 @@ from engine.core.generation import SamplingParams
 from engine.data import prompts as P
 from engine.sampling import Sampler, step_seed
 
+if TYPE_CHECKING:
+    from compiler.plan import SchedulePlan
 
-def select_by_pass_rate(data: P.PromptSet, sampler: Sampler, spec: Any, sampling: SamplingParams,
+
+def select_by_pass_rate(data: P.PromptSet, sampler: Sampler, schedule: "SchedulePlan", sampling: SamplingParams,
                         cache: Path, log: Callable[[str], None]) -> P.PromptSet:
-    """Keep prompts whose measured pass rate (base policy, ``rollout.n`` samples) is within
-    ``[data.min_pass_rate, data.max_pass_rate]``. Rates are cached in ``cache`` (the run folder)."""
-    d = spec.data
-    n = spec.rollout.n
+    """Keep prompts whose measured pass rate (base policy, ``samples_per_prompt`` samples, in batches
+    of ``prompts_per_step``) is within ``[min_pass_rate, max_pass_rate]`` of the plan's ``schedule``.
+    Rates are cached in ``cache`` (the run folder)."""
+    d = schedule
+    n = d.samples_per_prompt
     if cache.exists():
         rates = json.loads(cache.read_text())["rates"]
     else:
         rates = []
-        bs = max(1, d.train_batch_size)
+        bs = max(1, d.prompts_per_step)
         for s in range(0, len(data), bs):
             ids = data.prompt_ids[s:s + bs]
-            gen = sampler.generate(ids, n, sampling, step_seed(spec.seed, s, "pass_rate"))
+            gen = sampler.generate(ids, n, sampling, step_seed(d.seed, s, "pass_rate"))
             gts = [g for g in data.ground_truths[s:s + bs] for _ in range(n)]
             ok = sampler.grade(gen.texts, gts)["correct"]
             rates.extend(float(np.mean(ok[i * n:(i + 1) * n])) for i in range(len(ids)))

@@ -4,7 +4,7 @@ nothing from the runtime (the runtime imports it)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 
@@ -15,11 +15,14 @@ from engine.evaluation.metrics import summarize
 from engine.sampling import Sampler, step_seed
 from engine.core.rollouts import EvalCollector
 
+if TYPE_CHECKING:
+    from compiler.plan import Plan
 
-def evaluate(sampler: Sampler, data: P.PromptSet, spec: Any, sampling: SamplingParams, step: int,
+
+def evaluate(sampler: Sampler, data: P.PromptSet, plan: "Plan", sampling: SamplingParams, step: int,
              prefix: str = "val", samples: Optional[int] = None, writer: Optional[Any] = None) -> dict[str, float]:
-    """Sample ``samples`` (default ``evaluation.samples``) responses per prompt of ``data``, in
-    batches of ``evaluation.batch_size`` prompts, and grade them.
+    """Sample ``samples`` (default ``plan.evaluation.samples``) responses per prompt of ``data``, in
+    batches of ``plan.evaluation.batch_size`` prompts, and grade them.
 
     Returns ``<prefix>/accuracy`` (mean over every sample: pass@1, or avg@k), ``<prefix>/pass@k``
     for k = 2, 4, ... up to the samples (unbiased estimator), ``<prefix>/reward``,
@@ -29,17 +32,18 @@ def evaluate(sampler: Sampler, data: P.PromptSet, spec: Any, sampling: SamplingP
     (`engine.evaluation.behaviour`). ``writer``: a `engine.core.rollouts.RolloutWriter` that saves
     every sample.
     """
-    k = samples or spec.evaluation.samples
+    ev, seed = plan.evaluation, plan.schedule.seed
+    k = samples or ev.samples
     correct: list[bool] = []
     rewards: list[float] = []
     boxed: list[bool] = []
     lengths: list[int] = []
     truncated: list[bool] = []
     behaviour: dict[str, float] = {}  # ratio sums weighted by batch size (responses are not kept)
-    bs = spec.evaluation.batch_size
+    bs = ev.batch_size
     saved = EvalCollector() if writer is not None else None
     for s in range(0, len(data), bs):
-        gen = sampler.generate(data.prompt_ids[s:s + bs], k, sampling, step_seed(spec.seed, step, f"{prefix}{s}"))
+        gen = sampler.generate(data.prompt_ids[s:s + bs], k, sampling, step_seed(seed, step, f"{prefix}{s}"))
         gts = [g for g in data.ground_truths[s:s + bs] for _ in range(k)]
         res = sampler.grade(gen.texts, gts)
         if saved is not None:
@@ -64,15 +68,15 @@ def evaluate(sampler: Sampler, data: P.PromptSet, spec: Any, sampling: SamplingP
     return out
 
 
-def evaluate_benchmarks(sampler: Sampler, sets: dict[str, P.PromptSet], spec: Any, sampling: SamplingParams,
+def evaluate_benchmarks(sampler: Sampler, sets: dict[str, P.PromptSet], plan: "Plan", sampling: SamplingParams,
                         step: int, writer: Optional[Any] = None) -> dict[str, float]:
     """`evaluate` on each benchmark (``eval/<name>/...``) plus ``eval/average``: the mean accuracy
     over the benchmarks, the SimpleRL-Zoo headline number."""
     out: dict[str, float] = {}
-    by_name = spec.evaluation.samples_by_benchmark
+    by_name = plan.evaluation.samples_by_benchmark
     for name, data in sets.items():
         if len(data):
-            out.update(evaluate(sampler, data, spec, sampling, step, prefix=f"eval/{name}", samples=by_name.get(name),
+            out.update(evaluate(sampler, data, plan, sampling, step, prefix=f"eval/{name}", samples=by_name.get(name),
                                 writer=writer))
     accs = [out[f"eval/{name}/accuracy"] for name in sets if f"eval/{name}/accuracy" in out]
     if accs:
@@ -80,15 +84,15 @@ def evaluate_benchmarks(sampler: Sampler, sets: dict[str, P.PromptSet], spec: An
     return out
 
 
-def evaluate_all(sampler: Sampler, val_set: Optional[P.PromptSet], bench_sets: dict[str, P.PromptSet], spec: Any,
+def evaluate_all(sampler: Sampler, val_set: Optional[P.PromptSet], bench_sets: dict[str, P.PromptSet], plan: "Plan",
                  sampling: SamplingParams, step: int, log: Callable[[str], None],
                  label: Optional[str] = None, writer: Optional[Any] = None) -> dict[str, float]:
     """``val/*`` on ``data.val`` and ``eval/*`` on the benchmarks, with one log line of accuracies
     (headed ``eval step N``, or ``eval <label>``)."""
     m: dict[str, float] = {}
     if val_set is not None and len(val_set):
-        m.update(evaluate(sampler, val_set, spec, sampling, step, prefix="val", writer=writer))
-    m.update(evaluate_benchmarks(sampler, bench_sets, spec, sampling, step, writer=writer))
+        m.update(evaluate(sampler, val_set, plan, sampling, step, prefix="val", writer=writer))
+    m.update(evaluate_benchmarks(sampler, bench_sets, plan, sampling, step, writer=writer))
     shown = [("val", m.get("val/accuracy"))] + [(b, m.get(f"eval/{b}/accuracy")) for b in bench_sets]
     shown += [("average", m.get("eval/average"))]
     if m:

@@ -229,19 +229,19 @@ class RehearsalTrainer:
         return torch.zeros(rows if self._keeps_result() else 0, resp)
 
     def update(self, batch: Mapping[str, Any]) -> dict[str, float]:
-        t, a, spec = self.plan.trainer, self.plan.architecture, self.plan.spec
+        t, a = self.plan.trainer, self.plan.architecture
         rows, seq, _ = self._shape(batch)
         parts = {"activations": M.stage_activation_bytes(a, seq, t.micro_batch_size, t.tensor_parallel,
                                                          t.pipeline_parallel, self.stage, t.gradient_accumulation,
                                                          t.recompute, t.sequence_parallel)}
         if self.last_stage:
             parts["logits"] = M.logits_bytes(a, seq, t.micro_batch_size, t.tensor_parallel, grad=True,
-                                             entropy=spec.algorithm.entropy_coef > 0)
+                                             entropy=self.plan.objective.entropy_coef > 0)
         self._on("update", "train")
         self.book.begin(self.device_rank, self.process, parts, "train")
         self.book.end(self.device_rank, self.process, "train")
         self.steps += 1
-        return {"trainer/pg_loss": 0.0, "trainer/grad_norm": 1.0, "trainer/lr": float(spec.trainer.lr),
+        return {"trainer/pg_loss": 0.0, "trainer/grad_norm": 1.0, "trainer/lr": float(self.plan.optim.lr),
                 "trainer/entropy": 0.0, "trainer/kl": 0.0, "trainer/pg_clipfrac": 0.0, "trainer/ppo_kl": 0.0}
 
     def weight_names(self) -> list[str]:
@@ -433,7 +433,7 @@ class RehearsalGenerator:
             return
         cap = spec.cluster.gpu_memory_gib * M.GIB
         v = M.vllm_memory(a, ro.tensor_parallel, ro.gpu_memory_utilization, cap, max_num_seqs=ro.max_num_seqs,
-                          enforce_eager=spec.rollout.enforce_eager)
+                          enforce_eager=ro.enforce_eager)
         self.reservation = v.reservation
         self.parts = {"vllm_weights": v.weights, "vllm_activations": v.activations, "kv_cache": max(0.0, v.kv_cache)}
         self.fixed = {"cuda_graphs": v.cuda_graphs, "vllm_non_torch": v.non_torch, "generator_context": 0.5 * M.GIB}

@@ -39,8 +39,8 @@ def evaluate_model(plan: Plan, model_path: Optional[str] = None, log: Callable[[
     """Evaluate one model on ``data.val`` and ``evaluation.benchmarks`` without training: the plan's
     base model, or the HF folder ``model_path``.
 
-    Sampling follows the spec's evaluation settings: ``base_temperature`` for the base model,
-    ``temperature`` for another model (``base`` overrides which). Returns the metrics (``val/*``,
+    Sampling follows the plan's evaluation settings: ``base_sampling`` for the base model,
+    ``sampling`` for another model (``base`` overrides which). Returns the metrics (``val/*``,
     ``eval/*``, as during training), the data reports and what was evaluated.
     """
     check_resources(plan, command="eval")
@@ -52,11 +52,11 @@ def evaluate_model(plan: Plan, model_path: Optional[str] = None, log: Callable[[
         raise FileNotFoundError("input files not found:" + "".join(f"\n  - {key}: {path}\n    hint: {hint}"
                                                                 for key, path, hint in missing))
     threads = apply_threads(spec.cluster.cpu_threads)  # auto: from affinity and load
-    torch.manual_seed(spec.seed)
+    torch.manual_seed(plan.schedule.seed)
     base = model_path is None if base is None else base
     files = resolve_model_files(plan, log, model_path)
     val_set = load_prompts(spec.data.val, spec, files.tokenizer, "val", log) if spec.data.val else None
-    bench_sets = load_benchmarks(spec, files.tokenizer, log, always=True)
+    bench_sets = load_benchmarks(spec, files.tokenizer, log)
     try:
         roles = Roles(plan, files, threads=threads, training=False)
     except Exception as exc:  # noqa: BLE001 - re-raised unless it is an unreadable model folder
@@ -66,8 +66,9 @@ def evaluate_model(plan: Plan, model_path: Optional[str] = None, log: Callable[[
                          f"{str(exc).splitlines()[0][:300] if str(exc) else ''} (a truncated or corrupt file there?)") from exc
     t0 = time.perf_counter()
     try:
-        sampling = sampling_params(spec, files.end_token_ids, evaluation=True, base=base)
-        metrics = evaluate_all(roles, val_set, bench_sets, spec, sampling, 0, log, label=Path(files.model_path).name)
+        ev = plan.evaluation
+        sampling = sampling_params(ev.base_sampling if base else ev.sampling, files.end_token_ids)
+        metrics = evaluate_all(roles, val_set, bench_sets, plan, sampling, 0, log, label=Path(files.model_path).name)
     finally:
         roles.shutdown()
     return {"model_path": files.model_path, "plan_hash": plan.hash, "name": spec.name,

@@ -118,15 +118,15 @@ class StepInputs:
 
 def rl_step(roles: Roles, inp: StepInputs, step: int) -> dict[str, float]:
     """One RL step (see the module docstring); returns its metrics."""
-    spec = inp.plan.spec
-    a, n, bsz = spec.algorithm, spec.rollout.n, spec.data.train_batch_size
+    sched, obj = inp.plan.schedule, inp.plan.objective
+    n, bsz = sched.samples_per_prompt, sched.prompts_per_step
     t0 = time.perf_counter()
 
     # 1-2. prompts and responses
-    idx = P.batch_indices(step - 1, bsz, len(inp.train_set), spec.seed, spec.data.shuffle)
+    idx = P.batch_indices(step - 1, bsz, len(inp.train_set), sched.seed, sched.shuffle)
     prompts = [inp.train_set.prompt_ids[i] for i in idx]
     gts = [inp.train_set.ground_truths[i] for i in idx for _ in range(n)]
-    gen = roles.generate(prompts, n, inp.sampling, step_seed(spec.seed, step))
+    gen = roles.generate(prompts, n, inp.sampling, step_seed(sched.seed, step))
     inp.order.after_generation(roles)  # the generator asleep before any trainer pass (colocated)
     t_gen = time.perf_counter()
 
@@ -144,27 +144,26 @@ def rl_step(roles: Roles, inp: StepInputs, step: int) -> dict[str, float]:
     batch = pack_groups(prompts, gen.response_ids, n, inp.pad_id)
     mask = batch["response_mask"]
     m: dict[str, float] = {}
-    on_policy = a.ppo_mini_batch_size >= bsz and a.ppo_epochs == 1  # one optimizer step per batch
     if gen.log_probs is not None:
         batch["rollout_log_probs"] = rollout_log_probs_tensor(gen.log_probs, mask)
-    if not on_policy:
+    if not sched.on_policy:  # more than one optimizer step per batch
         batch["old_log_probs"] = roles.log_probs(batch)
         if gen.log_probs is not None:
             m.update({f"rollout/{k}": v for k, v in
                       mismatch_metrics(batch["old_log_probs"], batch["rollout_log_probs"], mask).items()})
-    if a.kl_coef > 0:
+    if sched.reference:
         batch["ref_log_probs"] = roles.reference_log_probs(batch)
 
     # 5. advantages
-    if a.advantage == "gae":
+    if obj.advantage == "gae":
         values = roles.values(batch)
         last_tok = (mask.sum(1).long() - 1).clamp(min=0)
         token_rewards = torch.zeros_like(mask)
         token_rewards[torch.arange(len(rewards)), last_tok] = rewards
-        adv, returns = gae(token_rewards, values, mask, a.gamma, a.lam)
+        adv, returns = gae(token_rewards, values, mask, obj.gamma, obj.lam)
         batch.update(advantages=whiten(adv, mask), returns=returns, old_values=values)
     else:
-        seq_adv = group_advantages(rewards, n, a.norm_eps, scale_by_std=a.advantage == "grpo")
+        seq_adv = group_advantages(rewards, n, obj.norm_eps, scale_by_std=obj.advantage == "grpo")
         batch["advantages"] = broadcast_to_tokens(seq_adv, mask)
     t_prep = time.perf_counter()
 
@@ -193,16 +192,16 @@ def parity_gate(roles: Roles, inp: StepInputs, log: Callable[[str], None]) -> di
     on the same tokens. Raises `ParityError` when ``rollout/token_mult_prob_error`` exceeds
     ``rollout.parity_threshold``. The trainer's pass runs with the generator asleep, as every step's
     does (`engine.runtime.sync`); the generator is woken (and its weights re-synced) afterwards."""
-    spec = inp.plan.spec
-    idx = P.batch_indices(0, spec.data.train_batch_size, len(inp.train_set), spec.seed, spec.data.shuffle)
+    sched = inp.plan.schedule
+    idx = P.batch_indices(0, sched.prompts_per_step, len(inp.train_set), sched.seed, sched.shuffle)
     prompts = [inp.train_set.prompt_ids[i] for i in idx]
-    gen = roles.generate(prompts, spec.rollout.n, inp.sampling, step_seed(spec.seed, 0, "parity"))
+    gen = roles.generate(prompts, sched.samples_per_prompt, inp.sampling, step_seed(sched.seed, 0, "parity"))
     inp.order.after_generation(roles)
-    batch = pack_groups(prompts, gen.response_ids, spec.rollout.n, inp.pad_id)
+    batch = pack_groups(prompts, gen.response_ids, sched.samples_per_prompt, inp.pad_id)
     mm = mismatch_metrics(roles.log_probs(batch), rollout_log_probs_tensor(gen.log_probs, batch["response_mask"]),
                           batch["response_mask"])
     inp.order.after_update(roles)  # the generator back awake with the (unchanged) weights
-    err, limit = mm["token_mult_prob_error"], spec.rollout.parity_threshold
+    err, limit = mm["token_mult_prob_error"], sched.parity_threshold
     log(f"parity gate: token_mult_prob_error {err:.5f} (threshold {limit}), trainer-vs-rollout kl {mm['kl']:.2e}")
     if not err <= limit:  # NaN too: a generator sampling from unset weights gives NaN log-probs
         raise ParityError(
@@ -230,7 +229,7 @@ def load_run_inputs(plan: Plan, log: Callable[[str], None]) -> RunInputs:
     files = resolve_model_files(plan, log)
     train_set = load_prompts(spec.data.train, spec, files.tokenizer, "train", log)
     val_set = load_prompts(spec.data.val, spec, files.tokenizer, "val", log) if spec.data.val else None
-    bench_sets = load_benchmarks(spec, files.tokenizer, log)
+    bench_sets = load_benchmarks(spec, files.tokenizer, log) if plan.evaluation.every else {}
     if len(train_set) == 0:
         raise ValueError(f"no usable training prompts in {spec.data.train}: {train_set.report}")
     return RunInputs(files, train_set, val_set, bench_sets)
@@ -263,15 +262,15 @@ def train(plan: Plan, run_dir: str | Path, resume: bool = False, log: Optional[C
     t_start = time.perf_counter()
     if preflight and harness is None:
         check_resources(plan)  # before anything is loaded
-    spec = plan.spec
+    spec, sched = plan.spec, plan.schedule
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    progress = Progress(spec.trainer.total_steps, stream=progress_stream)
+    progress = Progress(sched.total_steps, stream=progress_stream)
     log = log or progress.message
     threads = apply_threads(spec.cluster.cpu_threads)  # auto: from affinity and load
-    torch.manual_seed(spec.seed)
-    random.seed(spec.seed)
-    np.random.seed(spec.seed % 2**32)
+    torch.manual_seed(sched.seed)
+    random.seed(sched.seed)
+    np.random.seed(sched.seed % 2**32)
 
     run_info_path = run_dir / "run.json"
     run_info = json.loads(run_info_path.read_text()) if run_info_path.exists() else {}
@@ -288,10 +287,10 @@ def train(plan: Plan, run_dir: str | Path, resume: bool = False, log: Optional[C
     # -- model, data, roles ----------------------------------------------------------------------------
     data = harness.inputs if harness else load_run_inputs(plan, log)
     files, train_set, val_set, bench_sets = data.files, data.train_set, data.val_set, data.bench_sets
-    gate = plan.rollout.backend == "vllm" or spec.algorithm.rollout_correction == "tis" or bool(sync_skip)
+    gate = sched.parity_gate or bool(sync_skip)
     # the generator's log-probs every step (one value per sampled token): each step logs the rollout/*
     # trainer-vs-generator gap, with any generator, and TIS has its denominators
-    inp = StepInputs(plan, train_set, sampling_params(spec, files.end_token_ids, logprobs=True),
+    inp = StepInputs(plan, train_set, sampling_params(plan.sampling, files.end_token_ids, logprobs=True),
                      files.tokenizer.pad_token_id, StepOrder(plan))
     roles = Roles(plan, files, threads=threads, order=inp.order, run_dir=str(run_dir),
                   rehearsal=harness.rehearsal if harness else None, spawner=harness.spawner if harness else None)
@@ -300,8 +299,8 @@ def train(plan: Plan, run_dir: str | Path, resume: bool = False, log: Optional[C
         # the generator's first weights come from the trainer, in the colocated order (``sync_skip``: a
         # deliberately broken sync, for the parity gate's own test)
         inp.order.after_update(roles, skip=sync_skip)
-        if spec.data.min_pass_rate is not None or spec.data.max_pass_rate is not None:
-            inp.train_set = train_set = select_by_pass_rate(train_set, roles, spec, inp.sampling,
+        if sched.min_pass_rate is not None or sched.max_pass_rate is not None:
+            inp.train_set = train_set = select_by_pass_rate(train_set, roles, sched, inp.sampling,
                                                             run_dir / "pass_rates.json", log)
             if len(train_set) == 0:
                 raise ValueError("pass-rate selection left no training prompts")
@@ -322,7 +321,7 @@ def train(plan: Plan, run_dir: str | Path, resume: bool = False, log: Optional[C
         _write_json(run_info_path, run_info)
         metrics_log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start)
         inp.writer = R.open_writer(run_dir, spec.tracking, resume_step=start if resume else None)
-        progress = Progress(spec.trainer.total_steps, start, stream=progress_stream)
+        progress = Progress(sched.total_steps, start, stream=progress_stream)
 
         def record(step: int, m: dict[str, float]) -> None:
             metrics_log.write(step, m)
@@ -330,38 +329,37 @@ def train(plan: Plan, run_dir: str | Path, resume: bool = False, log: Optional[C
                 tracker.track(step, m)
             history.append({"step": step, **m})
 
-        total = spec.trainer.total_steps
+        total = sched.total_steps
         last = min(total, stop_after) if stop_after else total
         final_step = last if harness and harness.finish_at_stop else total
         history: list[dict[str, float]] = [r for r in metrics_log.read()]
-        ev = spec.evaluation
-        eval_sampling = sampling_params(spec, files.end_token_ids, evaluation=True)
+        ev = plan.evaluation
+        eval_sampling = sampling_params(ev.sampling, files.end_token_ids)
+        base_sampling = sampling_params(ev.base_sampling, files.end_token_ids)
         m0: dict[str, float] = {}
         if start == 0 and not any(h.get("step") == 0 for h in history):
             if gate:  # a mis-synced or mis-converted generator never trains
                 m0.update(parity_gate(roles, inp, log))
             if ev.every and ev.before_training:  # the base model (greedy by default, as the recipe evaluates it)
-                m0.update(evaluate_all(roles, val_set, bench_sets, spec,
-                                       sampling_params(spec, files.end_token_ids, evaluation=True, base=True), 0, log,
-                                       writer=inp.writer))
+                m0.update(evaluate_all(roles, val_set, bench_sets, plan, base_sampling, 0, log, writer=inp.writer))
             if m0:
                 record(0, m0)
 
         for step in range(start + 1, last + 1):
             m = rl_step(roles, inp, step)
             if ev.every and (step % ev.every == 0 or step == final_step):
-                m.update(evaluate_all(roles, val_set, bench_sets, spec, eval_sampling, step, log, writer=inp.writer))
+                m.update(evaluate_all(roles, val_set, bench_sets, plan, eval_sampling, step, log, writer=inp.writer))
             record(step, m)
             progress.update(step, m)
-            if step % spec.checkpoint.every == 0 or step == final_step:
+            if step % sched.checkpoint_every == 0 or step == final_step:
                 C.save_checkpoint(ckpt_root, step, {"rng": C.rng_state()},
-                                  {"plan_hash": plan.hash, "data_position": step * spec.data.train_batch_size,
+                                  {"plan_hash": plan.hash, "data_position": step * sched.prompts_per_step,
                                    "epoch": m["data/epoch"]},
-                                  keep_last=spec.checkpoint.keep_last, plan_json=plan.to_json(),
+                                  keep_last=sched.keep_checkpoints, plan_json=plan.to_json(),
                                   write=lambda folder: roles.save_trainer(str(folder / "trainer")))
 
         final_dir = None
-        if last == final_step and spec.checkpoint.export_hf:
+        if last == final_step and sched.export_hf:
             inp.order.before_export(roles)
             final_dir = _export_final(roles, files, run_dir)
         summary = _summary(plan, run_dir, history, train_set, val_set, last, total, time.perf_counter() - t_start,

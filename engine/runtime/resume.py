@@ -37,6 +37,9 @@ SAFE_KEYS: tuple[str, ...] = (
     # derived or descriptive plan fields (not spec values)
     "plan.sources", "plan.notes", "plan.reasons", "plan.estimates.", "plan.hash", "plan.peak_memory_gib",
     "plan.trainer.micro_batch_size", "plan.trainer.gradient_accumulation", "plan.trainer.log_prob_micro_batch_size",
+    # the plan's lowered copies of the safe spec keys above
+    "plan.schedule.total_steps", "plan.schedule.checkpoint_every", "plan.schedule.keep_checkpoints",
+    "plan.schedule.export_hf", "plan.evaluation.every", "plan.evaluation.batch_size", "plan.rollout.micro_batch_size",
 )
 
 
@@ -181,7 +184,7 @@ def check_resume(plan: Plan, run_dir: Path, log: Callable[[str], None], checkpoi
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     except ValueError:
         summary = None  # a garbled summary: the run is not taken as finished, and is rewritten at its end
-    total = plan.spec.trainer.total_steps
+    total = plan.schedule.total_steps
     if is_finished(last, total, summary):
         log(f"{run_dir} is finished: step {last} of {total} is checkpointed"
             + (f" and exported to {summary.get('final_model')}" if summary.get("final_model") else "")

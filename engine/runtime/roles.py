@@ -123,7 +123,7 @@ class Roles:
         self.generators: Optional[WorkerGroup] = None
         self._broadcast_open = False
         self._shard_cache: Optional[tuple[dict, dict]] = None
-        reference = training and plan.spec.algorithm.kl_coef > 0
+        reference = training and plan.schedule.reference
         hosted = plan.weight_sync.method == "in_process" or plan.weight_sync.in_trainer  # rank 0 holds the generator
         try:
             if not (training and hosted):  # generators first: they reserve their memory on free devices
@@ -149,8 +149,7 @@ class Roles:
         except BaseException:
             self.shutdown()
             raise
-        a = plan.spec.algorithm
-        self.mini_batch = a.ppo_mini_batch_size * plan.spec.rollout.n
+        self.mini_batch = plan.schedule.mini_batch_sequences
 
     # -- generator --------------------------------------------------------------------------------------
     def generate(self, prompt_ids: list[list[int]], n: int, params: SamplingParams, seed: int) -> Generation:

@@ -124,7 +124,7 @@ def checkpoint_bytes(plan: Plan) -> int:
 
     n = total_params(plan.architecture)
     per = 14 if plan.trainer.backend == "megatron" else 12
-    critic = 2 if plan.spec.algorithm.advantage == "gae" else 1
+    critic = 2 if plan.schedule.critic else 1
     return int(n * per * critic)
 
 
@@ -132,7 +132,7 @@ def export_bytes(plan: Plan) -> int:
     """Estimated size of the final HF export (fp32 weights, bytes); 0 when there is none."""
     from compiler.memory import total_params
 
-    return int(total_params(plan.architecture) * 4) if plan.spec.checkpoint.export_hf else 0
+    return int(total_params(plan.architecture) * 4) if plan.schedule.export_hf else 0
 
 
 def check_space(plan: Plan, run_dir: Path, log: Callable[[str], None]) -> None:
@@ -141,7 +141,7 @@ def check_space(plan: Plan, run_dir: Path, log: Callable[[str], None]) -> None:
     one, final = checkpoint_bytes(plan), export_bytes(plan)
     require_free(run_dir, one + final, "one checkpoint and the final export of this plan",
                  then="run again (or choose another --run-dir)")
-    keep = plan.spec.checkpoint.keep_last
+    keep = plan.schedule.keep_checkpoints
     all_of_them = one * ((keep if keep > 0 else 1) + 1) + final
     all_of_them += margin(all_of_them)
     free = free_bytes(run_dir)

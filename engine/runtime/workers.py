@@ -412,7 +412,7 @@ class RewardWorker:
     def __init__(self, setup: WorkerSetup, end_tokens: tuple[str, ...] = ()) -> None:
         from engine.reward import Grader, RewardConfig
 
-        r = setup.plan().spec.reward
+        r = setup.plan().reward
         cfg = RewardConfig(format=r.format, timeout_s=r.timeout_s, workers=r.workers, correct=r.correct,
                            wrong=r.wrong, format_penalty=r.format_penalty)
         self.grader = Grader(cfg, end_tokens=end_tokens)

@@ -35,37 +35,55 @@ def _fields(model: type[BaseModel], prefix: str = "") -> list[str]:
 
 
 class FieldReads:
-    """Records which Plan fields code under engine/ reads (attribute reads on the Plan's own models,
-    by the frame that reads them), outside the rehearsal's stand-ins (engine/rehearse/), which read
-    a plan to check it, not to execute it."""
+    """Records which fields of ``root`` (the Plan by default) code under engine/ reads: attribute reads
+    on ``root``'s own models (those defined in ``root``'s module, or in ``modules``), by the frame that
+    reads them, outside the rehearsal's stand-ins (engine/rehearse/), which read a plan to check it,
+    not to execute it. ``whole``: fields recorded as one (their own models are not followed).
 
-    def __init__(self) -> None:
+    A model class reached by several paths (the Plan's ``sampling`` and ``evaluation.sampling``) is
+    patched once; each instance's path is learnt when it is read from its parent, so a read is
+    recorded under the path of the object it was made on (under every path of its class when the
+    object was made elsewhere, by ``model_copy`` say)."""
+
+    def __init__(self, root: type[BaseModel] = Plan, modules: tuple[str, ...] = (), whole: set[str] = WHOLE) -> None:
+        self.root, self.modules, self.whole = root, {root.__module__, *modules}, whole
         self.read: set[str] = set()
         self._saved: list[tuple[type, object]] = []
 
     def __enter__(self) -> "FieldReads":
-        import compiler.plan as P
+        paths: dict[type, list[str]] = {}  # class -> the prefixes it is reached by
+        children: dict[type, dict[str, type]] = {}  # class -> {field: the followed sub-model's class}
 
-        def patch(model: type[BaseModel], prefix: str) -> None:
-            names = set(model.model_fields)
-            original = model.__getattribute__
-            read = self.read
+        def walk(model: type[BaseModel], prefix: str) -> None:
+            paths.setdefault(model, []).append(prefix)
+            subs = children.setdefault(model, {})
+            for name, info in model.model_fields.items():
+                sub = _model_of(info.annotation)
+                if sub is not None and sub.__module__ in self.modules and prefix + name not in self.whole:
+                    subs[name] = sub
+                    walk(sub, prefix + name + ".")
 
-            def getattribute(obj, name, _names=names, _prefix=prefix, _original=original):
+        walk(self.root, "")
+        where: dict[int, tuple[str, object]] = {}  # id(instance) -> (its prefix, the instance, kept alive)
+        read, root = self.read, self.root
+
+        for model in paths:
+            names, subs, original = set(model.model_fields), children[model], model.__getattribute__
+
+            def getattribute(obj, name, _names=names, _subs=subs, _original=original, _model=model):
+                value = _original(obj, name)
                 if name in _names:
+                    known = where.get(id(obj))
+                    prefixes = [""] if type(obj) is root else [known[0]] if known and known[1] is obj else paths[_model]
+                    if name in _subs and isinstance(value, BaseModel) and len(prefixes) == 1:
+                        where[id(value)] = (prefixes[0] + name + ".", value)
                     caller = sys._getframe(1).f_code.co_filename
                     if caller.startswith(str(ENGINE)) and not caller.startswith(str(ENGINE / "rehearse")):
-                        read.add(_prefix + name)
-                return _original(obj, name)
+                        read.update(p + name for p in prefixes)
+                return value
 
             self._saved.append((model, model.__dict__.get("__getattribute__")))
             model.__getattribute__ = getattribute
-            for name, info in model.model_fields.items():
-                sub = _model_of(info.annotation)
-                if sub is not None and sub.__module__ == P.__name__ and name not in WHOLE:
-                    patch(sub, prefix + name + ".")
-
-        patch(Plan, "")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -74,6 +92,34 @@ class FieldReads:
                 del model.__getattribute__
             else:
                 model.__getattribute__ = saved
+
+
+#: What the runtime may read from ``plan.spec``: the inputs the spec names, not settings it executes
+#: (those are lowered into the Plan's own sections, which the test above checks are read). The base
+#: model's files and how to build them (its seed, the synthetic data's seed included), the data files
+#: and how to read them, where the benchmarks are, tracking, and the cluster's addresses and threads.
+SPEC_INPUTS = frozenset({
+    "name", "seed",
+    "model.name", "model.path", "model.architecture", "model.init", "model.pretrain_steps", "model.tokenizer",
+    "data.train", "data.val", "data.split", "data.levels", "data.prompt_template", "data.custom_template",
+    "data.prompt_key", "data.answer_key", "data.max_prompt_length", "data.synthetic.",
+    "evaluation.benchmarks", "evaluation.data_dir",
+    "tracking.",
+    "cluster.ray_address", "cluster.network_interface", "cluster.cpu_threads", "cluster.gpu_memory_gib",
+})
+
+
+def _an_input(path: str) -> bool:
+    """``path`` is one of SPEC_INPUTS, under one, or a section on the way to one (``data``)."""
+    return any(path == k or (k.endswith(".") and path.startswith(k)) or k.startswith(path + ".") for k in SPEC_INPUTS)
+
+
+def _spec_reads():
+    """A recorder of the runtime's reads of the resolved spec (`schemas`), field by field."""
+    from schemas import ExperimentSpec
+
+    return FieldReads(ExperimentSpec, modules=tuple(m for m in sys.modules if m.startswith("schemas.")),
+                      whole={"model.architecture"})
 
 
 def _run_the_gpu_plan(plan) -> None:
@@ -117,6 +163,22 @@ def _build_the_megatron_trainer(plan, tmp_path, monkeypatch) -> None:
         trainer.close()
 
 
+def _run_on_cpu(tmp_path, monkeypatch, extra: tuple[str, ...] = (), name: str = "cpu-run") -> None:
+    """The CPU default (hf generator, torch trainer) through `engine.runtime.loop.train`: pass-rate
+    selection, an old-policy pass (two optimizer steps a batch), evaluation, checkpoints, export;
+    ``extra``: further overrides (a gae run, with its critic)."""
+    from compiler import compile_spec
+    from engine.runtime.loop import train
+
+    monkeypatch.setenv("ENGINE_CACHE_DIR", str(tmp_path / "cache"))
+    plan = compile_spec(str(ENGINE.parent / "specs" / "quickstart.yaml"), [
+        "model.pretrain_steps=0", "data.synthetic.size=64", "data.synthetic.val_size=8", "data.min_pass_rate=0.0",
+        "algorithm.ppo_mini_batch_size=16", "trainer.micro_batch_size=64", "trainer.total_steps=2", "evaluation.every=1", "checkpoint.every=1",
+        "tracking.backend=none", "cluster.cpu_threads=1", *extra])
+    summary = train(plan, tmp_path / name, log=lambda _: None)
+    assert summary["complete"] and summary["final_model"]
+
+
 def _probe_on_ray(plan) -> None:
     """`engine plan --probe`'s placement: one probe actor per (device, role) in the plan's bundles, on
     a real local Ray with fake GPUs."""
@@ -150,11 +212,16 @@ def test_every_plan_field_is_read_by_the_runtime_or_informational(tmp_path, monk
     assert gpu.feasible and ray_plan.feasible and gpu.trainer.offload, (gpu.reasons, ray_plan.reasons)
     split = compile_spec(str(specs / "qwen2.5-1.5b.yaml"), small + ["placement=split"])
     assert split.feasible and split.weight_sync.method == "broadcast", split.reasons
-    with FieldReads() as reads:
+    with FieldReads() as reads, _spec_reads() as spec_reads:
         _run_the_gpu_plan(gpu)
         _run_the_gpu_plan(split)  # the broadcast group of a generator on GPUs of its own
         _probe_on_ray(ray_plan)
         _build_the_megatron_trainer(cpu, tmp_path, monkeypatch)
+        _run_on_cpu(tmp_path, monkeypatch)
+        _run_on_cpu(tmp_path, monkeypatch, ("algorithm.advantage=gae", "trainer.total_steps=1", "evaluation.every=0"), "gae-run")
+    settings = sorted(f for f in spec_reads.read if not _an_input(f))
+    assert settings == [], f"settings the runtime read from plan.spec instead of the Plan's own sections: {settings}"
+    assert {"data.train", "model.init"} <= spec_reads.read  # the recorder saw the runtime read its inputs
     fields = _fields(Plan)
     assert {"trainer.backend", "weight_sync.bucket_bytes", "offload.train", "rollout.sleep_level"} <= reads.read
     unread = [f for f in fields if f not in INFORMATIONAL and f not in WHOLE and f not in reads.read]

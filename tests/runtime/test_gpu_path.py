@@ -142,7 +142,7 @@ def _inputs(plan, tok):
 
     n = plan.spec.data.train_batch_size
     data = PromptSet([[3, 4, 5]] * n, ["q"] * n, ["1"] * n, [None] * n, ["s"] * n, {})
-    return StepInputs(plan, data, sampling_params(plan.spec, (int(tok.eos_token_id),), logprobs=True),
+    return StepInputs(plan, data, sampling_params(plan.sampling, (int(tok.eos_token_id),), logprobs=True),
                       int(tok.pad_token_id), StepOrder(plan))
 
 
@@ -235,5 +235,5 @@ def test_evaluation_samples_its_own_length_not_the_training_one():
     from engine.sampling import sampling_params
 
     plan = compile_spec(str(ROOT / "specs" / "qwen2.5-7b.yaml"))
-    sp = sampling_params(plan.spec, (1,), evaluation=True)
+    sp = sampling_params(plan.evaluation.sampling, (1,))
     assert sp.max_new_tokens == 16384 and plan.rollout.max_model_len >= 1024 + sp.max_new_tokens

@@ -485,7 +485,7 @@ def layout_from_plan(plan: Plan, device: str) -> ModelLayout:
     """The model layout the plan asks for on ``device``."""
     t = plan.trainer
     on_gpu = torch.device(device).type == "cuda"
-    dtype = torch.bfloat16 if on_gpu and plan.spec.model.dtype == "bfloat16" else torch.float32
+    dtype = torch.bfloat16 if on_gpu and plan.dtype == "bfloat16" else torch.float32
     return ModelLayout(tensor_parallel=t.tensor_parallel, pipeline_parallel=t.pipeline_parallel,
                        sequence_parallel=bool(t.sequence_parallel and t.tensor_parallel > 1),
                        dtype=dtype, recompute=t.recompute, fp8=t.fp8, device=device)
@@ -497,5 +497,5 @@ def build(ctx: Any) -> MegatronTrainer:
     # a sliding window is executed (`model.transformer_config`: window_size), as vLLM and HF do
     optim, loss, sizes = from_plan(plan)
     return MegatronTrainer(plan.architecture, ctx.model_path, layout_from_plan(plan, ctx.device), optim, loss, sizes,
-                           data_parallel=plan.trainer.data_parallel, seed=plan.spec.seed,
+                           data_parallel=plan.trainer.data_parallel, seed=plan.schedule.seed,
                            distributed_optimizer=plan.trainer.distributed_optimizer, frozen=ctx.frozen)
