@@ -93,3 +93,74 @@ def _cache_kwarg_of(cls: type) -> str:
     import inspect
 
     return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
+def preallocated_cache(model: torch.nn.Module, capacity: int) -> Any:
+    """A KV cache for ``model`` whose layers hold their keys and values in buffers of ``capacity``
+    positions (tokens), written in place as decoding goes, or None where the model has a layer that
+    is not plain full attention (sliding window, linear attention): then the model's own cache is used.
+
+    transformers' `DynamicCache` concatenates each layer's keys and values with every new token, a copy
+    of the whole cache per step; on CPU that copy was about a quarter of a decode step at 256 sequences
+    of the quickstart model. The attention reads the same numbers either way."""
+    from transformers.cache_utils import Cache
+
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    kinds = getattr(cfg, "layer_types", None) or ["full_attention"] * cfg.num_hidden_layers
+    if any(k != "full_attention" for k in kinds) or getattr(cfg, "use_sliding_window", False):
+        return None
+    return Cache(layers=[_preallocated_layer_class()(capacity) for _ in kinds])
+
+
+@lru_cache(maxsize=None)
+def _preallocated_layer_class() -> type:
+    """`PreallocatedLayer`, defined on first use so that importing this module does not import transformers."""
+    from transformers.cache_utils import DynamicLayer
+
+    class PreallocatedLayer(DynamicLayer):
+        """A full-attention cache layer over buffers [B, heads, capacity, head_dim]; ``keys`` and ``values``
+        are views of their first positions (grown by doubling should a sequence outrun the capacity)."""
+
+        def __init__(self, capacity: int) -> None:
+            super().__init__()
+            self.capacity = max(1, int(capacity))
+
+        def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+            self.dtype, self.device = key_states.dtype, key_states.device
+            b, h, _, d = key_states.shape
+            self._k = key_states.new_empty((b, h, self.capacity, d))
+            self._v = value_states.new_empty((b, h, self.capacity, value_states.shape[-1]))
+            self._views(0)
+            self.is_initialized = True
+
+        def _views(self, length: int) -> None:
+            self.keys, self.values = self._k[:, :, :length], self._v[:, :, :length]
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            t, n = self.keys.shape[-2], key_states.shape[-2]
+            if t + n > self._k.shape[-2]:
+                size = max(t + n, 2 * self._k.shape[-2])
+                k = self._k.new_empty(self._k.shape[:2] + (size, self._k.shape[-1]))
+                v = self._v.new_empty(self._v.shape[:2] + (size, self._v.shape[-1]))
+                k[:, :, :t], v[:, :, :t] = self.keys, self.values
+                self._k, self._v = k, v
+            self._k[:, :, t:t + n] = key_states
+            self._v[:, :, t:t + n] = value_states
+            self._views(t + n)
+            return self.keys, self.values
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            if self.get_seq_length() > 0:
+                t = self.keys.shape[-2]
+                self._k, self._v = self._k.repeat_interleave(repeats, 0), self._v.repeat_interleave(repeats, 0)
+                self._views(t)
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            if self.get_seq_length() > 0:
+                t = self.keys.shape[-2]
+                self._k, self._v = self._k[indices], self._v[indices]
+                self._views(t)
+
+    return PreallocatedLayer

@@ -20,7 +20,7 @@ from engine.backends.manifest import check_manifest
 from engine.core.batch import left_pad
 from engine.core.generation import stops_at
 from engine.core.tokens import end_token_ids  # noqa: F401  (re-exported: tests and benches import it here)
-from engine.modeling import cache_kwarg
+from engine.modeling import cache_kwarg, preallocated_cache
 
 
 def sample_next(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator,
@@ -142,8 +142,10 @@ class HFGenerator:
         lengths = torch.zeros(b, dtype=torch.long, device=self.device)
         stopped = torch.zeros(b, dtype=torch.bool, device=self.device)
 
+        # keys and values written in place into buffers sized for the prompt and the longest response
+        kv = preallocated_cache(self.model, input_ids.shape[1] + params.max_new_tokens)
         res = self.model(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=True,
-                         logits_to_keep=1)
+                         logits_to_keep=1, **({self._cache_kw: kv} if kv is not None else {}))
         cache = getattr(res, self._cache_kw)
         if n > 1:
             cache.batch_repeat_interleave(n)

@@ -127,3 +127,50 @@ def test_shared_prompt_cache_gives_the_same_greedy_samples(tiny_model, tokenizer
     one = gen.generate(prompts, 1, params, seed=0).response_ids
     three = gen.generate(prompts, 3, params, seed=0).response_ids
     assert three == [one[0]] * 3 + [one[1]] * 3
+
+
+def test_preallocated_kv_cache_samples_what_transformers_cache_samples(tiny_model, tokenizer, monkeypatch):
+    """The decode loop's in-place KV buffers (`engine.modeling.preallocated_cache`) give the tokens and
+    log-probs transformers' own growing cache gives, at temperature 1 with rows leaving the batch."""
+    import engine.backends.hf_generator as hg
+
+    gen = HFGenerator(tiny_model, tokenizer)
+    prompts = _prompts(tokenizer, ["Compute 1+1.", "Question:\nCompute 12+5.\nAnswer:\n", "Q"])
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, logprobs=True)
+    free = gen.generate(prompts, 3, params, seed=3)
+    end = free.response_ids[0][1]
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, logprobs=True, end_token_ids=(end,))
+    ours = gen.generate(prompts, 3, params, seed=3)
+    monkeypatch.setattr(hg, "preallocated_cache", lambda model, capacity: None)  # the model's own cache
+    theirs = gen.generate(prompts, 3, params, seed=3)
+    assert ours.response_ids == theirs.response_ids and ours.finish_reasons == theirs.finish_reasons
+    assert ours.log_probs == theirs.log_probs
+    assert "stop" in ours.finish_reasons
+
+
+def test_preallocated_kv_cache_grows_past_its_capacity(tiny_model):
+    """A cache sized below what is decoded doubles its buffers and still holds every position."""
+    from engine.modeling import preallocated_cache
+
+    ids = torch.tensor([[5, 9, 13, 17, 21, 25, 29, 33, 37]])
+    with torch.no_grad():
+        full = tiny_model(input_ids=ids).logits[0, -1]
+        cache = preallocated_cache(tiny_model, capacity=2)
+        assert cache is not None
+        out = tiny_model(input_ids=ids[:, :3], use_cache=True, past_key_values=cache)
+        for i in range(3, ids.shape[1]):
+            out = tiny_model(input_ids=ids[:, i:i + 1], use_cache=True, past_key_values=out.past_key_values)
+    assert out.past_key_values.get_seq_length() == ids.shape[1]
+    torch.testing.assert_close(out.logits[0, -1], full, rtol=1e-5, atol=1e-5)
+
+
+def test_sliding_window_models_keep_their_own_cache(tiny_model):
+    from engine.modeling import preallocated_cache
+
+    cfg = tiny_model.config
+    old = getattr(cfg, "layer_types", None)
+    cfg.layer_types = ["sliding_attention"] + ["full_attention"] * (cfg.num_hidden_layers - 1)
+    try:
+        assert preallocated_cache(tiny_model, 16) is None
+    finally:
+        cfg.layer_types = old
