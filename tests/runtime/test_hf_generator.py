@@ -150,17 +150,18 @@ def test_preallocated_kv_cache_samples_what_transformers_cache_samples(tiny_mode
 
 def test_preallocated_kv_cache_grows_past_its_capacity(tiny_model):
     """A cache sized below what is decoded doubles its buffers and still holds every position."""
-    from engine.modeling import preallocated_cache
+    from engine.modeling import cache_kwarg, preallocated_cache
 
+    kw = cache_kwarg(tiny_model)
     ids = torch.tensor([[5, 9, 13, 17, 21, 25, 29, 33, 37]])
     with torch.no_grad():
         full = tiny_model(input_ids=ids).logits[0, -1]
         cache = preallocated_cache(tiny_model, capacity=2)
         assert cache is not None
-        out = tiny_model(input_ids=ids[:, :3], use_cache=True, past_key_values=cache)
+        out = tiny_model(input_ids=ids[:, :3], use_cache=True, **{kw: cache})
         for i in range(3, ids.shape[1]):
-            out = tiny_model(input_ids=ids[:, i:i + 1], use_cache=True, past_key_values=out.past_key_values)
-    assert out.past_key_values.get_seq_length() == ids.shape[1]
+            out = tiny_model(input_ids=ids[:, i:i + 1], use_cache=True, **{kw: getattr(out, kw)})
+    assert getattr(out, kw) is cache and cache.get_seq_length() == ids.shape[1]
     torch.testing.assert_close(out.logits[0, -1], full, rtol=1e-5, atol=1e-5)
 
 
