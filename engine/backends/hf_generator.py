@@ -4,8 +4,11 @@ A lean decode loop instead of `model.generate`: prompts are left-padded into one
 is run once to fill the cache, then one token per step is sampled for every live sequence. Each
 sequence stops on its own (end token, stop string, or the length budget) and leaves the batch and
 its KV cache, so the later steps compute only the sequences still running; the loop ends when all
-have stopped. Sampling uses a seeded `torch.Generator` (one uniform number per sequence and step),
-so a given seed reproduces the responses.
+have stopped. The forward is `engine.decoder.LeanDecoder` where it covers the model (the Llama
+family in float32: the same logits with a fraction of transformers' per-call cost, which dominates
+the steps that decode a few long responses), else the module's own (`HFDecoder`). Sampling uses
+a seeded `torch.Generator` (one uniform number per sequence and step), so a given seed reproduces
+the responses.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from engine.backends.manifest import check_manifest
 from engine.core.batch import left_pad
 from engine.core.generation import stops_at
 from engine.core.tokens import end_token_ids  # noqa: F401  (re-exported: tests and benches import it here)
+from engine.decoder import lean_decoder
 from engine.modeling import cache_kwarg, preallocated_cache
 
 
@@ -143,13 +147,11 @@ class HFGenerator:
         stopped = torch.zeros(b, dtype=torch.bool, device=self.device)
 
         # keys and values written in place into buffers sized for the prompt and the longest response
-        kv = preallocated_cache(self.model, input_ids.shape[1] + params.max_new_tokens)
-        res = self.model(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=True,
-                         logits_to_keep=1, **({self._cache_kw: kv} if kv is not None else {}))
-        cache = getattr(res, self._cache_kw)
+        dec = decoder_for(self.model, self._cache_kw)
+        logits, cache = dec.prefill(input_ids, attn, pos, input_ids.shape[1] + params.max_new_tokens)
         if n > 1:
-            cache.batch_repeat_interleave(n)
-        logits = res.logits[:, -1, :].repeat_interleave(n, dim=0)
+            cache.repeat_rows(n)
+        logits = logits.repeat_interleave(n, dim=0)
         attn = attn.repeat_interleave(n, dim=0)
         next_pos = pos[:, -1:].repeat_interleave(n, dim=0) + 1
         # the model's batch holds only the unfinished sequences: ``live`` maps its rows to the output rows
@@ -174,13 +176,10 @@ class HFGenerator:
                 break
             if bool(hit_end.any()):  # finished sequences leave the batch (and the KV cache)
                 keep = (~hit_end).nonzero().flatten()
-                cache.batch_select_indices(keep)
+                cache.select_rows(keep)
                 live, tok, attn, next_pos = live[keep], tok[keep], attn[keep], next_pos[keep]
             attn = torch.cat([attn, torch.ones((len(live), 1), dtype=attn.dtype, device=self.device)], dim=1)
-            res = self.model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos,
-                             use_cache=True, **{self._cache_kw: cache})
-            cache = getattr(res, self._cache_kw)
-            logits = res.logits[:, -1, :]
+            logits = dec.step(tok, attn, next_pos, cache)
             next_pos = next_pos + 1
         lens = lengths.tolist()
         rows = out.tolist()
@@ -188,6 +187,47 @@ class HFGenerator:
         reasons = ["stop" if s else "length" for s in stopped.tolist()]
         lps = out_lp.tolist() if params.logprobs else [[] for _ in range(b)]
         return ids, reasons, [lps[i][:lens[i]] for i in range(b)] if params.logprobs else lps
+
+
+class _HFCache:
+    """The rows-API of `engine.decoder.KVBuffers` over a transformers cache."""
+
+    def __init__(self, cache: Any) -> None:
+        self.cache = cache
+
+    def repeat_rows(self, n: int) -> None:
+        self.cache.batch_repeat_interleave(n)
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        self.cache.batch_select_indices(rows)
+
+
+class HFDecoder:
+    """Prefill and one-token steps through the module's own forward (``model(...)``) and a transformers
+    cache (preallocated buffers where the model's layers allow): the path for models that
+    `engine.decoder.lean_decoder` does not cover. Same interface as `engine.decoder.LeanDecoder`."""
+
+    def __init__(self, model: torch.nn.Module, cache_kw: str) -> None:
+        self.model, self.cache_kw = model, cache_kw
+
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
+                capacity: int) -> tuple[torch.Tensor, _HFCache]:
+        kv = preallocated_cache(self.model, capacity)
+        res = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=1, **({self.cache_kw: kv} if kv is not None else {}))
+        return res.logits[:, -1, :], _HFCache(getattr(res, self.cache_kw))
+
+    def step(self, tokens: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
+             cache: _HFCache) -> torch.Tensor:
+        res = self.model(input_ids=tokens[:, None], attention_mask=attention_mask, position_ids=positions,
+                         use_cache=True, **{self.cache_kw: cache.cache})
+        cache.cache = getattr(res, self.cache_kw)
+        return res.logits[:, -1, :]
+
+
+def decoder_for(model: torch.nn.Module, cache_kw: str) -> Any:
+    """`engine.decoder.LeanDecoder` where it covers ``model``, else `HFDecoder`."""
+    return lean_decoder(model) or HFDecoder(model, cache_kw)
 
 
 def build(ctx: Any, shared_model: Optional[torch.nn.Module] = None) -> HFGenerator:

@@ -22,6 +22,7 @@ from compiler.backends import backend
 from engine.backends.base import (BroadcastReceiver, Generation, Generator, ReceivesHandles, RecordsEvents, SamplingParams,
                                   SharesModule, Trainer, ValueModel)
 from engine.backends.device import parse_device
+from engine.core.allocator import keep_freed_memory
 from engine.backends.registry import BackendContext, build_generator, build_handle_sender, build_trainer, build_weight_sender
 from engine.runtime.dispatch import Mode, dispatch
 
@@ -89,6 +90,8 @@ def _prepare(setup: WorkerSetup, network_interface: Optional[str] = None) -> Non
     """Per-process set-up before any backend: threads, the network interface of gloo/NCCL, the shared-path check."""
     if setup.threads and setup.device == "cpu":
         torch.set_num_threads(setup.threads)
+    if setup.device == "cpu":
+        keep_freed_memory()  # a step's activations reuse the last step's heap, not fresh pages
     if network_interface:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", network_interface)
         os.environ.setdefault("NCCL_SOCKET_IFNAME", network_interface)

@@ -136,6 +136,7 @@ def test_preallocated_kv_cache_samples_what_transformers_cache_samples(tiny_mode
 
     gen = HFGenerator(tiny_model, tokenizer)
     prompts = _prompts(tokenizer, ["Compute 1+1.", "Question:\nCompute 12+5.\nAnswer:\n", "Q"])
+    monkeypatch.setattr(hg, "lean_decoder", lambda model: None)  # transformers' forward, as for other models
     params = SamplingParams(max_new_tokens=10, temperature=1.0, logprobs=True)
     free = gen.generate(prompts, 3, params, seed=3)
     end = free.response_ids[0][1]
@@ -146,6 +147,27 @@ def test_preallocated_kv_cache_samples_what_transformers_cache_samples(tiny_mode
     assert ours.response_ids == theirs.response_ids and ours.finish_reasons == theirs.finish_reasons
     assert ours.log_probs == theirs.log_probs
     assert "stop" in ours.finish_reasons
+
+
+def test_lean_decoder_samples_what_transformers_forward_samples(tiny_model, tokenizer, monkeypatch):
+    """The decode loop on `engine.decoder.LeanDecoder` (the default for qwen2/llama/mistral in float32)
+    gives the tokens, finish reasons and log-probs of the module's own forward, with rows leaving the batch."""
+    import engine.backends.hf_generator as hg
+    from engine.decoder import LeanDecoder
+
+    gen = HFGenerator(tiny_model, tokenizer)
+    assert isinstance(hg.decoder_for(tiny_model, "cache"), LeanDecoder)
+    prompts = _prompts(tokenizer, ["Compute 1+1.", "Question:\nCompute 12+5.\nAnswer:\n", "Q"])
+    free = gen.generate(prompts, 4, SamplingParams(max_new_tokens=12, temperature=1.0), seed=5)
+    end = free.response_ids[0][2]
+    params = SamplingParams(max_new_tokens=12, temperature=1.0, logprobs=True, end_token_ids=(end,))
+    ours = gen.generate(prompts, 4, params, seed=5)
+    monkeypatch.setattr(hg, "lean_decoder", lambda model: None)
+    assert isinstance(hg.decoder_for(tiny_model, "cache"), hg.HFDecoder)
+    theirs = gen.generate(prompts, 4, params, seed=5)
+    assert ours.response_ids == theirs.response_ids and ours.finish_reasons == theirs.finish_reasons
+    assert ours.log_probs == theirs.log_probs
+    assert "stop" in ours.finish_reasons and "length" in ours.finish_reasons
 
 
 def test_preallocated_kv_cache_grows_past_its_capacity(tiny_model):
