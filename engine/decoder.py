@@ -26,6 +26,8 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from engine.modeling import preallocated_cache
+
 #: HF ``model_type`` values whose decoder is the Llama layout this module implements.
 FAMILIES = ("qwen2", "llama", "mistral")
 
@@ -65,58 +67,12 @@ def _supported(model: torch.nn.Module) -> bool:
     return inner.embed_tokens.weight.dtype == torch.float32
 
 
-class KVBuffers:
-    """Keys and values of every layer in buffers [B, kv_heads, capacity, head_dim], written in place as
-    decoding goes (``length`` positions filled); rows can be repeated (n samples of a prompt) and
-    selected (finished sequences leave)."""
-
-    def __init__(self, layers: int, capacity: int) -> None:
-        self.capacity = max(1, int(capacity))
-        self.k: list[Optional[torch.Tensor]] = [None] * layers
-        self.v: list[Optional[torch.Tensor]] = [None] * layers
-        self.length = 0
-
-    def append(self, i: int, k: torch.Tensor, v: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write layer ``i``'s new keys/values [B, kvh, n, d] at positions ``start``.. and return all of
-        that layer's keys and values so far (views)."""
-        n = k.shape[2]
-        end = start + n
-        if self.k[i] is None or end > self.k[i].shape[2]:
-            size = max(end, self.capacity if self.k[i] is None else 2 * self.k[i].shape[2])
-            kb = k.new_empty(k.shape[:2] + (size, k.shape[3]))
-            vb = v.new_empty(v.shape[:2] + (size, v.shape[3]))
-            if self.k[i] is not None:
-                kb[:, :, :start], vb[:, :, :start] = self.k[i][:, :, :start], self.v[i][:, :, :start]
-            self.k[i], self.v[i] = kb, vb
-        self.k[i][:, :, start:end] = k
-        self.v[i][:, :, start:end] = v
-        return self.k[i][:, :, :end], self.v[i][:, :, :end]
-
-    def repeat_rows(self, n: int) -> None:
-        """Each row n times in a row (the n samples of a prompt)."""
-        self._apply(lambda x: x.repeat_interleave(n, 0))
-
-    def select_rows(self, rows: torch.Tensor) -> None:
-        """Keep ``rows`` only (copies the filled positions, not the whole capacity)."""
-        t = self.length
-
-        def pick(x: torch.Tensor) -> torch.Tensor:
-            out = x.new_empty((len(rows),) + x.shape[1:])
-            torch.index_select(x[:, :, :t], 0, rows, out=out[:, :, :t])
-            return out
-
-        self._apply(pick)
-
-    def _apply(self, fn) -> None:
-        self.k = [None if x is None else fn(x) for x in self.k]
-        self.v = [None if x is None else fn(x) for x in self.v]
-
-
 class LeanDecoder:
     """The decoder's forward over ``model``'s own modules (see the module docstring).
 
     Shapes: B sequences, T new tokens, L keys (cached + new); positions are rotary positions (int64);
-    ``key_mask`` [B, L] (bool or 0/1) marks the keys that are real tokens (0 = padding).
+    ``key_mask`` [B, L] (bool or 0/1) marks the keys that are real tokens (0 = padding). Inference
+    only: the fused weights are detached copies, refreshed when a parameter changes.
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
@@ -127,32 +83,26 @@ class LeanDecoder:
         self.rotary = inner.rotary_emb
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.eps = float(cfg.rms_norm_eps)
         self.scale = self.head_dim ** -0.5
         self._fused: dict[int, tuple[Any, tuple]] = {}
 
     # -- building blocks -------------------------------------------------------------------------
     def _weights(self, i: int, layer: torch.nn.Module) -> tuple:
-        """(w_qkv, b_qkv, w_gate_up, b_gate_up) of layer ``i``: concatenated each call under autograd
-        (the graph reaches the module's parameters), cached by parameter version without it."""
+        """(w_qkv, b_qkv, w_gate_up, b_gate_up) of layer ``i``, concatenated once and kept while the
+        parameters' versions (in-place changes: a weight sync, an optimizer step) stay the same."""
         a, m = layer.self_attn, layer.mlp
         parts = (a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, m.gate_proj.weight, m.up_proj.weight)
         biases = (a.q_proj.bias, a.k_proj.bias, a.v_proj.bias, m.gate_proj.bias, m.up_proj.bias)
-        grad = torch.is_grad_enabled() and any(p.requires_grad for p in parts)
         key = tuple((p.data_ptr(), p._version) for p in parts + tuple(b for b in biases if b is not None))
-        if not grad:
-            hit = self._fused.get(i)
-            if hit is not None and hit[0] == key:
-                return hit[1]
+        hit = self._fused.get(i)
+        if hit is not None and hit[0] == key:
+            return hit[1]
 
         def cat(ws, bs):
             return torch.cat(ws, 0), (None if bs[0] is None else torch.cat(bs, 0))
 
-        w_qkv, b_qkv = cat(parts[:3], biases[:3])
-        w_gu, b_gu = cat(parts[3:], biases[3:])
-        out = (w_qkv, b_qkv, w_gu, b_gu)
-        if not grad:
-            self._fused[i] = (key, tuple(x.detach() if x is not None else None for x in out))
+        out = cat(parts[:3], biases[:3]) + cat(parts[3:], biases[3:])
+        self._fused[i] = (key, out)
         return out
 
     def _angles(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,22 +170,19 @@ class LeanDecoder:
         h = F.rms_norm(h, (h.shape[-1],), self.norm.weight, self.norm.variance_epsilon)
         return self.lm_head(h)
 
-    # -- decoding (no grad) ----------------------------------------------------------------------------
+    # -- decoding ------------------------------------------------------------------------------------
+    @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
-                capacity: int) -> tuple[torch.Tensor, KVBuffers]:
-        """Run the (left-padded) prompts [B, P]; returns the last position's logits [B, V] and the cache,
-        sized for ``capacity`` positions."""
-        cache = KVBuffers(len(self.layers), capacity)
-        logits = self.forward(input_ids, positions, attention_mask, lambda i, k, v: cache.append(i, k, v, 0), keep=1)
-        cache.length = input_ids.shape[1]
+                capacity: int) -> tuple[torch.Tensor, Any]:
+        """Run the (left-padded) prompts [B, P]; returns the last position's logits [B, V] and the KV
+        cache (`engine.modeling.preallocated_cache`, sized for ``capacity`` positions)."""
+        cache = preallocated_cache(self.model, capacity)
+        logits = self.forward(input_ids, positions, attention_mask, lambda i, k, v: cache.layers[i].update(k, v), keep=1)
         return logits[:, -1], cache
 
-    def step(self, tokens: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
-             cache: KVBuffers) -> torch.Tensor:
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
         """One token per row: ``tokens`` [B], ``attention_mask`` [B, L] over the cached keys and this
-        token's, ``positions`` [B, 1]; returns the logits [B, V] and advances the cache."""
-        start = cache.length
-        logits = self.forward(tokens[:, None], positions, attention_mask,
-                              lambda i, k, v: cache.append(i, k, v, start))
-        cache.length = start + 1
+        token's, ``positions`` [B, 1]; returns the logits [B, V] and advances ``cache`` in place."""
+        logits = self.forward(tokens[:, None], positions, attention_mask, lambda i, k, v: cache.layers[i].update(k, v))
         return logits[:, -1]

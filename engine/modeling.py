@@ -158,9 +158,16 @@ def _preallocated_layer_class() -> type:
                 self._views(t)
 
         def batch_select_indices(self, indices: torch.Tensor) -> None:
+            """Keep the rows ``indices``; copies the filled positions only, not the whole capacity."""
             if self.get_seq_length() > 0:
                 t = self.keys.shape[-2]
-                self._k, self._v = self._k[indices], self._v[indices]
+                self._k, self._v = self._pick(self._k, indices, t), self._pick(self._v, indices, t)
                 self._views(t)
+
+        @staticmethod
+        def _pick(buf: torch.Tensor, indices: torch.Tensor, t: int) -> torch.Tensor:
+            out = buf.new_empty((len(indices),) + buf.shape[1:])
+            torch.index_select(buf[:, :, :t], 0, indices, out=out[:, :, :t])
+            return out
 
     return PreallocatedLayer

@@ -150,7 +150,7 @@ class HFGenerator:
         dec = decoder_for(self.model, self._cache_kw)
         logits, cache = dec.prefill(input_ids, attn, pos, input_ids.shape[1] + params.max_new_tokens)
         if n > 1:
-            cache.repeat_rows(n)
+            cache.batch_repeat_interleave(n)
         logits = logits.repeat_interleave(n, dim=0)
         attn = attn.repeat_interleave(n, dim=0)
         next_pos = pos[:, -1:].repeat_interleave(n, dim=0) + 1
@@ -176,7 +176,7 @@ class HFGenerator:
                 break
             if bool(hit_end.any()):  # finished sequences leave the batch (and the KV cache)
                 keep = (~hit_end).nonzero().flatten()
-                cache.select_rows(keep)
+                cache.batch_select_indices(keep)
                 live, tok, attn, next_pos = live[keep], tok[keep], attn[keep], next_pos[keep]
             attn = torch.cat([attn, torch.ones((len(live), 1), dtype=attn.dtype, device=self.device)], dim=1)
             logits = dec.step(tok, attn, next_pos, cache)
@@ -189,19 +189,6 @@ class HFGenerator:
         return ids, reasons, [lps[i][:lens[i]] for i in range(b)] if params.logprobs else lps
 
 
-class _HFCache:
-    """The rows-API of `engine.decoder.KVBuffers` over a transformers cache."""
-
-    def __init__(self, cache: Any) -> None:
-        self.cache = cache
-
-    def repeat_rows(self, n: int) -> None:
-        self.cache.batch_repeat_interleave(n)
-
-    def select_rows(self, rows: torch.Tensor) -> None:
-        self.cache.batch_select_indices(rows)
-
-
 class HFDecoder:
     """Prefill and one-token steps through the module's own forward (``model(...)``) and a transformers
     cache (preallocated buffers where the model's layers allow): the path for models that
@@ -211,17 +198,16 @@ class HFDecoder:
         self.model, self.cache_kw = model, cache_kw
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
-                capacity: int) -> tuple[torch.Tensor, _HFCache]:
+                capacity: int) -> tuple[torch.Tensor, Any]:
         kv = preallocated_cache(self.model, capacity)
         res = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
                          logits_to_keep=1, **({self.cache_kw: kv} if kv is not None else {}))
-        return res.logits[:, -1, :], _HFCache(getattr(res, self.cache_kw))
+        return res.logits[:, -1, :], getattr(res, self.cache_kw)
 
-    def step(self, tokens: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
-             cache: _HFCache) -> torch.Tensor:
+    def step(self, tokens: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
+        """One token per row; transformers' caches are updated in place (the same object is returned)."""
         res = self.model(input_ids=tokens[:, None], attention_mask=attention_mask, position_ids=positions,
-                         use_cache=True, **{self.cache_kw: cache.cache})
-        cache.cache = getattr(res, self.cache_kw)
+                         use_cache=True, **{self.cache_kw: cache})
         return res.logits[:, -1, :]
 
 

@@ -22,8 +22,8 @@ from compiler.backends import backend
 from engine.backends.base import (BroadcastReceiver, Generation, Generator, ReceivesHandles, RecordsEvents, SamplingParams,
                                   SharesModule, Trainer, ValueModel)
 from engine.backends.device import parse_device
-from engine.core.allocator import keep_freed_memory
 from engine.backends.registry import BackendContext, build_generator, build_handle_sender, build_trainer, build_weight_sender
+from engine.core.allocator import keep_freed_memory
 from engine.runtime.dispatch import Mode, dispatch
 
 

@@ -5,8 +5,8 @@ seen, and the models it does not cover handed back to transformers."""
 import pytest
 import torch
 
-from engine.decoder import KVBuffers, lean_decoder
-from engine.modeling import cache_kwarg, random_model
+from engine.decoder import lean_decoder
+from engine.modeling import _preallocated_layer_class, cache_kwarg, random_model
 
 
 def _model(tokenizer, family: str, **kw):
@@ -54,7 +54,7 @@ def test_prefill_and_decode_logits_match_transformers(tokenizer, family, extra):
             if step == 4:  # two rows finish: both caches keep the others
                 keep = torch.tensor([0, 2, 3, 5])
                 theirs_cache.batch_select_indices(keep)
-                cache.select_rows(keep)
+                cache.batch_select_indices(keep)
                 tok, nxt, mask = tok[keep], nxt[keep], mask[keep]
             mask = torch.cat([mask, torch.ones(len(tok), 1, dtype=mask.dtype)], dim=1)
             res = model(input_ids=tok[:, None], attention_mask=mask, position_ids=nxt, use_cache=True,
@@ -63,7 +63,7 @@ def test_prefill_and_decode_logits_match_transformers(tokenizer, family, extra):
             ours = dec.step(tok, mask, nxt, cache)
             torch.testing.assert_close(ours, res.logits[:, -1], rtol=1e-5, atol=1e-5)
             tok, nxt = res.logits[:, -1].argmax(-1), nxt + 1
-    assert cache.length == 9 + 8
+    assert cache.get_seq_length() == 9 + 8
 
 
 def test_quickstart_shaped_model_is_bit_identical(tiny_model):
@@ -104,11 +104,12 @@ def test_models_outside_its_cover_use_transformers(tokenizer, tiny_model):
 
 
 def test_kv_buffers_select_rows_keeps_the_filled_positions():
-    buf = KVBuffers(layers=1, capacity=6)
+    """The preallocated cache layer (used by both decoders) keeps the chosen rows' filled positions and
+    its capacity when finished rows leave."""
+    buf = _preallocated_layer_class()(capacity=6)
     k = torch.arange(3 * 1 * 4 * 2, dtype=torch.float32).view(3, 1, 4, 2)
-    buf.append(0, k, -k, start=0)
-    buf.length = 4
-    buf.select_rows(torch.tensor([2, 0]))
-    keys, values = buf.append(0, torch.zeros(2, 1, 1, 2), torch.zeros(2, 1, 1, 2), start=4)
-    assert keys.shape == (2, 1, 5, 2) and buf.k[0].shape[2] == 6
+    buf.update(k, -k)
+    buf.batch_select_indices(torch.tensor([2, 0]))
+    keys, values = buf.update(torch.zeros(2, 1, 1, 2), torch.zeros(2, 1, 1, 2))
+    assert keys.shape == (2, 1, 5, 2) and buf._k.shape[2] == 6
     assert torch.equal(keys[:, :, :4], k[[2, 0]]) and torch.equal(values[:, :, :4], -k[[2, 0]])
