@@ -12,8 +12,14 @@ queries and keys together, and one boolean mask per call. At hundreds of sequenc
 dominates and the two forwards cost about the same. (The trainer's passes, thousands of tokens per
 op, gain nothing measurable from it and keep the module's own forward.)
 
-Same maths as transformers' modules: tested against them, the logits agree to float32 rounding (bit
-for bit on the quickstart model). The parameters are the module's, so a weight sync or an optimizer
+At hundreds of sequences the cost that remains is attention over the KV cache: a rollout samples n
+responses of each prompt, and a cache repeated n times makes every step read each prompt's keys n
+times. `SharedPrefixCache` holds them once per prompt and attends in two parts (the prompt's keys, one
+product per prompt over its samples' queries; each sample's own keys): about 15% off a quickstart
+rollout's decoding (paired runs on one machine).
+
+Same maths as transformers' modules: tested against them, the logits agree to float32 rounding (the
+prefill bit for bit on the quickstart model). The parameters are the module's, so a weight sync or an optimizer
 step is seen at once. `lean_decoder` returns None where the model is outside what this covers (other
 families, sliding-window or non-full attention, attention dropout, dynamic rope, anything but float32
 weights, gradient checkpointing, autocast); callers then use the module's own forward.
@@ -136,7 +142,7 @@ class LeanDecoder:
         return (valid & causal) | own
 
     def _layer(self, i: int, layer: torch.nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-               mask: torch.Tensor, kv) -> torch.Tensor:
+               mask: torch.Tensor, attend) -> torch.Tensor:
         b, t, _ = h.shape
         a = layer.self_attn
         w_qkv, b_qkv, w_gu, b_gu = self._weights(i, layer)
@@ -146,9 +152,7 @@ class LeanDecoder:
         q = qk[:, :, :self.heads].transpose(1, 2)
         k = qk[:, :, self.heads:].transpose(1, 2)
         v = qkv[:, :, self.heads + self.kv_heads:].transpose(1, 2)
-        k, v = kv(i, k, v)
-        gqa = {"enable_gqa": True} if self.heads != self.kv_heads else {}
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, **gqa)
+        o = attend(i, q, k, v, mask)
         h = h + a.o_proj(o.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
         m = layer.mlp
         x = F.rms_norm(h, (h.shape[-1],), layer.post_attention_layernorm.weight,
@@ -156,33 +160,182 @@ class LeanDecoder:
         g, u = F.linear(x, w_gu, b_gu).chunk(2, dim=-1)
         return h + m.down_proj(F.silu(g) * u)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor, kv,
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Scaled dot-product attention of queries [B, H, T, D] over keys and values [B, Hkv, L, D]."""
+        gqa = {"enable_gqa": True} if self.heads != self.kv_heads else {}
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, **gqa)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor, attend,
                 keep: Optional[int] = None) -> torch.Tensor:
-        """Logits [B, keep or T, V] of the last ``keep`` new tokens. ``kv(i, k, v) -> (keys, values)``
-        gives layer i's attention its keys and values (the cached ones and these new ones)."""
+        """Logits [B, keep or T, V] of the last ``keep`` new tokens. ``attend(i, q, k, v, mask) -> out``
+        is layer i's attention of these queries [B, H, T, D] over the cached keys and values and these
+        new ones (k, v [B, Hkv, T, D]), ``mask`` [B, 1, T, L] (`attention_mask`); out [B, H, T, D]."""
         h = self.embed(input_ids)
         cos, sin = self._angles(positions, h.dtype)
         mask = self.attention_mask(key_mask, input_ids.shape[1])
         for i, layer in enumerate(self.layers):
-            h = self._layer(i, layer, h, cos, sin, mask, kv)
+            h = self._layer(i, layer, h, cos, sin, mask, attend)
         if keep is not None:
             h = h[:, -keep:]
         h = F.rms_norm(h, (h.shape[-1],), self.norm.weight, self.norm.variance_epsilon)
         return self.lm_head(h)
 
+    def _cached(self, cache: Any):
+        """``attend`` over a transformers-style cache whose layers append and return their keys and values."""
+        def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            k, v = cache.layers[i].update(k, v)
+            return self.attention(q, k, v, mask)
+        return attend
+
     # -- decoding ------------------------------------------------------------------------------------
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
-                capacity: int) -> tuple[torch.Tensor, Any]:
-        """Run the (left-padded) prompts [B, P]; returns the last position's logits [B, V] and the KV
-        cache (`engine.modeling.preallocated_cache`, sized for ``capacity`` positions)."""
-        cache = preallocated_cache(self.model, capacity)
-        logits = self.forward(input_ids, positions, attention_mask, lambda i, k, v: cache.layers[i].update(k, v), keep=1)
+                capacity: int, n: int = 1) -> tuple[torch.Tensor, Any]:
+        """Run the (left-padded) prompts [G, P]; returns the last position's logits [G, V] and a KV cache
+        for ``n`` samples of each prompt (G * n rows, prompt-major), sized for ``capacity`` positions
+        (prompt + response). With n > 1 it is a `SharedPrefixCache` (each prompt's keys and values held
+        once); else `engine.modeling.preallocated_cache`."""
+        if n > 1:
+            cache = SharedPrefixCache(self, n, capacity - input_ids.shape[1], attention_mask)
+
+            def attend(i, q, k, v, mask):
+                cache.set_prompt(i, k, v)
+                return self.attention(q, k, v, mask)
+        else:
+            cache = preallocated_cache(self.model, capacity)
+            attend = self._cached(cache)
+        logits = self.forward(input_ids, positions, attention_mask, attend, keep=1)
         return logits[:, -1], cache
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
         """One token per row: ``tokens`` [B], ``attention_mask`` [B, L] over the cached keys and this
         token's, ``positions`` [B, 1]; returns the logits [B, V] and advances ``cache`` in place."""
-        logits = self.forward(tokens[:, None], positions, attention_mask, lambda i, k, v: cache.layers[i].update(k, v))
+        attend = cache.attend if isinstance(cache, SharedPrefixCache) else self._cached(cache)
+        logits = self.forward(tokens[:, None], positions, attention_mask, attend)
         return logits[:, -1]
+
+
+#: `SharedPrefixCache` keeps the shared layout while at least this share of its G * n rows is live; below
+#: it, the live rows' keys and values are copied into one flat cache (the shared prompt part's work is
+#: per prompt, not per live row, so it stops paying once most rows have finished).
+SHARED_MIN_LIVE = 0.25
+
+
+class SharedPrefixCache:
+    """KV cache for decoding n samples of each of G prompts, one token per step.
+
+    Each prompt's keys and values are held once, [G, Hkv, P, D] per layer, and each sample's own (response)
+    ones in position-major buffers [capacity, B, Hkv, D], B live rows out of G * n (prompt-major;
+    ``rows`` are the live rows' numbers). A step's attention is the softmax over the two parts joined: the prompt part a product
+    per prompt over its n samples' queries, so the prompt's keys are read once per prompt, not once per
+    sample, and never copied n times. The same maths as attention over the repeated cache, to float32
+    rounding. When fewer than `SHARED_MIN_LIVE` of the rows are live, the live rows' keys and values are
+    gathered into a flat `engine.modeling.preallocated_cache` and decoding goes on over that.
+    """
+
+    def __init__(self, decoder: LeanDecoder, n: int, capacity: int, prompt_mask: torch.Tensor) -> None:
+        self.decoder, self.n, self.capacity = decoder, n, max(1, int(capacity))
+        g, self.prompt_len = prompt_mask.shape
+        self.groups = g
+        self.rows = torch.arange(g * n, device=prompt_mask.device)
+        self.prompt: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.own: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.length = 0  # own positions written by every layer
+        zero = torch.zeros((), dtype=torch.float32, device=prompt_mask.device)
+        bias = torch.where(prompt_mask.bool(), zero, float("-inf"))  # [G, P]: 0 on real prompt keys
+        self._bias = bias.repeat_interleave(n, 0)[:, None, None, :]  # [B, 1, 1, P], the live rows'
+        self.flat: Any = None
+
+    def set_prompt(self, i: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Layer i's prompt keys and values [G, Hkv, P, D] (from the prefill)."""
+        self.prompt[i] = (k.contiguous(), v.contiguous())
+        self._bias = self._bias.to(k.dtype)
+
+    def get_seq_length(self) -> int:
+        """Positions each live row attends to (prompt, padded, + its own), as transformers' caches count."""
+        return self.flat.get_seq_length() if self.flat is not None else self.prompt_len + self.length
+
+    def _own(self, i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this step's keys and values [B, Hkv, 1, D] into layer i's own buffers, which are
+        position-major [capacity, B, Hkv, D] so that their filled part is one contiguous block; returns
+        that part, [t, B, Hkv, D]."""
+        buf = self.own.get(i)
+        t = self.length
+        if buf is None or t + 1 > buf[0].shape[0]:
+            size = max(self.capacity, 2 * (buf[0].shape[0] if buf is not None else 0), t + 1)
+            new = (k.new_empty((size,) + k.shape[:2] + k.shape[3:]), v.new_empty((size,) + v.shape[:2] + v.shape[3:]))
+            if buf is not None:
+                new[0][:t], new[1][:t] = buf[0][:t], buf[1][:t]
+            buf = self.own[i] = new
+        buf[0][t] = k[:, :, 0]
+        buf[1][t] = v[:, :, 0]
+        if i == len(self.decoder.layers) - 1:
+            self.length = t + 1
+        return buf[0][:t + 1], buf[1][:t + 1]
+
+    def attend(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Layer i's attention for one new token per live row (q [B, H, 1, D]); see the class docstring."""
+        if self.flat is not None:
+            k, v = self.flat.layers[i].update(k, v)
+            return self.decoder.attention(q, k, v, mask)
+        kp, vp = self.prompt[i]
+        g, hkv, p, d = kp.shape
+        b, h, n = q.shape[0], q.shape[1], self.n
+        r = h // hkv
+        ko, vo = self._own(i, k, v)
+        q = q.reshape(b, hkv, r, d)
+        full = b == g * n
+
+        def grouped(x: torch.Tensor) -> torch.Tensor:  # [B, Hkv, r, X] -> [G, Hkv, n * r, X]
+            if not full:
+                x = x.new_zeros((g * n,) + x.shape[1:]).index_copy_(0, self.rows, x)
+            return x.view(g, n, hkv, r, -1).transpose(1, 2).reshape(g, hkv, n * r, x.shape[-1])
+
+        def per_row(x: torch.Tensor) -> torch.Tensor:  # [G, Hkv, n * r, X] -> [B, Hkv, r, X]
+            x = x.view(g, hkv, n, r, -1).transpose(1, 2).reshape(g * n, hkv, r, x.shape[-1])
+            return x if full else x.index_select(0, self.rows)
+
+        # the own part is a few keys per row: products broadcast over the position-major buffers beat
+        # that many tiny matrix products
+        own = (ko.unsqueeze(3) * q.unsqueeze(0)).sum(-1).permute(1, 2, 3, 0)  # [B, Hkv, r, t]
+        scores = torch.cat([per_row(torch.matmul(grouped(q), kp.transpose(-1, -2))) + self._bias, own], dim=-1)
+        w = torch.softmax(scores * self.decoder.scale, dim=-1)
+        wo = w[..., p:].permute(3, 0, 1, 2).contiguous()  # [t, B, Hkv, r]
+        out = per_row(torch.matmul(grouped(w[..., :p]), vp)) + (wo.unsqueeze(-1) * vo.unsqueeze(3)).sum(0)
+        return out.reshape(b, h, 1, d)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep the live rows ``indices`` (positions among the live rows), in that order."""
+        if self.flat is not None:
+            self.flat.batch_select_indices(indices)
+            return
+        self.rows = self.rows[indices]
+        self._bias = self._bias[indices]
+        t = self.length
+        for i, (k, v) in self.own.items():
+            self.own[i] = (_pick_rows(k, indices, t), _pick_rows(v, indices, t))
+        if len(self.rows) < SHARED_MIN_LIVE * self.groups * self.n:
+            self._flatten()
+
+    def _flatten(self) -> None:
+        """Copy the live rows' prompt and own keys and values into one flat preallocated cache."""
+        flat = preallocated_cache(self.decoder.model, self.prompt_len + self.capacity)
+        prompt = self.rows // self.n
+        t = self.length
+        for i, (kp, vp) in self.prompt.items():
+            parts_k, parts_v = [kp.index_select(0, prompt)], [vp.index_select(0, prompt)]
+            if t:
+                ko, vo = self.own[i]
+                parts_k.append(ko[:t].permute(1, 2, 0, 3))
+                parts_v.append(vo[:t].permute(1, 2, 0, 3))
+            flat.layers[i].update(torch.cat(parts_k, 2), torch.cat(parts_v, 2))
+        self.flat, self.prompt, self.own = flat, {}, {}
+
+
+def _pick_rows(buf: torch.Tensor, indices: torch.Tensor, t: int) -> torch.Tensor:
+    """Rows ``indices`` (dim 1) of a position-major buffer [capacity, B, H, D], in a new buffer of the same
+    capacity; only the first ``t`` positions are copied."""
+    out = buf.new_empty(buf.shape[:1] + (len(indices),) + buf.shape[2:])
+    torch.index_select(buf[:t], 1, indices, out=out[:t])
+    return out

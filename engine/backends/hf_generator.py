@@ -131,7 +131,8 @@ class HFGenerator:
 
     def _generate_chunk(self, prompts: list[list[int]], n: int, params: SamplingParams,
                         gen: torch.Generator) -> tuple[list[list[int]], list[str], list[list[float]]]:
-        """Decode ``n`` samples of each prompt; the prompt is run once and its KV cache repeated n times;
+        """Decode ``n`` samples of each prompt; the prompt is run once and its KV cache shared by its n
+        samples (held once by the lean decoder, repeated n times by transformers' forward);
         finished sequences leave the batch. Also returns each sampled token's log-prob after temperature (empty lists unless ``params.logprobs``)."""
         input_ids, attn = left_pad(prompts, self.pad_id)
         input_ids, attn = input_ids.to(self.device), attn.to(self.device)
@@ -148,9 +149,7 @@ class HFGenerator:
 
         # keys and values written in place into buffers sized for the prompt and the longest response
         dec = decoder_for(self.model, self._cache_kw)
-        logits, cache = dec.prefill(input_ids, attn, pos, input_ids.shape[1] + params.max_new_tokens)
-        if n > 1:
-            cache.batch_repeat_interleave(n)
+        logits, cache = dec.prefill(input_ids, attn, pos, input_ids.shape[1] + params.max_new_tokens, n)
         logits = logits.repeat_interleave(n, dim=0)
         attn = attn.repeat_interleave(n, dim=0)
         next_pos = pos[:, -1:].repeat_interleave(n, dim=0) + 1
@@ -198,11 +197,15 @@ class HFDecoder:
         self.model, self.cache_kw = model, cache_kw
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
-                capacity: int) -> tuple[torch.Tensor, Any]:
+                capacity: int, n: int = 1) -> tuple[torch.Tensor, Any]:
+        """The prompts' last logits [G, V] and the cache of their ``n`` samples each (repeated n times)."""
         kv = preallocated_cache(self.model, capacity)
         res = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
                          logits_to_keep=1, **({self.cache_kw: kv} if kv is not None else {}))
-        return res.logits[:, -1, :], getattr(res, self.cache_kw)
+        cache = getattr(res, self.cache_kw)
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+        return res.logits[:, -1, :], cache
 
     def step(self, tokens: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
         """One token per row; transformers' caches are updated in place (the same object is returned)."""

@@ -5,7 +5,7 @@ seen, and the models it does not cover handed back to transformers."""
 import pytest
 import torch
 
-from engine.decoder import lean_decoder
+from engine.decoder import SHARED_MIN_LIVE, SharedPrefixCache, lean_decoder
 from engine.modeling import _preallocated_layer_class, cache_kwarg, random_model
 
 
@@ -64,6 +64,43 @@ def test_prefill_and_decode_logits_match_transformers(tokenizer, family, extra):
             torch.testing.assert_close(ours, res.logits[:, -1], rtol=1e-5, atol=1e-5)
             tok, nxt = res.logits[:, -1].argmax(-1), nxt + 1
     assert cache.get_seq_length() == 9 + 8
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama", "mistral"])
+def test_shared_prompt_cache_gives_the_logits_of_a_repeated_cache(tokenizer, family):
+    """n samples per prompt on `SharedPrefixCache` (each prompt's keys and values held once) give
+    transformers' logits on the prompt cache repeated n times, at every step: rows diverging, rows
+    leaving (first while the shared layout stays, then below `SHARED_MIN_LIVE`, where it goes flat) and
+    responses outgrowing the buffers' capacity."""
+    model = _model(tokenizer, family)  # GQA: 4 query heads over 2 key/value heads
+    dec, kw = lean_decoder(model), cache_kwarg(model)
+    g, n, p = 3, 4, 7
+    ids, mask, pos = _left_padded(g, p)
+    feed = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        theirs_cache = getattr(res, kw)
+        theirs_cache.batch_repeat_interleave(n)
+        ours, cache = dec.prefill(ids, mask, pos, capacity=p + 3, n=n)  # room for 3 response tokens
+        assert isinstance(cache, SharedPrefixCache)
+        torch.testing.assert_close(ours, res.logits[:, -1], rtol=1e-5, atol=1e-5)
+        mask, nxt = mask.repeat_interleave(n, 0), pos[:, -1:].repeat_interleave(n, 0) + 1
+        leave = {4: torch.tensor([0, 3, 5, 6, 9, 11]), 7: torch.tensor([1, 4])}  # 6 of 12 live, then 2
+        for step in range(10):
+            if step in leave:
+                keep = leave[step]
+                theirs_cache.batch_select_indices(keep)
+                cache.batch_select_indices(keep)
+                mask, nxt = mask[keep], nxt[keep]
+            assert (cache.flat is not None) == (len(nxt) < SHARED_MIN_LIVE * g * n)
+            tok = torch.randint(3, 126, (len(nxt),), generator=feed)  # every row its own tokens
+            mask = torch.cat([mask, torch.ones(len(tok), 1, dtype=mask.dtype)], dim=1)
+            res = model(input_ids=tok[:, None], attention_mask=mask, position_ids=nxt, use_cache=True,
+                        **{kw: theirs_cache})
+            theirs_cache = getattr(res, kw)
+            torch.testing.assert_close(dec.step(tok, mask, nxt, cache), res.logits[:, -1], rtol=1e-5, atol=1e-5)
+            nxt = nxt + 1
+    assert cache.flat is not None and cache.get_seq_length() == p + 10
 
 
 def test_quickstart_shaped_model_is_bit_identical(tiny_model):
