@@ -45,6 +45,12 @@ def kill_inside_step_4(proc: subprocess.Popen, run: Path, hang_s: float) -> None
     assert proc.returncode == -signal.SIGKILL
 
 
+#: Trainer-vs-generator metrics: differences of one float32 number computed two ways, so rounding noise
+#: (~1e-8 here) that two identical runs need not reproduce (matrix-product rounding can depend on where
+#: buffers were allocated); compared within a bound far below any real mismatch.
+ROUNDING_METRICS = ("rollout/kl", "rollout/token_mult_prob_error", "rollout/max_abs_diff")
+
+
 def assert_same_metrics(full: Path, resumed: Path) -> None:
     """Every step logged once, with the uninterrupted run's non-timing metrics."""
     a, b = _records(full), _records(resumed)
@@ -52,7 +58,8 @@ def assert_same_metrics(full: Path, resumed: Path) -> None:
     for step in range(1, STEPS + 1):
         assert b[step].keys() == a[step].keys()
         for k in a[step]:
-            assert b[step][k] == pytest.approx(a[step][k], rel=1e-6, abs=1e-9), (step, k)
+            tol = 1e-6 if k in ROUNDING_METRICS else 1e-9
+            assert b[step][k] == pytest.approx(a[step][k], rel=1e-6, abs=tol), (step, k)
 
 
 @pytest.mark.slow
