@@ -20,7 +20,7 @@ rollout's decoding (paired runs on one machine).
 
 Same maths as transformers' modules: tested against them, the logits agree to float32 rounding (the
 prefill bit for bit on the quickstart model). The parameters are the module's, so a weight sync or an optimizer
-step is seen at once. `lean_decoder` returns None where the model is outside what this covers (other
+step is seen by the next prefill. `lean_decoder` returns None where the model is outside what this covers (other
 families, sliding-window or non-full attention, attention dropout, dynamic rope, anything but float32
 weights, gradient checkpointing, autocast); callers then use the module's own forward.
 """
@@ -91,6 +91,7 @@ class LeanDecoder:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.scale = self.head_dim ** -0.5
         self._fused: dict[int, tuple[Any, tuple]] = {}
+        self._current: list[tuple] = []  # `refresh`'s list as of the last prefill
 
     # -- building blocks -------------------------------------------------------------------------
     def _weights(self, i: int, layer: torch.nn.Module) -> tuple:
@@ -109,6 +110,21 @@ class LeanDecoder:
 
         out = cat(parts[:3], biases[:3]) + cat(parts[3:], biases[3:])
         self._fused[i] = (key, out)
+        return out
+
+    def refresh(self) -> list[tuple]:
+        """Every layer's weights as `_layer` takes them: (norm 1 weight, eps, w_qkv, b_qkv, o_proj
+        weight, bias, norm 2 weight, eps, w_gate_up, b_gate_up, down_proj weight, bias), the fused ones
+        checked against the parameters (`_weights`). Called by each prefill; the steps of a decode reuse
+        it, so a decode sees the weights of its prefill (nothing changes them in between: the hf
+        generator's decode loop holds the process)."""
+        out = []
+        for i, layer in enumerate(self.layers):
+            a, m, n1, n2 = layer.self_attn, layer.mlp, layer.input_layernorm, layer.post_attention_layernorm
+            w_qkv, b_qkv, w_gu, b_gu = self._weights(i, layer)
+            out.append((n1.weight, n1.variance_epsilon, w_qkv, b_qkv, a.o_proj.weight, a.o_proj.bias,
+                        n2.weight, n2.variance_epsilon, w_gu, b_gu, m.down_proj.weight, m.down_proj.bias))
+        self._current = out
         return out
 
     def _angles(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,24 +157,21 @@ class LeanDecoder:
         own = kpos[None, :] == qpos[:, None]
         return (valid & causal) | own
 
-    def _layer(self, i: int, layer: torch.nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    def _layer(self, i: int, w: tuple, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                mask: torch.Tensor, attend) -> torch.Tensor:
-        b, t, _ = h.shape
-        a = layer.self_attn
-        w_qkv, b_qkv, w_gu, b_gu = self._weights(i, layer)
-        x = F.rms_norm(h, (h.shape[-1],), layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
+        b, t, hidden = h.shape
+        n1, eps1, w_qkv, b_qkv, w_o, b_o, n2, eps2, w_gu, b_gu, w_down, b_down = w
+        x = F.rms_norm(h, (hidden,), n1, eps1)
         qkv = F.linear(x, w_qkv, b_qkv).view(b, t, self.heads + 2 * self.kv_heads, self.head_dim)
         qk = self._rotate(qkv[:, :, :self.heads + self.kv_heads], cos, sin)
         q = qk[:, :, :self.heads].transpose(1, 2)
         k = qk[:, :, self.heads:].transpose(1, 2)
         v = qkv[:, :, self.heads + self.kv_heads:].transpose(1, 2)
         o = attend(i, q, k, v, mask)
-        h = h + a.o_proj(o.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
-        m = layer.mlp
-        x = F.rms_norm(h, (h.shape[-1],), layer.post_attention_layernorm.weight,
-                       layer.post_attention_layernorm.variance_epsilon)
+        h = h + F.linear(o.transpose(1, 2).reshape(b, t, self.heads * self.head_dim), w_o, b_o)
+        x = F.rms_norm(h, (hidden,), n2, eps2)
         g, u = F.linear(x, w_gu, b_gu).chunk(2, dim=-1)
-        return h + m.down_proj(F.silu(g) * u)
+        return h + F.linear(F.silu(g) * u, w_down, b_down)
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Scaled dot-product attention of queries [B, H, T, D] over keys and values [B, Hkv, L, D]."""
@@ -166,15 +179,16 @@ class LeanDecoder:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, **gqa)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor, attend,
-                keep: Optional[int] = None) -> torch.Tensor:
+                keep: Optional[int] = None, weights: Optional[list[tuple]] = None) -> torch.Tensor:
         """Logits [B, keep or T, V] of the last ``keep`` new tokens. ``attend(i, q, k, v, mask) -> out``
         is layer i's attention of these queries [B, H, T, D] over the cached keys and values and these
-        new ones (k, v [B, Hkv, T, D]), ``mask`` [B, 1, T, L] (`attention_mask`); out [B, H, T, D]."""
+        new ones (k, v [B, Hkv, T, D]), ``mask`` [B, 1, T, L] (`attention_mask`); out [B, H, T, D].
+        ``weights``: `refresh`'s list (taken afresh when not given)."""
         h = self.embed(input_ids)
         cos, sin = self._angles(positions, h.dtype)
         mask = self.attention_mask(key_mask, input_ids.shape[1])
-        for i, layer in enumerate(self.layers):
-            h = self._layer(i, layer, h, cos, sin, mask, attend)
+        for i, w in enumerate(weights if weights is not None else self.refresh()):
+            h = self._layer(i, w, h, cos, sin, mask, attend)
         if keep is not None:
             h = h[:, -keep:]
         h = F.rms_norm(h, (h.shape[-1],), self.norm.weight, self.norm.variance_epsilon)
@@ -204,7 +218,7 @@ class LeanDecoder:
         else:
             cache = preallocated_cache(self.model, capacity)
             attend = self._cached(cache)
-        logits = self.forward(input_ids, positions, attention_mask, attend, keep=1)
+        logits = self.forward(input_ids, positions, attention_mask, attend, keep=1, weights=self.refresh())
         return logits[:, -1], cache
 
     @torch.no_grad()
@@ -212,7 +226,7 @@ class LeanDecoder:
         """One token per row: ``tokens`` [B], ``attention_mask`` [B, L] over the cached keys and this
         token's, ``positions`` [B, 1]; returns the logits [B, V] and advances ``cache`` in place."""
         attend = cache.attend if isinstance(cache, SharedPrefixCache) else self._cached(cache)
-        logits = self.forward(tokens[:, None], positions, attention_mask, attend)
+        logits = self.forward(tokens[:, None], positions, attention_mask, attend, weights=self._current or None)
         return logits[:, -1]
 
 
