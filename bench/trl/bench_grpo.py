@@ -1,6 +1,6 @@
 """GRPO step time and time-to-reward: this engine vs TRL's GRPOTrainer, same model, data and loss.
 
-    python bench/trl/bench_grpo.py [--steps 40] [--threads 1] [--rounds 2]
+    python bench/trl/bench_grpo.py [--steps 20] [--threads 1] [--rounds 6]
 
 Both sides train the quickstart base model (tiny Qwen2 + builtin tokenizer, built and cached by the
 engine) on the same synthetic arithmetic prompts (simple template), 32 prompts x 8 rollouts per step,
@@ -12,7 +12,10 @@ advantages, one optimizer step per batch, AdamW lr 2e-4 (constant), weight decay
 How it controls for the machine: every run is a process of its own, pinned to ``--threads`` torch
 threads (OMP/MKL too, set before torch loads); the sides alternate ABBA (engine, TRL, TRL, engine,
 ... for ``--rounds``) so a change in the machine's load hits both; the load average is read before and
-after each run and reported. Each step is timed from outside (wall and process CPU seconds): the
+after each run and reported. The default is six short runs a side rather than two long ones: on a
+shared VM the machine's speed drifts over minutes (TRL alone measured 1.04 and 1.74 s/step an hour
+apart at the same load average), so the ratio is read from many alternated pairs, whose spread is
+printed. Each step is timed from outside (wall and process CPU seconds): the
 engine's whole ``rl_step`` call, TRL's ``on_step_begin`` -> ``on_step_end``. The per-phase breakdown
 times the same calls on both sides: generate, log-probs (reference and any old-policy pass),
 reward, update (forward, backward, optimizer), sync (weights into the generator) and bookkeeping
@@ -258,9 +261,9 @@ def summarize(run: dict, target: float) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=2, help="runs of each side, interleaved ABBA")
+    ap.add_argument("--rounds", type=int, default=6, help="runs of each side, interleaved ABBA")
     ap.add_argument("--target", type=float, default=0.8)
     ap.add_argument("--only", choices=("engine", "trl"), help="run one side only (no speed-up)")
     ap.add_argument("--child", choices=("engine", "trl"), help=argparse.SUPPRESS)
