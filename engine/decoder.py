@@ -19,10 +19,11 @@ product per prompt over its samples' queries; each sample's own keys): about 15%
 rollout's decoding (paired runs on one machine).
 
 Same maths as transformers' modules: tested against them, the logits agree to float32 rounding (the
-prefill bit for bit on the quickstart model). The parameters are the module's, so a weight sync or an optimizer
-step is seen by the next prefill. `lean_decoder` returns None where the model is outside what this covers (other
-families, sliding-window or non-full attention, attention dropout, dynamic rope, anything but float32
-weights, gradient checkpointing, autocast); callers then use the module's own forward.
+prefill bit for bit on the quickstart model). The parameters are the module's, so a weight sync or an
+optimizer step is seen by the next prefill. `lean_decoder` returns None where the model is outside
+what this covers (other families, sliding-window or non-full attention, attention dropout, dynamic
+rope, anything but float32 weights, gradient checkpointing, autocast); callers then use the module's
+own forward.
 """
 
 from __future__ import annotations
