@@ -33,7 +33,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from engine.modeling import preallocated_cache
+from engine.modeling import pick_rows, preallocated_cache
 
 #: HF ``model_type`` values whose decoder is the Llama layout this module implements.
 FAMILIES = ("qwen2", "llama", "mistral")
@@ -329,7 +329,7 @@ class SharedPrefixCache:
         self._bias = self._bias[indices]
         t = self.length
         for i, (k, v) in self.own.items():
-            self.own[i] = (_pick_rows(k, indices, t), _pick_rows(v, indices, t))
+            self.own[i] = (pick_rows(k, indices, t, 1, 0), pick_rows(v, indices, t, 1, 0))  # position-major
         if len(self.rows) < SHARED_MIN_LIVE * self.groups * self.n:
             self._flatten()
 
@@ -347,10 +347,3 @@ class SharedPrefixCache:
             flat.layers[i].update(torch.cat(parts_k, 2), torch.cat(parts_v, 2))
         self.flat, self.prompt, self.own = flat, {}, {}
 
-
-def _pick_rows(buf: torch.Tensor, indices: torch.Tensor, t: int) -> torch.Tensor:
-    """Rows ``indices`` (dim 1) of a position-major buffer [capacity, B, H, D], in a new buffer of the same
-    capacity; only the first ``t`` positions are copied."""
-    out = buf.new_empty(buf.shape[:1] + (len(indices),) + buf.shape[2:])
-    torch.index_select(buf[:t], 1, indices, out=out[:t])
-    return out

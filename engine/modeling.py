@@ -112,6 +112,16 @@ def preallocated_cache(model: torch.nn.Module, capacity: int) -> Any:
     return Cache(layers=[_preallocated_layer_class()(capacity) for _ in kinds])
 
 
+def pick_rows(buf: torch.Tensor, indices: torch.Tensor, filled: int, row_dim: int, pos_dim: int) -> torch.Tensor:
+    """Rows ``indices`` (along ``row_dim``) of a KV buffer, in a new buffer of the same capacity; only the
+    first ``filled`` positions (along ``pos_dim``) are copied, the rest is left unwritten."""
+    shape = list(buf.shape)
+    shape[row_dim] = len(indices)
+    out = buf.new_empty(shape)
+    torch.index_select(buf.narrow(pos_dim, 0, filled), row_dim, indices, out=out.narrow(pos_dim, 0, filled))
+    return out
+
+
 @lru_cache(maxsize=None)
 def _preallocated_layer_class() -> type:
     """`PreallocatedLayer`, defined on first use so that importing this module does not import transformers."""
@@ -161,13 +171,7 @@ def _preallocated_layer_class() -> type:
             """Keep the rows ``indices``; copies the filled positions only, not the whole capacity."""
             if self.get_seq_length() > 0:
                 t = self.keys.shape[-2]
-                self._k, self._v = self._pick(self._k, indices, t), self._pick(self._v, indices, t)
+                self._k, self._v = pick_rows(self._k, indices, t, 0, 2), pick_rows(self._v, indices, t, 0, 2)
                 self._views(t)
-
-        @staticmethod
-        def _pick(buf: torch.Tensor, indices: torch.Tensor, t: int) -> torch.Tensor:
-            out = buf.new_empty((len(indices),) + buf.shape[1:])
-            torch.index_select(buf[:, :, :t], 0, indices, out=out[:, :, :t])
-            return out
 
     return PreallocatedLayer
