@@ -33,7 +33,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from engine.modeling import pick_rows, preallocated_cache
+from engine.modeling import grown, pick_rows, preallocated_cache
 
 #: HF ``model_type`` values whose decoder is the Llama layout this module implements.
 FAMILIES = ("qwen2", "llama", "mistral")
@@ -275,14 +275,12 @@ class SharedPrefixCache:
         """Write this step's keys and values [B, Hkv, 1, D] into layer i's own buffers, which are
         position-major [capacity, B, Hkv, D] so that their filled part is one contiguous block; returns
         that part, [t, B, Hkv, D]."""
-        buf = self.own.get(i)
         t = self.length
-        if buf is None or t + 1 > buf[0].shape[0]:
-            size = max(self.capacity, 2 * (buf[0].shape[0] if buf is not None else 0), t + 1)
-            new = (k.new_empty((size,) + k.shape[:2] + k.shape[3:]), v.new_empty((size,) + v.shape[:2] + v.shape[3:]))
-            if buf is not None:
-                new[0][:t], new[1][:t] = buf[0][:t], buf[1][:t]
-            buf = self.own[i] = new
+        buf = self.own.get(i)
+        if buf is None:
+            buf = (k.new_empty((self.capacity,) + k.shape[:2] + k.shape[3:]),
+                   v.new_empty((self.capacity,) + v.shape[:2] + v.shape[3:]))
+        buf = self.own[i] = (grown(buf[0], t, t + 1, 0), grown(buf[1], t, t + 1, 0))
         buf[0][t] = k[:, :, 0]
         buf[1][t] = v[:, :, 0]
         if i == len(self.decoder.layers) - 1:

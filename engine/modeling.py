@@ -122,6 +122,19 @@ def pick_rows(buf: torch.Tensor, indices: torch.Tensor, filled: int, row_dim: in
     return out
 
 
+def grown(buf: torch.Tensor, filled: int, needed: int, pos_dim: int) -> torch.Tensor:
+    """``buf`` if it has room for ``needed`` positions along ``pos_dim``; else a new buffer of
+    max(``needed``, twice as many) positions holding a copy of the first ``filled``."""
+    size = buf.shape[pos_dim]
+    if needed <= size:
+        return buf
+    shape = list(buf.shape)
+    shape[pos_dim] = max(needed, 2 * size)
+    out = buf.new_empty(shape)
+    out.narrow(pos_dim, 0, filled).copy_(buf.narrow(pos_dim, 0, filled))
+    return out
+
+
 @lru_cache(maxsize=None)
 def _preallocated_layer_class() -> type:
     """`PreallocatedLayer`, defined on first use so that importing this module does not import transformers."""
@@ -150,12 +163,7 @@ def _preallocated_layer_class() -> type:
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
             t, n = self.keys.shape[-2], key_states.shape[-2]
-            if t + n > self._k.shape[-2]:
-                size = max(t + n, 2 * self._k.shape[-2])
-                k = self._k.new_empty(self._k.shape[:2] + (size, self._k.shape[-1]))
-                v = self._v.new_empty(self._v.shape[:2] + (size, self._v.shape[-1]))
-                k[:, :, :t], v[:, :, :t] = self.keys, self.values
-                self._k, self._v = k, v
+            self._k, self._v = grown(self._k, t, t + n, 2), grown(self._v, t, t + n, 2)
             self._k[:, :, t:t + n] = key_states
             self._v[:, :, t:t + n] = value_states
             self._views(t + n)
